@@ -1,0 +1,35 @@
+/// Why an image could not be read or would not boot.
+public enum ImageError: Error, CustomStringConvertible, Sendable {
+    case notFound(String)
+    case unrecognised(String, detail: String)
+    case malformed(String, detail: String)
+    case archive(String, message: String)
+    case digestMismatch(path: String, expected: String, actual: String)
+    case platformNotFound(String, available: [String])
+    case engine(String)
+    case compressedImageArchive(String)
+
+    public var description: String {
+        switch self {
+        case .notFound(let path):
+            return "\(path): no such file or directory"
+        case .unrecognised(let path, let detail):
+            return "\(path): not a container image (\(detail)); give a docker-archive (docker save), "
+                + "an OCI layout or archive, a root file system tar (docker export) or a directory"
+        case .malformed(let path, let detail):
+            return "\(path): malformed image: \(detail)"
+        case .archive(let what, let message):
+            return "\(what): \(message)"
+        case .digestMismatch(let path, let expected, let actual):
+            return "\(path): blob digest mismatch: expected sha256:\(expected), got sha256:\(actual); "
+                + "the image is corrupt or was modified, save it again"
+        case .platformNotFound(let wanted, let available):
+            return "the image index has no \(wanted) image (it has: \(available.joined(separator: ", "))); "
+                + "choose one with --platform"
+        case .engine(let message):
+            return message
+        case .compressedImageArchive(let path):
+            return "\(path): a compressed image archive; decompress it first (gunzip, zstd -d or xz -d)"
+        }
+    }
+}

@@ -1,0 +1,3 @@
+import D2LCommands
+
+await D2LCommand.main()
