@@ -1,0 +1,139 @@
+import Foundation
+
+/// A compiled regular expression that can cross task boundaries.
+public struct ConsolePattern: @unchecked Sendable, CustomStringConvertible {
+    public let source: String
+    // NSRegularExpression is immutable and documented thread-safe.
+    private let regex: NSRegularExpression
+
+    public init(_ source: String) throws {
+        do {
+            regex = try NSRegularExpression(pattern: source)
+        } catch {
+            throw VerifyError.badOption("'\(source)' is not a valid regular expression")
+        }
+        self.source = source
+    }
+
+    /// A pattern written in this module; tests compile every one of them.
+    init(builtIn source: String) {
+        guard let regex = try? NSRegularExpression(pattern: source) else {
+            preconditionFailure("built-in pattern does not compile: \(source)")
+        }
+        self.regex = regex
+        self.source = source
+    }
+
+    public var description: String { source }
+
+    /// A pattern ending in `$` may match a prompt that no newline has ended yet.
+    public var matchesPrompt: Bool { source.hasSuffix("$") && !source.hasSuffix("\\$") }
+
+    /// The first match's captures (index 0 is the whole match), or nil.
+    public func firstMatch(in text: String) -> [String]? {
+        let range = NSRange(text.startIndex..., in: text)
+        guard let match = regex.firstMatch(in: text, range: range) else { return nil }
+        return (0..<match.numberOfRanges).map { index in
+            let captured = match.range(at: index)
+            guard captured.location != NSNotFound, let swiftRange = Range(captured, in: text) else { return "" }
+            return String(text[swiftRange])
+        }
+    }
+}
+
+/// One step of a boot that the console must show, in order, before its deadline.
+public struct BootStage: Sendable {
+    public var name: String
+    public var pattern: ConsolePattern
+    /// Counted from the previous stage (or power-on for the first).
+    public var deadline: Duration
+
+    public init(name: String, pattern: ConsolePattern, deadline: Duration) {
+        self.name = name
+        self.pattern = pattern
+        self.deadline = deadline
+    }
+}
+
+/// A console line that ends the run at once.
+public struct FailurePattern: Sendable {
+    public var name: String
+    public var pattern: ConsolePattern
+    /// Warn instead of failing (systemd's [FAILED] lines when asked to).
+    public var warnOnly: Bool
+
+    public init(name: String, pattern: ConsolePattern, warnOnly: Bool = false) {
+        self.name = name
+        self.pattern = pattern
+        self.warnOnly = warnOnly
+    }
+}
+
+/// The ordered stages and the failure patterns of one run.
+public struct StagePlan: Sendable {
+    public var stages: [BootStage]
+    public var failures: [FailurePattern]
+    public var timeout: Duration
+
+    public init(stages: [BootStage], failures: [FailurePattern], timeout: Duration) {
+        self.stages = stages
+        self.failures = failures
+        self.timeout = timeout
+    }
+
+    /// The init stage's pattern for each init system; unknown accepts any of them.
+    public static func initPattern(for system: InitSystem) -> String {
+        let systemd = #"Welcome to |systemd\[1\]"#
+        let openrc = #"OpenRC .* is starting up"#
+        let sysvinit = #"INIT: version \S+ booting"#
+        let busybox = #"init started: BusyBox"#
+        switch system {
+        case .systemd: return systemd
+        case .openrc: return "\(openrc)|\(sysvinit)"
+        case .sysvinit: return "\(sysvinit)|\(openrc)"
+        case .busybox: return busybox
+        case .unknown: return [systemd, openrc, sysvinit, busybox].joined(separator: "|")
+        }
+    }
+
+    /// bootloader, kernel, init (for `initSystem`) and login, with deadlines sized for TCG on a slow CI host.
+    public static func defaultStages(initSystem: InitSystem = .unknown) -> [BootStage] {
+        func stage(_ name: String, _ pattern: String, _ seconds: Int) -> BootStage {
+            BootStage(name: name, pattern: ConsolePattern(builtIn: pattern), deadline: .seconds(seconds))
+        }
+        return [
+            stage("bootloader", #"(SYS|EXT|ISO|PXE)LINUX \d+\.\d+"#, 60),
+            stage("kernel", #"Linux version (\S+)"#, 60),
+            stage("init", initPattern(for: initSystem), 120),
+            stage("login", #"login:\s*$"#, 180),
+        ]
+    }
+
+    /// The lines that prove a boot failed, whatever stage it reached.
+    public static func defaultFailures(failedUnitsWarnOnly: Bool = false) -> [FailurePattern] {
+        let patterns: [(String, String)] = [
+            ("kernel panic", #"Kernel panic - not syncing|end Kernel panic"#),
+            ("emergency mode", #"You are in emergency mode"#),
+            ("maintenance shell", #"Give root password for maintenance"#),
+            ("missing root device", #"ALERT! .* does not exist"#),
+            ("initramfs shell", #"Dropping to a shell"#),
+            ("firmware boot failure", #"Boot failed|No bootable device"#),
+            ("bootloader error", #"Could not find kernel image|Load error"#),
+        ]
+        var failures = patterns.map { FailurePattern(name: $0.0, pattern: ConsolePattern(builtIn: $0.1)) }
+        failures.append(
+            FailurePattern(
+                name: "systemd unit failed", pattern: ConsolePattern(builtIn: #"^\s*\[FAILED\]"#),
+                warnOnly: failedUnitsWarnOnly))
+        return failures
+    }
+
+    /// Applies `--expect NAME=REGEX`: replaces a stage's pattern, or adds a stage at the end.
+    public mutating func expect(_ name: String, _ pattern: ConsolePattern, deadline: Duration = .seconds(120)) {
+        if let index = stages.firstIndex(where: { $0.name == name }) {
+            stages[index].pattern = pattern
+        } else {
+            stages.append(BootStage(name: name, pattern: pattern, deadline: deadline))
+        }
+    }
+}

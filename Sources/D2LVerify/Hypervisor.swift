@@ -1,0 +1,129 @@
+import D2LSupport
+import Foundation
+
+/// A running guest's serial console.
+public protocol GuestConsole: AnyObject, Sendable {
+    /// Bytes from the guest; the sequence ends when the guest stops.
+    var output: AsyncThrowingStream<[UInt8], any Error> { get }
+    /// Types bytes on the guest's serial port.
+    func send(_ bytes: [UInt8]) throws
+    /// Stops the guest at once and forgets it; safe to call more than once.
+    func destroy()
+}
+
+/// Something that can power on a machine and hand over its console: libvirt, or a fake in tests.
+public protocol Hypervisor: Sendable {
+    /// Creates the machine paused, attaches the console, then powers it on.
+    func powerOn(_ machine: MachineSpec) async throws -> any GuestConsole
+}
+
+/// The real thing: a transient libvirt domain.
+public struct LibvirtHypervisor: Hypervisor {
+    public let connection: LibvirtConnection
+
+    public init(uri: String) throws {
+        connection = try LibvirtConnection.shared(uri: uri)
+    }
+
+    /// `qemu:///embed?root=<cache>/libvirt`, or a short directory under /tmp when that path is too long
+    /// for the sockets libvirt creates under it (108 bytes).
+    public static func defaultURI(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        if let uri = environment["D2L_LIBVIRT_URI"], !uri.isEmpty { return uri }
+        var root = URL(fileURLWithPath: CacheDirectory.path).appendingPathComponent("libvirt").standardizedFileURL.path
+        // The longest socket is about <root>/run/libvirt/qemu/domain-N-<20 chars>/monitor.sock + slack.
+        if root.utf8.count > 40 { root = "/tmp/d2l-\(getuid())" }
+        return "qemu:///embed?root=\(root)"
+    }
+
+    public func powerOn(_ machine: MachineSpec) async throws -> any GuestConsole {
+        let domain = try connection.createPausedDomain(xml: machine.domainXML)
+        // From here on the domain must die on every way out, signals included.
+        let token = Cleanup.shared.addAction { domain.destroy() }
+        do {
+            let stream = try domain.openConsole()
+            try domain.resume()
+            return LibvirtGuest(domain: domain, stream: stream, cleanupToken: token)
+        } catch {
+            domain.destroy()
+            Cleanup.shared.removeAction(token)
+            throw error
+        }
+    }
+}
+
+final class LibvirtGuest: GuestConsole, @unchecked Sendable {
+    let domain: LibvirtDomain
+    let stream: ConsoleStream
+    let cleanupToken: Int
+
+    init(domain: LibvirtDomain, stream: ConsoleStream, cleanupToken: Int) {
+        self.domain = domain
+        self.stream = stream
+        self.cleanupToken = cleanupToken
+    }
+
+    var output: AsyncThrowingStream<[UInt8], any Error> { stream.output }
+    func send(_ bytes: [UInt8]) throws { try stream.send(bytes) }
+    func destroy() {
+        stream.close()
+        domain.destroy()
+        Cleanup.shared.removeAction(cleanupToken)
+    }
+}
+
+/// Chooses the accelerator, probing KVM once per process.
+public actor AcceleratorProbe {
+    public static let shared = AcceleratorProbe()
+    private var kvmWorks: Bool?
+
+    /// kvm or tcg for `requested`; for auto, KVM only when a probe guest really runs under it.
+    public func resolve(
+        _ requested: Accelerator, hypervisor: LibvirtHypervisor, deadline: Duration = .seconds(4)
+    ) async -> (Accelerator, warning: String?) {
+        switch requested {
+        case .kvm, .tcg: return (requested, nil)
+        case .auto: break
+        }
+        if kvmWorks == nil { kvmWorks = await probe(hypervisor: hypervisor, deadline: deadline) }
+        if kvmWorks == true { return (.kvm, nil) }
+        return (.tcg, "warning: KVM is missing or does not run guests here; using TCG (slower)")
+    }
+
+    /// Boots a diskless guest under KVM and waits for SeaBIOS to report that it looked for a boot disk.
+    private func probe(hypervisor: LibvirtHypervisor, deadline: Duration) async -> Bool {
+        guard FileManager.default.isReadableFile(atPath: "/dev/kvm") else { return false }
+        let name = MachineSpec.uniqueName(prefix: "d2l-kvm-probe")
+        let xml = MachineSpec.probeXML(name: name, accelerator: .kvm)
+        guard let domain = try? hypervisor.connection.createPausedDomain(xml: xml) else { return false }
+        let token = Cleanup.shared.addAction { domain.destroy() }
+        defer {
+            domain.destroy()
+            Cleanup.shared.removeAction(token)
+        }
+        guard let stream = try? domain.openConsole() else { return false }
+        defer { stream.close() }
+        guard (try? domain.resume()) != nil else { return false }
+        return await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                var text = ConsoleText()
+                do {
+                    for try await chunk in stream.output {
+                        for line in text.append(chunk) + [text.partialLine]
+                        where line.contains("No bootable device") || line.contains("Booting from") {
+                            return true
+                        }
+                    }
+                } catch {}
+                return false
+            }
+            group.addTask {
+                try? await Task.sleep(for: deadline)
+                return false
+            }
+            let result = await group.next() ?? false
+            group.cancelAll()
+            stream.close()
+            return result
+        }
+    }
+}

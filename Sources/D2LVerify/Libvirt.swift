@@ -1,0 +1,257 @@
+import CLibvirt
+import D2LSupport
+import Foundation
+
+/// A libvirt call that failed, with libvirt's own message.
+public struct LibvirtError: Error, CustomStringConvertible, Sendable {
+    public let operation: String
+    public let message: String
+    public var description: String { "libvirt: \(operation) failed: \(message)" }
+
+    /// Captures libvirt's last error for the calling thread.
+    static func last(_ operation: String) -> LibvirtError {
+        let text = virGetLastErrorMessage().map { String(cString: $0) } ?? "unknown error"
+        return LibvirtError(operation: operation, message: text)
+    }
+
+    /// Throws libvirt's last error when `result` is negative.
+    @discardableResult
+    static func check(_ result: Int32, _ operation: String) throws -> Int32 {
+        if result < 0 { throw last(operation) }
+        return result
+    }
+}
+
+/// libvirt's default event loop, registered once and run on its own thread.
+enum LibvirtEventLoop {
+    private static let started: Bool = {
+        // libvirt prints every error on stderr unless told otherwise; we report them ourselves.
+        virSetErrorFunc(nil) { _, _ in }
+        guard virEventRegisterDefaultImpl() == 0 else { return false }
+        let thread = Thread {
+            while true { _ = virEventRunDefaultImpl() }
+        }
+        thread.name = "libvirt-events"
+        thread.start()
+        return true
+    }()
+
+    static func start() throws {
+        guard started else { throw LibvirtError.last("virEventRegisterDefaultImpl") }
+    }
+}
+
+/// A connection to a libvirt driver; one per URI per process (the embedded driver allows only one).
+public final class LibvirtConnection: @unchecked Sendable {
+    private let pointer: virConnectPtr
+    public let uri: String
+
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var open: [String: LibvirtConnection] = [:]
+
+    private init(pointer: virConnectPtr, uri: String) {
+        self.pointer = pointer
+        self.uri = uri
+    }
+    deinit { virConnectClose(pointer) }
+
+    /// The process-wide connection to `uri`, opened on first use.
+    public static func shared(uri: String) throws -> LibvirtConnection {
+        try lock.withLock {
+            if let existing = open[uri] { return existing }
+            try LibvirtEventLoop.start()
+            if let root = embeddedRoot(of: uri) {
+                try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+            }
+            guard let pointer = virConnectOpen(uri) else { throw LibvirtError.last("connecting to \(uri)") }
+            let connection = LibvirtConnection(pointer: pointer, uri: uri)
+            open[uri] = connection
+            return connection
+        }
+    }
+
+    /// The root directory of a `qemu:///embed?root=DIR` URI.
+    static func embeddedRoot(of uri: String) -> String? {
+        guard uri.hasPrefix("qemu:///embed"), let range = uri.range(of: "root=") else { return nil }
+        let rest = uri[range.upperBound...]
+        return String(rest.prefix { $0 != "&" }).removingPercentEncoding
+    }
+
+    /// Creates and starts a transient domain, paused so that no console output is lost.
+    public func createPausedDomain(xml: String) throws -> LibvirtDomain {
+        let flags = UInt32(VIR_DOMAIN_START_PAUSED.rawValue)
+        guard let domain = virDomainCreateXML(pointer, xml, flags) else {
+            throw LibvirtError.last("creating the domain")
+        }
+        return LibvirtDomain(pointer: domain, connection: self)
+    }
+
+    /// Looks up a domain by name; nil when it does not exist.
+    public func domain(named name: String) -> LibvirtDomain? {
+        guard let domain = virDomainLookupByName(pointer, name) else { return nil }
+        return LibvirtDomain(pointer: domain, connection: self)
+    }
+
+    /// Names of the running domains.
+    public func runningDomainNames() throws -> [String] {
+        var list: UnsafeMutablePointer<virDomainPtr?>?
+        let count = try LibvirtError.check(
+            virConnectListAllDomains(pointer, &list, UInt32(VIR_CONNECT_LIST_DOMAINS_ACTIVE.rawValue)),
+            "listing domains")
+        defer { free(list) }
+        var names: [String] = []
+        for index in 0..<Int(count) {
+            guard let domain = list?[index] else { continue }
+            if let name = virDomainGetName(domain) { names.append(String(cString: name)) }
+            virDomainFree(domain)
+        }
+        return names
+    }
+
+    fileprivate func newStream() throws -> virStreamPtr {
+        guard let stream = virStreamNew(pointer, UInt32(VIR_STREAM_NONBLOCK.rawValue)) else {
+            throw LibvirtError.last("creating a console stream")
+        }
+        return stream
+    }
+}
+
+/// A libvirt domain handle.
+public final class LibvirtDomain: @unchecked Sendable {
+    private let pointer: virDomainPtr
+    private let connection: LibvirtConnection
+    private let lock = NSLock()
+    private var destroyed = false
+
+    fileprivate init(pointer: virDomainPtr, connection: LibvirtConnection) {
+        self.pointer = pointer
+        self.connection = connection
+    }
+    deinit { virDomainFree(pointer) }
+
+    public var name: String { virDomainGetName(pointer).map { String(cString: $0) } ?? "?" }
+
+    /// Opens the serial console as a non-blocking stream.
+    public func openConsole() throws -> ConsoleStream {
+        let stream = try connection.newStream()
+        let flags = UInt32(VIR_DOMAIN_CONSOLE_FORCE.rawValue)
+        guard virDomainOpenConsole(pointer, nil, stream, flags) == 0 else {
+            let error = LibvirtError.last("opening the serial console")
+            virStreamFree(stream)
+            throw error
+        }
+        return try ConsoleStream(pointer: stream)
+    }
+
+    public func resume() throws { try LibvirtError.check(virDomainResume(pointer), "resuming the domain") }
+
+    /// True while the domain exists and has not shut off.
+    public var isActive: Bool { virDomainIsActive(pointer) == 1 }
+
+    /// Stops the domain at once; safe to call more than once and from any thread.
+    public func destroy() {
+        let first = lock.withLock {
+            defer { destroyed = true }
+            return !destroyed
+        }
+        guard first else { return }
+        if virDomainDestroy(pointer) != 0, virDomainIsActive(pointer) == 1 {
+            // A second try covers QEMU being busy with the first request.
+            _ = virDomainDestroyFlags(pointer, UInt32(VIR_DOMAIN_DESTROY_DEFAULT.rawValue))
+        }
+    }
+}
+
+/// A non-blocking console stream whose bytes arrive through libvirt's event loop.
+public final class ConsoleStream: @unchecked Sendable {
+    private let pointer: virStreamPtr
+    private let lock = NSLock()
+    private var finished = false
+    private var callbackRegistered = false
+    private let continuation: AsyncThrowingStream<[UInt8], any Error>.Continuation
+    /// Bytes from the guest, in order; ends when the guest's console closes.
+    public let output: AsyncThrowingStream<[UInt8], any Error>
+
+    fileprivate init(pointer: virStreamPtr) throws {
+        self.pointer = pointer
+        (output, continuation) = AsyncThrowingStream.makeStream(of: [UInt8].self)
+        let events = Int32(VIR_STREAM_EVENT_READABLE.rawValue | VIR_STREAM_EVENT_ERROR.rawValue
+            | VIR_STREAM_EVENT_HANGUP.rawValue)
+        let opaque = Unmanaged.passRetained(self).toOpaque()
+        let result = virStreamEventAddCallback(
+            pointer, events,
+            { _, _, opaque in
+                guard let opaque else { return }
+                Unmanaged<ConsoleStream>.fromOpaque(opaque).takeUnretainedValue().drain()
+            },
+            opaque,
+            { opaque in
+                guard let opaque else { return }
+                Unmanaged<ConsoleStream>.fromOpaque(opaque).release()
+            })
+        if result != 0 {
+            Unmanaged<ConsoleStream>.fromOpaque(opaque).release()
+            throw LibvirtError.last("watching the console stream")
+        }
+        callbackRegistered = true
+    }
+    deinit { virStreamFree(pointer) }
+
+    /// Reads everything available; runs on the event loop thread.
+    private func drain() {
+        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let count = buffer.withUnsafeMutableBytes {
+                virStreamRecv(pointer, $0.baseAddress?.assumingMemoryBound(to: CChar.self), $0.count)
+            }
+            switch count {
+            case -2:
+                return  // would block: wait for the next event
+            case 0:
+                end(error: nil, finish: true)  // the guest's side closed: QEMU ended
+                return
+            case ..<0:
+                end(error: LibvirtError.last("reading the console"), finish: false)
+                return
+            default:
+                continuation.yield(Array(buffer[0..<Int(count)]))
+            }
+        }
+    }
+
+    /// Removes the callback (left registered it would fire again and again) and finishes the stream.
+    private func end(error: (any Error)?, finish: Bool) {
+        let first = lock.withLock {
+            defer { finished = true }
+            return !finished
+        }
+        guard first else { return }
+        if callbackRegistered { virStreamEventRemoveCallback(pointer) }
+        if finish { virStreamFinish(pointer) } else { virStreamAbort(pointer) }
+        continuation.finish(throwing: error)
+    }
+
+    /// Writes bytes to the guest's serial port, waiting briefly while the stream is full.
+    public func send(_ bytes: [UInt8]) throws {
+        var offset = 0
+        var attempts = 0
+        while offset < bytes.count {
+            let sent = bytes[offset...].withUnsafeBytes {
+                virStreamSend(pointer, $0.baseAddress?.assumingMemoryBound(to: CChar.self), $0.count)
+            }
+            if sent == -2 {
+                attempts += 1
+                guard attempts < 500 else { throw LibvirtError(operation: "writing to the console", message: "stream stayed full") }
+                usleep(10_000)
+                continue
+            }
+            try LibvirtError.check(sent, "writing to the console")
+            offset += Int(sent)
+        }
+    }
+
+    /// Stops watching the stream; the output sequence ends.
+    public func close() {
+        end(error: nil, finish: false)
+    }
+}

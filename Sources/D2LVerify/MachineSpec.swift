@@ -1,0 +1,121 @@
+import Foundation
+
+/// How the guest's CPU is provided.
+public enum Accelerator: String, Sendable, CaseIterable, Codable {
+    case auto, kvm, tcg
+}
+
+/// The bus the disk under test sits on.
+public enum DiskBus: String, Sendable, CaseIterable, Codable {
+    case virtio, sata
+}
+
+/// Everything needed to describe the throwaway machine that boots a disk.
+public struct MachineSpec: Sendable {
+    public var name: String
+    public var diskPath: String
+    public var diskFormat: DiskFormat
+    public var accelerator: Accelerator
+    public var memoryMiB: Int
+    public var cpus: Int
+    public var diskBus: DiskBus
+
+    public init(
+        name: String = MachineSpec.uniqueName(), diskPath: String, diskFormat: DiskFormat = .raw,
+        accelerator: Accelerator = .tcg, memoryMiB: Int = 1024, cpus: Int = 2, diskBus: DiskBus = .virtio
+    ) {
+        self.name = name
+        self.diskPath = diskPath
+        self.diskFormat = diskFormat
+        self.accelerator = accelerator
+        self.memoryMiB = memoryMiB
+        self.cpus = cpus
+        self.diskBus = diskBus
+    }
+
+    /// A name no other run uses at the same time: pid, time and randomness.
+    public static func uniqueName(prefix: String = "d2l-verify") -> String {
+        let random = String(UInt32.random(in: 0...UInt32.max), radix: 16)
+        return "\(prefix)-\(getpid())-\(random)"
+    }
+
+    /// The libvirt domain XML: transient disk, no relabelling, serial console, nothing else.
+    public var domainXML: String {
+        let type = accelerator == .kvm ? "kvm" : "qemu"
+        let target = diskBus == .virtio ? "vda" : "sda"
+        let cpu = accelerator == .kvm ? "<cpu mode='host-passthrough'/>" : ""
+        return """
+            <domain type='\(type)'>
+              <name>\(XMLText.escape(name))</name>
+              <memory unit='MiB'>\(memoryMiB)</memory>
+              <vcpu>\(cpus)</vcpu>
+              <os>
+                <type arch='x86_64' machine='pc'>hvm</type>
+                <boot dev='hd'/>
+                <bios useserial='yes'/>
+              </os>
+              <features><acpi/><apic/></features>
+              \(cpu)
+              <clock offset='utc'/>
+              <on_poweroff>destroy</on_poweroff>
+              <on_reboot>destroy</on_reboot>
+              <on_crash>destroy</on_crash>
+              <devices>
+                <disk type='file' device='disk'>
+                  <driver name='qemu' type='\(diskFormat.rawValue)'/>
+                  <source file='\(XMLText.escape(diskPath))'/>
+                  <target dev='\(target)' bus='\(diskBus.rawValue)'/>
+                  <transient/>
+                </disk>
+                <serial type='pty'><target port='0'/></serial>
+                <console type='pty'><target type='serial' port='0'/></console>
+                <memballoon model='none'/>
+              </devices>
+              <seclabel type='none'/>
+            </domain>
+            """
+    }
+
+    /// A diskless guest for probing an accelerator: SeaBIOS runs and says it found nothing to boot.
+    static func probeXML(name: String, accelerator: Accelerator) -> String {
+        let type = accelerator == .kvm ? "kvm" : "qemu"
+        return """
+            <domain type='\(type)'>
+              <name>\(XMLText.escape(name))</name>
+              <memory unit='MiB'>32</memory>
+              <vcpu>1</vcpu>
+              <os>
+                <type arch='x86_64' machine='pc'>hvm</type>
+                <boot dev='hd'/>
+                <bios useserial='yes'/>
+              </os>
+              <on_poweroff>destroy</on_poweroff>
+              <on_reboot>destroy</on_reboot>
+              <on_crash>destroy</on_crash>
+              <devices>
+                <serial type='pty'><target port='0'/></serial>
+                <console type='pty'><target type='serial' port='0'/></console>
+                <memballoon model='none'/>
+              </devices>
+              <seclabel type='none'/>
+            </domain>
+            """
+    }
+}
+
+enum XMLText {
+    static func escape(_ text: String) -> String {
+        var out = ""
+        for character in text {
+            switch character {
+            case "&": out += "&amp;"
+            case "<": out += "&lt;"
+            case ">": out += "&gt;"
+            case "'": out += "&apos;"
+            case "\"": out += "&quot;"
+            default: out.append(character)
+            }
+        }
+        return out
+    }
+}

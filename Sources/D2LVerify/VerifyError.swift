@@ -1,0 +1,20 @@
+/// Why `d2l verify` could not test a disk (exit status 125), as opposed to a boot that failed.
+public enum VerifyError: Error, CustomStringConvertible, Sendable {
+    case missingImage(path: String)
+    case unreadableImage(path: String, reason: String)
+    case badOption(String)
+    case hypervisor(String)
+
+    public var description: String {
+        switch self {
+        case .missingImage(let path):
+            return "\(path): no such file: pass the disk image that d2l build wrote"
+        case .unreadableImage(let path, let reason):
+            return "\(path): \(reason)"
+        case .badOption(let text):
+            return text
+        case .hypervisor(let text):
+            return text
+        }
+    }
+}
