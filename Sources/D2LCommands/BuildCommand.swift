@@ -1,6 +1,165 @@
 import ArgumentParser
+import D2LDisk
+import D2LImage
+import D2LSupport
+import Foundation
 
+/// `d2l build`: container image in, bootable disk out.
 struct BuildCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "build", abstract: "Build a bootable disk image.")
-    func run() async throws { throw ExitCode(1) }
+    static let configuration = CommandConfiguration(
+        commandName: "build",
+        abstract: "Build a bootable disk image from a container image, without root.",
+        discussion: """
+            INPUT is recognised by its content:
+              - a docker-archive (docker save, podman save --format docker-archive)
+              - an OCI image layout directory or oci-archive tar
+              - a root file system tar (docker export, podman export), plain or compressed
+              - a directory holding a root file system
+              - docker:NAME or podman:NAME, saved from that engine
+
+            The disk has an MBR with syslinux, a FAT /boot partition with the image's kernel \
+            and initrd, and an ext4 root written straight from the layers (no mount, no loop \
+            device). The kernel command line is \
+            `root=UUID=<uuid> ro console=tty0 console=ttyS0,115200` plus --append.
+
+            The image must contain a kernel and initrd (Debian: linux-image-amd64) and an init \
+            (Debian: systemd-sysv). Set SOURCE_DATE_EPOCH for a byte-identical rebuild.
+
+            Examples:
+              podman save --format docker-archive -o debian.tar localhost/my/debian
+              d2l build debian.tar -o linux.img --root-password-empty
+              d2l build podman:localhost/my/debian -o linux.qcow2 --size 4G
+            """)
+
+    @Argument(help: "The container image (see above).")
+    var input: String
+
+    @Option(name: .shortAndLong, help: "The disk image to write.")
+    var output: String = "linux.img"
+
+    @Option(help: "raw, qcow2, vmdk, vdi, vhdx or vpc (default: from the output's extension, else raw).")
+    var format: String?
+
+    @Option(help: "Disk size, e.g. 2G or 1500M (default: the content plus headroom).")
+    var size: String?
+
+    @Option(help: "Free space on the root file system, as a percentage of the content (e.g. 25%) or a size (e.g. 512M).")
+    var headroom: String?
+
+    @Option(help: "The host name written to /etc/hostname.")
+    var hostname: String = "d2l"
+
+    @Option(help: "Set root's password (stored as a SHA-512 crypt hash).")
+    var rootPassword: String?
+
+    @Flag(help: "Give root an empty password (for test images only).")
+    var rootPasswordEmpty = false
+
+    @Option(help: "Extra kernel command line arguments.")
+    var append: String = ""
+
+    @Option(name: .customLong("init"), help: "The init to check for, when not /sbin/init.")
+    var initPath: String?
+
+    @Option(help: "Platform to take from a multi-platform image (os/arch).")
+    var platform: String = "linux/amd64"
+
+    @Flag(help: "Replace the output if it exists.")
+    var force = false
+
+    @Flag(help: "Print a JSON summary on stdout.")
+    var json = false
+
+    @Flag(name: .shortAndLong, help: "Print only warnings and errors.")
+    var quiet = false
+
+    func validate() throws {
+        if format != nil, DiskFormat(rawValue: format!) == nil {
+            throw ValidationError("unknown --format \(format!): use one of \(DiskFormat.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        if let size, SizeParser.bytes(size) == nil { throw ValidationError("--size \(size): give a size such as 2G or 1500M") }
+        if let headroom, SizeParser.headroom(headroom) == nil {
+            throw ValidationError("--headroom \(headroom): give a percentage (25%) or a size (512M)")
+        }
+        if rootPassword != nil && rootPasswordEmpty {
+            throw ValidationError("--root-password and --root-password-empty exclude each other")
+        }
+        if hostname.isEmpty || hostname.count > 64 || !hostname.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "." }) {
+            throw ValidationError("--hostname \(hostname): letters, digits, '-' and '.' only, at most 64")
+        }
+    }
+
+    func run() async throws {
+        Cleanup.shared.installSignalHandlers()
+        let progress = ProgressReporter(mode: quiet ? .quiet : nil)
+        var options = BuildOptions(output: output)
+        options.format = format.flatMap(DiskFormat.init(rawValue:))
+        options.size = size.flatMap(SizeParser.bytes)
+        if let headroom, let parsed = SizeParser.headroom(headroom) {
+            switch parsed {
+            case .fraction(let f): options.headroom = f; options.minimumHeadroom = 0
+            case .bytes(let b): options.headroom = 0; options.minimumHeadroom = b
+            }
+        }
+        options.hostname = hostname
+        options.rootPassword = rootPasswordEmpty ? "" : rootPassword
+        options.append = append
+        options.initPath = initPath
+        options.force = force
+        if let epoch = ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"], !epoch.isEmpty {
+            guard let value = Int64(epoch) else {
+                throw ValidationError("SOURCE_DATE_EPOCH=\(epoch) is not a number of seconds")
+            }
+            options.sourceDateEpoch = value
+        }
+        let started = Date()
+        do {
+            progress.begin("reading \(input)")
+            let image = try ImageReader.open(input, platform: platform)
+            let summary = try DiskBuilder(image: image, options: options, progress: progress).build()
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                print(String(decoding: try encoder.encode(summary), as: UTF8.self))
+            }
+            progress.note(
+                String(
+                    format: "wrote %@ (%@, %@ allocated) in %.1f s: %@, kernel %@",
+                    summary.output, ProgressReporter.format(summary.diskBytes),
+                    ProgressReporter.format(summary.allocatedBytes), Date().timeIntervalSince(started),
+                    summary.distro.isEmpty ? "unknown distro" : summary.distro, summary.kernelVersion))
+        } catch let error as ValidationError {
+            throw error
+        } catch {
+            progress.done()
+            FileHandle.standardError.write(Data("d2l build: error: \(error)\n".utf8))
+            throw ExitCode.failure
+        }
+    }
+}
+
+/// Parses sizes ("2G", "1500M", "1073741824") and headroom ("25%", "512M").
+enum SizeParser {
+    enum Headroom { case fraction(Double), bytes(UInt64) }
+
+    static func bytes(_ text: String) -> UInt64? {
+        let t = text.trimmingCharacters(in: .whitespaces).uppercased()
+        let units: [(String, UInt64)] = [
+            ("TIB", 1 << 40), ("GIB", 1 << 30), ("MIB", 1 << 20), ("KIB", 1 << 10),
+            ("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10), ("B", 1),
+        ]
+        for (suffix, scale) in units where t.hasSuffix(suffix) {
+            guard let v = Double(t.dropLast(suffix.count)), v > 0 else { return nil }
+            return UInt64(v * Double(scale))
+        }
+        return UInt64(t).flatMap { $0 > 0 ? $0 : nil }
+    }
+
+    static func headroom(_ text: String) -> Headroom? {
+        if text.hasSuffix("%") {
+            guard let v = Double(text.dropLast()), v >= 0, v <= 1000 else { return nil }
+            return .fraction(v / 100)
+        }
+        return bytes(text).map { .bytes($0) }
+    }
 }

@@ -75,6 +75,7 @@ public final class ArchiveStream {
     private var spare: OpaquePointer?
     private var pendingSpare = false
     private var closed = false
+    private var atEnd = false
     /// Entries whose names escaped the root or could not be decoded, skipped with a warning.
     public private(set) var skippedNames: [String] = []
 
@@ -152,7 +153,7 @@ public final class ArchiveStream {
             let current: OpaquePointer
             if diskRoot != nil {
                 let code = archive_read_next_header2(handle, entry)
-                if code == ARCHIVE_EOF { return nil }
+                if code == ARCHIVE_EOF { atEnd = true; return nil }
                 try check(code)
                 archive_read_disk_descend(handle)
                 var e: OpaquePointer? = entry
@@ -163,7 +164,7 @@ public final class ArchiveStream {
             } else {
                 var e: OpaquePointer?
                 let code = archive_read_next_header(handle, &e)
-                if code == ARCHIVE_EOF { return nil }
+                if code == ARCHIVE_EOF { atEnd = true; return nil }
                 try check(code)
                 guard let e else { continue }
                 current = e
@@ -262,7 +263,7 @@ public final class ArchiveStream {
 
     /// Finishes the stream; returns the SHA-256 of the raw bytes when hashing was on.
     public func finish() throws -> String? {
-        if diskRoot == nil {
+        if diskRoot == nil && !atEnd {
             // Let libarchive consume the end-of-archive blocks.
             while try next() != nil {}
         }

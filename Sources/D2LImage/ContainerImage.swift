@@ -46,6 +46,16 @@ public struct LayerSource: Sendable {
     public var size: Int64
     public var description: String
 
+    public init(
+        location: Location, expectedDigest: String? = nil, hasWhiteouts: Bool, size: Int64, description: String
+    ) {
+        self.location = location
+        self.expectedDigest = expectedDigest
+        self.hasWhiteouts = hasWhiteouts
+        self.size = size
+        self.description = description
+    }
+
     /// Opens the layer; `verify` reads every byte through SHA-256 and disables seeking.
     public func open(verify: Bool) throws -> EntryStream {
         switch location {

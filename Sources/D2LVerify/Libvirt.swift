@@ -59,15 +59,52 @@ public final class LibvirtConnection: @unchecked Sendable {
     public static func shared(uri: String) throws -> LibvirtConnection {
         try lock.withLock {
             if let existing = open[uri] { return existing }
+            if let root = embeddedRoot(of: uri) { try prepareEmbeddedRoot(root) }
             try LibvirtEventLoop.start()
-            if let root = embeddedRoot(of: uri) {
-                try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+            guard let pointer = virConnectOpen(uri) else {
+                var error = LibvirtError.last("connecting to \(uri)")
+                if error.message.contains("Failed to parse user") {
+                    // As root the driver insists that its compiled-in user exists, even when qemu.conf overrides it.
+                    error = LibvirtError(
+                        operation: error.operation,
+                        message: error.message + " (as root libvirt's QEMU driver needs that user: "
+                            + "apt-get install libvirt-daemon-system, or groupadd --system libvirt-qemu && "
+                            + "useradd --system -g libvirt-qemu libvirt-qemu)")
+                }
+                throw error
             }
-            guard let pointer = virConnectOpen(uri) else { throw LibvirtError.last("connecting to \(uri)") }
             let connection = LibvirtConnection(pointer: pointer, uri: uri)
             open[uri] = connection
             return connection
         }
+    }
+
+    /// Gives the embedded driver a configuration that works without libvirt's users and daemons.
+    private static func prepareEmbeddedRoot(_ root: String) throws {
+        let files = FileManager.default
+        try files.createDirectory(atPath: root + "/etc", withIntermediateDirectories: true)
+        try files.createDirectory(atPath: root + "/log", withIntermediateDirectories: true)
+        // As root the driver would run QEMU as libvirt-qemu, which need not exist; run it as ourselves
+        // and never chown or relabel the image.
+        let config = root + "/etc/qemu.conf"
+        do {
+            let text = """
+                # Written by d2l verify for libvirt's embedded QEMU driver.
+                user = "+\(getuid())"
+                group = "+\(getgid())"
+                dynamic_ownership = 0
+                remember_owner = 0
+                security_driver = "none"
+                # QEMU's own stderr goes to a file: virtlogd is a daemon, and none runs.
+                stdio_handler = "file"
+
+                """
+            if (try? String(contentsOfFile: config, encoding: .utf8)) != text {
+                try text.write(toFile: config, atomically: true, encoding: .utf8)
+            }
+        }
+        // libvirt logs its errors on stderr as well; we report them ourselves.
+        setenv("LIBVIRT_LOG_OUTPUTS", "3:file:\(root)/log/libvirt.log", 0)
     }
 
     /// The root directory of a `qemu:///embed?root=DIR` URI.

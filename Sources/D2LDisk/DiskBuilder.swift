@@ -1,0 +1,322 @@
+import D2LImage
+import D2LSupport
+import Foundation
+
+/// Output formats; everything but raw is converted with qemu-img.
+public enum DiskFormat: String, CaseIterable, Sendable, Codable {
+    case raw, qcow2, vmdk, vdi, vhdx, vpc
+
+    /// The format a file name implies (".vhd" is qemu-img's "vpc").
+    public static func fromExtension(_ path: String) -> DiskFormat? {
+        switch URL(fileURLWithPath: path).pathExtension.lowercased() {
+        case "img", "raw": return .raw
+        case "qcow2": return .qcow2
+        case "vmdk": return .vmdk
+        case "vdi": return .vdi
+        case "vhdx": return .vhdx
+        case "vhd", "vpc": return .vpc
+        default: return nil
+        }
+    }
+}
+
+/// Everything `d2l build` can be told.
+public struct BuildOptions: Sendable {
+    public var output: String
+    public var format: DiskFormat?
+    public var size: UInt64?
+    /// Free space to add, as a fraction of the content (0.25) with at least `minimumHeadroom` bytes.
+    public var headroom: Double = 0.25
+    public var minimumHeadroom: UInt64 = 256 << 20
+    public var hostname: String = "d2l"
+    public var rootPassword: String?
+    public var append: String = ""
+    public var initPath: String?
+    public var force = false
+    public var sourceDateEpoch: Int64?
+
+    public init(output: String) { self.output = output }
+}
+
+/// What a build did, for `--json` and the closing line.
+public struct BuildSummary: Codable, Sendable {
+    public struct Phase: Codable, Sendable {
+        public var name: String
+        public var seconds: Double
+    }
+    public var input: String
+    public var inputFormat: String
+    public var inputDigest: String?
+    public var distro: String
+    public var kernelVersion: String
+    public var initSystem: String
+    public var output: String
+    public var format: String
+    public var diskBytes: UInt64
+    public var allocatedBytes: UInt64
+    public var contentBytes: UInt64
+    public var files: Int
+    public var rootUUID: String
+    public var phases: [Phase]
+}
+
+/// Builds a bootable disk from a container image.
+public final class DiskBuilder {
+    let image: ContainerImage
+    let options: BuildOptions
+    let progress: ProgressReporter
+    private var phases: [BuildSummary.Phase] = []
+    private var phaseStart = Date()
+    private var phaseName: String?
+
+    public init(image: ContainerImage, options: BuildOptions, progress: ProgressReporter) {
+        self.image = image
+        self.options = options
+        self.progress = progress
+    }
+
+    private func phase(_ name: String) {
+        endPhase()
+        phaseName = name
+        phaseStart = Date()
+        progress.begin(name)
+    }
+
+    private func endPhase() {
+        if let phaseName { phases.append(.init(name: phaseName, seconds: Date().timeIntervalSince(phaseStart))) }
+        phaseName = nil
+    }
+
+    /// Reads the image, checks it can boot, writes the disk; the output appears only when all went well.
+    public func build() throws -> BuildSummary {
+        let format = options.format ?? DiskFormat.fromExtension(options.output) ?? .raw
+        let output = URL(fileURLWithPath: options.output).standardizedFileURL.path
+        let outputDir = (output as NSString).deletingLastPathComponent
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: outputDir, isDirectory: &isDir), isDir.boolValue else {
+            throw DiskError.io(outputDir, message: "the output's directory does not exist")
+        }
+        if FileManager.default.fileExists(atPath: output), !options.force { throw DiskError.outputExists(output) }
+        for tool in ["mkfs.ext4", "mkfs.vfat", "mmd", "mcopy", "syslinux"] + (format == .raw ? [] : ["qemu-img"])
+        where ProcessRunner.which(tool) == nil {
+            let package = ["mkfs.ext4": "e2fsprogs", "mkfs.vfat": "dosfstools", "mmd": "mtools", "mcopy": "mtools",
+                "syslinux": "syslinux", "qemu-img": "qemu-utils"][tool] ?? tool
+            throw DiskError.tool("\(tool) is not installed (Debian package: \(package))")
+        }
+        _ = try BootPartition.mbrCode()
+
+        // 1. Scan: flatten the layers' headers and look at what would boot.
+        phase("scanning \(image.layers.count) layer(s)")
+        let flattener = LayerFlattener(capturePaths: BootFacts.capturePaths, headNames: BootFacts.headNames)
+        let tree = try flattener.scan(image.layers, progress: progress)
+        for warning in tree.warnings.prefix(20) { progress.note("warning: \(warning)") }
+        let facts = BootFacts.examine(tree, architecture: image.architecture, initOverride: options.initPath)
+        guard facts.problems.isEmpty, let kernel = facts.kernel, let initrdPath = kernel.initrdPath else {
+            throw DiskError.cannotBoot(facts.problems)
+        }
+
+        // 2. Identity: derived from the input and the epoch, so a rebuild is byte-identical.
+        let epoch = options.sourceDateEpoch
+        let seedText = (image.digest ?? "\(image.path):\(tree.stats.dataBytes):\(tree.stats.inodes)")
+            + ":\(epoch.map(String.init) ?? "")"
+        let seed = epoch != nil || image.digest != nil ? SHA256Hasher.hex(Data(seedText.utf8)) : SHA256Hasher.hex(Data(UUID().uuidString.utf8))
+        let rootUUID = Self.uuid(fromHex: String(seed.prefix(32)))
+        let hashSeed = Self.uuid(fromHex: String(SHA256Hasher.hex(Data((seed + "hash").utf8)).prefix(32)))
+        let volumeID = UInt32(seed.dropFirst(32).prefix(8), radix: 16) ?? 0x1234_5678
+        let signature = UInt32(seed.dropFirst(40).prefix(8), radix: 16) ?? 0x8765_4321
+        let mtime = epoch ?? Int64(Date().timeIntervalSince1970)
+
+        let setup = UserlandSetup(
+            hostname: options.hostname, rootUUID: rootUUID, bootVolumeID: volumeID,
+            rootPassword: options.rootPassword, passwordSalt: String(seed.suffix(16)), mtime: mtime)
+        let generated = LayerSource(
+            location: .synthetic(try setup.files(for: tree, facts: facts)), hasWhiteouts: true, size: 0,
+            description: "files generated by d2l")
+        let layers = image.layers + [generated]
+        try flattener.overlay(generated, index: layers.count - 1, on: tree)
+
+        // 3. Sizes.
+        let kernelFromBoot = kernel.kernelPath.starts(with: ImagePath("boot/"))
+        let bootBytes = Self.bootContentBytes(tree) + (kernelFromBoot ? 0 : kernel.kernelSize + kernel.initrdSize)
+        let bootSize = Self.roundUp(max(64 << 20, bootBytes + bootBytes / 4 + (16 << 20)), to: 1 << 20)
+        let stats = tree.stats
+        let inodes = UInt64(stats.inodes) + UInt64(stats.inodes) / 4 + 4096
+        let contentBytes = stats.dataBlocks4K * 4096 + UInt64(stats.directories + stats.longSymlinks) * 4096
+        let metadataBytes = inodes * 256 + contentBytes / 32 + (64 << 20)  // inode tables, bitmaps, journal
+        let needed = contentBytes + metadataBytes
+        var rootSize = Self.roundUp(
+            needed + max(UInt64(Double(contentBytes) * options.headroom), options.minimumHeadroom), to: 1 << 20)
+        let firstSector: UInt64 = 2048
+        if let size = options.size {
+            let fixed = (firstSector * 512) + bootSize + (1 << 20)
+            guard size > fixed + needed else { throw DiskError.tooSmall(requested: size, needed: fixed + needed) }
+            rootSize = Self.roundDown(size - fixed, to: 1 << 20)
+        }
+        let bootPart = PartitionTable.Partition(
+            type: BootPartition.fatBits(forBytes: Int64(bootSize)) == 32 ? PartitionTable.fat32LBA : PartitionTable.fat16LBA,
+            bootable: true, startSector: firstSector, sectorCount: bootSize / 512)
+        let rootPart = PartitionTable.Partition(
+            type: PartitionTable.linux, bootable: false, startSector: firstSector + bootSize / 512,
+            sectorCount: rootSize / 512)
+        let diskSize = UInt64(rootPart.byteOffset + rootPart.byteCount) + (1 << 20)
+
+        // 4. Write into a temporary file beside the output; rename at the end.
+        let name = (output as NSString).lastPathComponent
+        let temp = outputDir + "/.\(name).d2l-\(getpid()).tmp"
+        let scratch = outputDir + "/.\(name).d2l-\(getpid()).d"
+        Cleanup.shared.add(temp)
+        Cleanup.shared.add(scratch)
+        defer {
+            try? FileManager.default.removeItem(atPath: scratch)
+            try? FileManager.default.removeItem(atPath: temp)
+            Cleanup.shared.remove(scratch)
+            Cleanup.shared.remove(temp)
+        }
+        try FileManager.default.createDirectory(atPath: scratch + "/boot", withIntermediateDirectories: true)
+        try Self.createSparse(temp, size: diskSize)
+        let table = PartitionTable(partitions: [bootPart, rootPart], diskSignature: signature)
+        try Self.writeAt(temp, offset: 0, bytes: table.sector(bootCode: try BootPartition.mbrCode()))
+
+        phase("formatting ext4 (\(ProgressReporter.format(rootSize)))")
+        var mkfsEnv: [String: String] = [:]
+        if let epoch { mkfsEnv["E2FSPROGS_FAKE_TIME"] = String(epoch) }
+        try ProcessRunner.run(
+            [
+                "mkfs.ext4", "-q", "-F", "-b", "4096", "-m", "1", "-L", "root", "-U", rootUUID,
+                "-N", "\(inodes)",
+                "-E", "offset=\(rootPart.byteOffset),hash_seed=\(hashSeed),lazy_itable_init=1,lazy_journal_init=1,nodiscard",
+                temp, "\(rootSize / 1024)k",
+            ], environment: mkfsEnv)
+
+        phase("writing ext4 root (\(ProgressReporter.format(stats.dataBytes)) in \(stats.regularFiles) files)")
+        let ext4 = try Ext4Writer(path: temp, offset: rootPart.byteOffset)
+        var extra: [ImagePath: String] = [:]
+        if !kernelFromBoot {
+            extra[kernel.kernelPath] = scratch + "/boot/vmlinuz-\(kernel.version)"
+            if !initrdPath.starts(with: ImagePath("boot/")) {
+                extra[initrdPath] = scratch + "/boot/initrd.img-\(kernel.version)"
+            }
+        }
+        let writer = TreeWriter(bootDirectory: scratch + "/boot", extraCaptures: extra)
+        let written = try writer.write(tree: tree, layers: layers, to: ext4, progress: progress)
+        try ext4.close()
+        progress.done()
+
+        phase("writing FAT boot partition and syslinux")
+        let boot = BootPartition(diskPath: temp, partition: bootPart, volumeID: volumeID, scratch: scratch)
+        try boot.format(epoch: epoch)
+        try boot.mkdir("syslinux")
+        let kernelName = kernelFromBoot ? String(decoding: kernel.kernelPath.splitParent.name, as: UTF8.self)
+            : "vmlinuz-\(kernel.version)"
+        let initrdName = initrdPath.starts(with: ImagePath("boot/"))
+            ? String(decoding: initrdPath.dropFirst(5), as: UTF8.self) : "initrd.img-\(kernel.version)"
+        try copyBootTree(scratch + "/boot", relative: "", boot: boot)
+        let cmdline = (["root=UUID=\(rootUUID)", "ro", "console=tty0", "console=ttyS0,115200"]
+            + (options.append.isEmpty ? [] : [options.append])).joined(separator: " ")
+        let config = """
+            SERIAL 0 115200
+            DEFAULT linux
+            PROMPT 0
+            TIMEOUT 0
+            LABEL linux
+              LINUX /\(kernelName)
+              INITRD /\(initrdName)
+              APPEND \(cmdline)
+
+            """
+        try Data(config.utf8).write(to: URL(fileURLWithPath: scratch + "/syslinux.cfg"))
+        try boot.copy(scratch + "/syslinux.cfg", to: "syslinux/syslinux.cfg")
+        try boot.installSyslinux()
+
+        var final = temp
+        if format != .raw {
+            phase("converting to \(format.rawValue)")
+            let converted = temp + "." + format.rawValue
+            Cleanup.shared.add(converted)
+            defer { Cleanup.shared.remove(converted) }
+            do {
+                try ProcessRunner.run(["qemu-img", "convert", "-f", "raw", "-O", format.rawValue, temp, converted])
+            } catch {
+                try? FileManager.default.removeItem(atPath: converted)
+                throw error
+            }
+            try FileManager.default.removeItem(atPath: temp)
+            final = converted
+        }
+        guard rename(final, output) == 0 else {
+            let message = String(cString: strerror(errno))
+            try? FileManager.default.removeItem(atPath: final)
+            throw DiskError.io(output, message: message)
+        }
+        endPhase()
+        progress.done()
+
+        var st = stat()
+        stat(output, &st)
+        return BuildSummary(
+            input: image.path, inputFormat: image.format.rawValue, inputDigest: image.digest.map { "sha256:" + $0 },
+            distro: facts.distro, kernelVersion: kernel.version, initSystem: facts.initSystem.rawValue,
+            output: output, format: format.rawValue, diskBytes: UInt64(st.st_size),
+            allocatedBytes: UInt64(st.st_blocks) * 512, contentBytes: written.bytesWritten,
+            files: written.filesWritten, rootUUID: rootUUID, phases: phases)
+    }
+
+    private func copyBootTree(_ dir: String, relative: String, boot: BootPartition) throws {
+        let names = try FileManager.default.contentsOfDirectory(atPath: dir).sorted()
+        for name in names {
+            let path = dir + "/" + name
+            let rel = relative.isEmpty ? name : relative + "/" + name
+            var isDir: ObjCBool = false
+            _ = FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
+            if isDir.boolValue {
+                try boot.mkdir(rel)
+                try copyBootTree(path, relative: rel, boot: boot)
+            } else {
+                try boot.copy(path, to: rel)
+            }
+        }
+    }
+
+    /// Bytes of regular files under /boot (they go to the FAT partition).
+    static func bootContentBytes(_ tree: FileTree) -> UInt64 {
+        guard let boot = tree.lookup(ImagePath("boot")) else { return 0 }
+        var total: UInt64 = 0
+        var stack = [boot]
+        while let node = stack.popLast() {
+            for child in node.children.values {
+                if child.kind == .directory { stack.append(child) } else { total += (child.size + 4095) / 4096 * 4096 }
+            }
+        }
+        return total
+    }
+
+    static func uuid(fromHex hex: String) -> String {
+        var chars = Array(hex.prefix(32))
+        chars[12] = "4"  // version 4 layout, variant 10xx
+        let variant = (Int(String(chars[16]), radix: 16) ?? 0) & 0x3 | 0x8
+        chars[16] = Character(String(variant, radix: 16))
+        let s = String(chars)
+        let i = s.startIndex
+        func sub(_ a: Int, _ b: Int) -> Substring { s[s.index(i, offsetBy: a)..<s.index(i, offsetBy: b)] }
+        return "\(sub(0, 8))-\(sub(8, 12))-\(sub(12, 16))-\(sub(16, 20))-\(sub(20, 32))"
+    }
+
+    static func roundUp(_ value: UInt64, to unit: UInt64) -> UInt64 { (value + unit - 1) / unit * unit }
+    static func roundDown(_ value: UInt64, to unit: UInt64) -> UInt64 { value / unit * unit }
+
+    static func createSparse(_ path: String, size: UInt64) throws {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw DiskError.io(path, message: String(cString: strerror(errno))) }
+        defer { close(fd) }
+        guard ftruncate(fd, off_t(size)) == 0 else { throw DiskError.io(path, message: String(cString: strerror(errno))) }
+    }
+
+    static func writeAt(_ path: String, offset: Int64, bytes: [UInt8]) throws {
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw DiskError.io(path, message: String(cString: strerror(errno))) }
+        defer { close(fd) }
+        guard bytes.withUnsafeBytes({ pwrite(fd, $0.baseAddress, $0.count, off_t(offset)) }) == bytes.count else {
+            throw DiskError.io(path, message: String(cString: strerror(errno)))
+        }
+    }
+}

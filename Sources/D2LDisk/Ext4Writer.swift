@@ -1,0 +1,345 @@
+import CExt2fs
+import D2LImage
+import Foundation
+
+/// Writes files into an ext4 file system that lies at an offset inside a disk
+/// image, through libext2fs: no mount, no loop device, no root.
+///
+/// File data does not go through libext2fs's block cache: blocks are
+/// allocated as extents, then the data is written with pwrite straight to
+/// their place in the disk file.
+public final class Ext4Writer {
+    private var fs: ext2_filsys?
+    private let dataFD: Int32
+    private let partitionOffset: Int64
+    public let blockSize: Int
+    private var goal: blk64_t = 0
+    private let path: String
+    /// Bytes of file data written so far.
+    public private(set) var bytesWritten: UInt64 = 0
+
+    public static let rootInode = ext2_ino_t(EXT2_ROOT_INO)
+
+    /// Opens the file system inside `path` at byte `offset`, read-write.
+    public init(path: String, offset: Int64) throws {
+        self.path = path
+        partitionOffset = offset
+        var handle: ext2_filsys?
+        let flags = EXT2_FLAG_RW | EXT2_FLAG_64BITS
+        let code = ext2fs_open2(path, "offset=\(offset)", Int32(flags), 0, 0, d2l_unix_io_manager(), &handle)
+        try Self.check(code, "open \(path) at offset \(offset)")
+        guard let handle else { throw DiskError.ext2fs("open", code: 0, message: "no handle") }
+        fs = handle
+        blockSize = Int(d2l_ext2_block_size(handle))
+        try Self.check(ext2fs_read_bitmaps(handle), "read bitmaps")
+        dataFD = Foundation.open(path, O_WRONLY | O_CLOEXEC)
+        guard dataFD >= 0 else {
+            ext2fs_close_free(&fs)
+            throw DiskError.io(path, message: String(cString: strerror(errno)))
+        }
+    }
+
+    deinit {
+        if fs != nil { ext2fs_close_free(&fs) }
+        Foundation.close(dataFD)
+    }
+
+    /// Flushes metadata and closes; errors here mean the file system is incomplete.
+    public func close() throws {
+        guard fs != nil else { return }
+        let code = ext2fs_close_free(&fs)
+        fs = nil
+        try Self.check(code, "close")
+        guard fsync(dataFD) == 0 || errno == EINVAL else {
+            throw DiskError.io(path, message: String(cString: strerror(errno)))
+        }
+    }
+
+    static func check(_ code: errcode_t, _ op: @autoclosure () -> String) throws {
+        guard code != 0 else { return }
+        let message = error_message(code).map { String(cString: $0) } ?? "unknown error"
+        throw DiskError.ext2fs(op(), code: Int(code), message: message)
+    }
+
+    private var handle: ext2_filsys {
+        get throws {
+            guard let fs else { throw DiskError.ext2fs("use", code: 0, message: "file system is closed") }
+            return fs
+        }
+    }
+
+    // MARK: inodes
+
+    private func fill(_ inode: inout ext2_inode_large, mode: UInt16, _ meta: EntryMetadata) {
+        inode.i_mode = mode | (meta.permissions & 0o7777)
+        inode.i_uid = UInt16(truncatingIfNeeded: meta.uid)
+        inode.osd2.linux2.l_i_uid_high = UInt16(truncatingIfNeeded: meta.uid >> 16)
+        inode.i_gid = UInt16(truncatingIfNeeded: meta.gid)
+        inode.osd2.linux2.l_i_gid_high = UInt16(truncatingIfNeeded: meta.gid >> 16)
+        let seconds = UInt32(truncatingIfNeeded: meta.mtime)
+        // Extra: 2 epoch bits (seconds beyond 32 bits), then nanoseconds << 2.
+        let epoch = UInt32(truncatingIfNeeded: (meta.mtime - Int64(Int32(truncatingIfNeeded: meta.mtime))) >> 32) & 3
+        let extra = (meta.mtimeNanoseconds << 2) | epoch
+        inode.i_atime = seconds
+        inode.i_mtime = seconds
+        inode.i_ctime = seconds
+        inode.i_crtime = seconds
+        inode.i_extra_isize = UInt16(MemoryLayout<ext2_inode_large>.size - Int(EXT2_GOOD_OLD_INODE_SIZE))
+        inode.i_atime_extra = extra
+        inode.i_mtime_extra = extra
+        inode.i_ctime_extra = extra
+        inode.i_crtime_extra = extra
+    }
+
+    private func readInode(_ ino: ext2_ino_t) throws -> ext2_inode_large {
+        var inode = ext2_inode_large()
+        try withUnsafeMutablePointer(to: &inode) { p in
+            try p.withMemoryRebound(to: ext2_inode.self, capacity: 1) {
+                try Self.check(
+                    ext2fs_read_inode_full(try handle, ino, $0, Int32(MemoryLayout<ext2_inode_large>.size)),
+                    "read inode \(ino)")
+            }
+        }
+        return inode
+    }
+
+    private func writeInode(_ ino: ext2_ino_t, _ inode: inout ext2_inode_large, new: Bool = false) throws {
+        let fs = try handle
+        try withUnsafeMutablePointer(to: &inode) { p in
+            try p.withMemoryRebound(to: ext2_inode.self, capacity: 1) {
+                if new {
+                    try Self.check(ext2fs_write_new_inode(fs, ino, $0), "write inode \(ino)")
+                } else {
+                    try Self.check(
+                        ext2fs_write_inode_full(fs, ino, $0, Int32(MemoryLayout<ext2_inode_large>.size)),
+                        "write inode \(ino)")
+                }
+            }
+        }
+    }
+
+    private func newInode(parent: ext2_ino_t, mode: UInt16, isDirectory: Bool = false) throws -> ext2_ino_t {
+        let fs = try handle
+        var ino: ext2_ino_t = 0
+        try Self.check(ext2fs_new_inode(fs, parent, Int32(mode), nil, &ino), "allocate an inode (out of inodes?)")
+        return ino
+    }
+
+    /// Links `name` in `parent`, growing the directory when it is full.
+    private func link(parent: ext2_ino_t, name: [UInt8], ino: ext2_ino_t, type: Int32) throws {
+        let fs = try handle
+        var code = withCName(name) { ext2fs_link(fs, parent, $0, ino, type) }
+        if code == EXT2_ET_DIR_NO_SPACE {
+            try Self.check(ext2fs_expand_dir(fs, parent), "expand directory \(parent)")
+            code = withCName(name) { ext2fs_link(fs, parent, $0, ino, type) }
+        }
+        try Self.check(code, "link \(String(decoding: name, as: UTF8.self))")
+    }
+
+    private func withCName<T>(_ name: [UInt8], _ body: (UnsafePointer<CChar>) -> T) -> T {
+        (name + [0]).withUnsafeBufferPointer { buf in
+            buf.baseAddress!.withMemoryRebound(to: CChar.self, capacity: buf.count) { body($0) }
+        }
+    }
+
+    // MARK: public operations
+
+    /// Sets owner, mode, times and xattrs of an existing inode (the root directory, say).
+    public func setMetadata(_ ino: ext2_ino_t, _ meta: EntryMetadata) throws {
+        var inode = try readInode(ino)
+        fill(&inode, mode: inode.i_mode & 0o170000, meta)
+        try writeInode(ino, &inode)
+        try setXattrs(ino, meta.xattrs)
+    }
+
+    /// Creates a directory and returns its inode.
+    public func mkdir(parent: ext2_ino_t, name: [UInt8], metadata: EntryMetadata) throws -> ext2_ino_t {
+        let fs = try handle
+        let ino = try newInode(parent: parent, mode: UInt16(LINUX_S_IFDIR) | 0o755, isDirectory: true)
+        var code = withCName(name) { ext2fs_mkdir(fs, parent, ino, $0) }
+        if code == EXT2_ET_DIR_NO_SPACE {
+            try Self.check(ext2fs_expand_dir(fs, parent), "expand directory \(parent)")
+            code = withCName(name) { ext2fs_mkdir(fs, parent, ino, $0) }
+        }
+        try Self.check(code, "mkdir \(String(decoding: name, as: UTF8.self))")
+        try setMetadata(ino, metadata)
+        return ino
+    }
+
+    /// Creates a regular file of `size` bytes; `produce` hands the data over in blocks
+    /// (bytes, offset in the file). `linked` false makes an inode with no name yet
+    /// (a hard link adds one later).
+    public func createFile(
+        parent: ext2_ino_t, name: [UInt8], metadata: EntryMetadata, size: UInt64, linked: Bool = true,
+        produce: ((UnsafeRawBufferPointer, Int64) throws -> Void) throws -> Void
+    ) throws -> ext2_ino_t {
+        let fs = try handle
+        let ino = try newInode(parent: parent, mode: UInt16(LINUX_S_IFREG))
+        ext2fs_inode_alloc_stats2(fs, ino, 1, 0)
+        var inode = ext2_inode_large()
+        fill(&inode, mode: UInt16(LINUX_S_IFREG), metadata)
+        inode.i_links_count = linked ? 1 : 0
+        try withUnsafeMutablePointer(to: &inode) { p in
+            try p.withMemoryRebound(to: ext2_inode.self, capacity: 1) {
+                try Self.check(ext2fs_inode_size_set(fs, $0, Int64(size)), "set size")
+            }
+        }
+        inode.i_flags |= UInt32(EXT4_EXTENTS_FL)
+        // An empty extent tree header in i_block.
+        withUnsafeMutableBytes(of: &inode.i_block) { raw in
+            raw.storeBytes(of: UInt16(0xF30A).littleEndian, toByteOffset: 0, as: UInt16.self)  // magic
+            raw.storeBytes(of: UInt16(0).littleEndian, toByteOffset: 2, as: UInt16.self)  // entries
+            raw.storeBytes(of: UInt16(4).littleEndian, toByteOffset: 4, as: UInt16.self)  // max
+            raw.storeBytes(of: UInt16(0).littleEndian, toByteOffset: 6, as: UInt16.self)  // depth
+        }
+        try writeInode(ino, &inode, new: true)
+        if linked { try link(parent: parent, name: name, ino: ino, type: EXT2_FT_REG_FILE) }
+
+        let blocks = (size + UInt64(blockSize) - 1) / UInt64(blockSize)
+        if blocks > 0 {
+            let flags = Int32(EXT2_FALLOCATE_FORCE_INIT | EXT2_FALLOCATE_INIT_BEYOND_EOF)
+            try withUnsafeMutablePointer(to: &inode) { p in
+                try p.withMemoryRebound(to: ext2_inode.self, capacity: 1) {
+                    try Self.check(
+                        ext2fs_fallocate(fs, flags, ino, $0, goal, 0, blocks),
+                        "allocate \(blocks) blocks (file system full?)")
+                }
+            }
+            let runs = try extentRuns(ino, &inode)
+            if let last = runs.last { goal = last.physical + last.length }
+            try writeInode(ino, &inode)
+            try produce { bytes, offset in
+                try self.write(bytes, at: offset, runs: runs)
+            }
+        }
+        try setXattrs(ino, metadata.xattrs)
+        return ino
+    }
+
+    private struct Run {
+        var logical: UInt64
+        var physical: UInt64
+        var length: UInt64
+    }
+
+    private func extentRuns(_ ino: ext2_ino_t, _ inode: inout ext2_inode_large) throws -> [Run] {
+        let fs = try handle
+        var runs: [Run] = []
+        var extentHandle: ext2_extent_handle_t?
+        try withUnsafeMutablePointer(to: &inode) { p in
+            try p.withMemoryRebound(to: ext2_inode.self, capacity: 1) {
+                try Self.check(ext2fs_extent_open2(fs, ino, $0, &extentHandle), "open extents")
+            }
+        }
+        defer { ext2fs_extent_free(extentHandle) }
+        var extent = ext2fs_extent()
+        var op = Int32(EXT2_EXTENT_ROOT)
+        while ext2fs_extent_get(extentHandle, op, &extent) == 0 {
+            op = Int32(EXT2_EXTENT_NEXT)
+            guard extent.e_flags & UInt32(EXT2_EXTENT_FLAGS_LEAF) != 0,
+                extent.e_flags & UInt32(EXT2_EXTENT_FLAGS_SECOND_VISIT) == 0
+            else { continue }
+            runs.append(Run(logical: extent.e_lblk, physical: extent.e_pblk, length: UInt64(extent.e_len)))
+        }
+        return runs
+    }
+
+    private func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64, runs: [Run]) throws {
+        var done = 0
+        let bs = UInt64(blockSize)
+        while done < bytes.count {
+            let fileOffset = UInt64(offset) + UInt64(done)
+            let lblk = fileOffset / bs
+            guard let run = runs.first(where: { lblk >= $0.logical && lblk < $0.logical + $0.length }) else {
+                throw DiskError.io(path, message: "internal error: block \(lblk) of a file is not mapped")
+            }
+            let runEnd = (run.logical + run.length) * bs
+            let count = Int(min(UInt64(bytes.count - done), runEnd - fileOffset))
+            let diskOffset = partitionOffset + Int64((run.physical - run.logical) * bs + fileOffset)
+            var written = 0
+            while written < count {
+                let n = pwrite(dataFD, bytes.baseAddress! + done + written, count - written, off_t(diskOffset) + off_t(written))
+                guard n > 0 else { throw DiskError.io(path, message: String(cString: strerror(errno))) }
+                written += n
+            }
+            done += count
+        }
+        bytesWritten += UInt64(bytes.count)
+    }
+
+    /// Creates a symbolic link.
+    public func symlink(parent: ext2_ino_t, name: [UInt8], target: [UInt8], metadata: EntryMetadata) throws {
+        let fs = try handle
+        let ino = try newInode(parent: parent, mode: UInt16(LINUX_S_IFLNK))
+        var code = withCName(name) { cname in withCName(target) { ext2fs_symlink(fs, parent, ino, cname, $0) } }
+        if code == EXT2_ET_DIR_NO_SPACE {
+            try Self.check(ext2fs_expand_dir(fs, parent), "expand directory \(parent)")
+            code = withCName(name) { cname in withCName(target) { ext2fs_symlink(fs, parent, ino, cname, $0) } }
+        }
+        try Self.check(code, "symlink \(String(decoding: name, as: UTF8.self))")
+        var meta = metadata
+        meta.permissions = 0o777
+        try setMetadata(ino, meta)
+    }
+
+    /// Creates a device node, FIFO or socket.
+    public func special(parent: ext2_ino_t, name: [UInt8], kind: EntryKind, metadata: EntryMetadata) throws {
+        let fs = try handle
+        let mode: UInt16
+        let type: Int32
+        var major: UInt32 = 0
+        var minor: UInt32 = 0
+        switch kind {
+        case .characterDevice(let ma, let mi):
+            mode = UInt16(LINUX_S_IFCHR); type = EXT2_FT_CHRDEV; major = ma; minor = mi
+        case .blockDevice(let ma, let mi):
+            mode = UInt16(LINUX_S_IFBLK); type = EXT2_FT_BLKDEV; major = ma; minor = mi
+        case .fifo:
+            mode = UInt16(LINUX_S_IFIFO); type = EXT2_FT_FIFO
+        case .socket:
+            mode = UInt16(LINUX_S_IFSOCK); type = EXT2_FT_SOCK
+        default:
+            return
+        }
+        let ino = try newInode(parent: parent, mode: mode)
+        ext2fs_inode_alloc_stats2(fs, ino, 1, 0)
+        var inode = ext2_inode_large()
+        fill(&inode, mode: mode, metadata)
+        inode.i_links_count = 1
+        if major < 256 && minor < 256 {
+            inode.i_block.0 = major * 256 + minor
+        } else {
+            inode.i_block.1 = (minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12)
+        }
+        try writeInode(ino, &inode, new: true)
+        try link(parent: parent, name: name, ino: ino, type: type)
+        try setXattrs(ino, metadata.xattrs)
+    }
+
+    /// Adds another name for an existing regular file.
+    public func hardlink(parent: ext2_ino_t, name: [UInt8], to ino: ext2_ino_t) throws {
+        try link(parent: parent, name: name, ino: ino, type: EXT2_FT_REG_FILE)
+        var inode = try readInode(ino)
+        inode.i_links_count += 1
+        try writeInode(ino, &inode)
+    }
+
+    private func setXattrs(_ ino: ext2_ino_t, _ xattrs: [EntryMetadata.Xattr]) throws {
+        guard !xattrs.isEmpty else { return }
+        let fs = try handle
+        var h: OpaquePointer?
+        try Self.check(ext2fs_xattrs_open(fs, ino, &h), "open xattrs of inode \(ino)")
+        defer { ext2fs_xattrs_close(&h) }
+        try Self.check(ext2fs_xattrs_read(h), "read xattrs of inode \(ino)")
+        for x in xattrs {
+            let code = x.value.withUnsafeBytes { ext2fs_xattr_set(h, x.name, $0.baseAddress, $0.count) }
+            try Self.check(code, "set xattr \(x.name)")
+        }
+    }
+
+    /// Free and total blocks, for the summary.
+    public var usage: (blocks: UInt64, free: UInt64) {
+        guard let fs else { return (0, 0) }
+        return (d2l_ext2_blocks_count(fs), d2l_ext2_free_blocks_count(fs))
+    }
+}

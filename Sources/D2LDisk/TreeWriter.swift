@@ -1,0 +1,150 @@
+import CExt2fs
+import D2LImage
+import D2LSupport
+import Foundation
+
+/// Writes a flattened tree into ext4, reading each layer once, bottom first.
+///
+/// Directories come first (their final metadata is known from the scan);
+/// then every layer is streamed and each entry that survives flattening is
+/// written in place. Files under /boot go to `bootDirectory` on the host
+/// instead: they belong on the FAT boot partition.
+public struct TreeWriter {
+    public var bootPrefix: ImagePath = ImagePath("boot")
+    public var bootDirectory: String?
+    /// Files written to ext4 and also copied to a host file (a kernel kept in /usr/lib/modules).
+    public var extraCaptures: [ImagePath: String] = [:]
+
+    public init(bootDirectory: String?, extraCaptures: [ImagePath: String] = [:]) {
+        self.bootDirectory = bootDirectory
+        self.extraCaptures = extraCaptures
+    }
+
+    public struct Result: Sendable {
+        public var bytesWritten: UInt64 = 0
+        public var filesWritten = 0
+        public var bootFiles: [String] = []
+    }
+
+    public func write(
+        tree: FileTree, layers: [LayerSource], to ext4: Ext4Writer, progress: ProgressReporter?
+    ) throws -> Result {
+        var result = Result()
+        var directoryInodes: [ImagePath: ext2_ino_t] = [[]: Ext4Writer.rootInode]
+        try ext4.setMetadata(Ext4Writer.rootInode, tree.root.metadata)
+        for (path, node) in tree.directories() where !path.isEmpty {
+            let (parentPath, name) = path.splitParent
+            guard let parent = directoryInodes[parentPath] else { continue }
+            if parentPath.isEmpty, name == ImagePath("lost+found") {
+                directoryInodes[path] = 11
+                continue
+            }
+            if isBoot(path), path != bootPrefix {
+                if let dir = bootDirectory {
+                    try FileManager.default.createDirectory(
+                        atPath: dir + "/" + relativeBoot(path), withIntermediateDirectories: true)
+                }
+                continue
+            }
+            directoryInodes[path] = try ext4.mkdir(parent: parent, name: name, metadata: node.metadata)
+        }
+
+        var linkInodes: [EntryRef: ext2_ino_t] = [:]
+        let total = tree.stats.dataBytes
+        for (index, layer) in layers.enumerated() {
+            let stream = try layer.open(verify: true)
+            var ordinal = 0
+            while let entry = try stream.next() {
+                ordinal += 1
+                let ref = EntryRef(layer: index, ordinal: ordinal)
+                if entry.kind == .directory { continue }
+                let final = tree.isFinal(ref, at: entry.path)
+                let (parentPath, name) = entry.path.splitParent
+                switch entry.kind {
+                case .regular(let size):
+                    let needed = tree.linkSources.contains(ref)
+                    guard final != nil || needed else { continue }
+                    if final != nil, isBoot(entry.path), let dir = bootDirectory {
+                        try capture(stream, to: dir + "/" + relativeBoot(entry.path))
+                        result.bootFiles.append(relativeBoot(entry.path))
+                        continue
+                    }
+                    guard let parent = directoryInodes[parentPath] else { continue }
+                    let tee = final != nil ? try extraCaptures[entry.path].map(Self.createCapture) : nil
+                    defer { try? tee?.close() }
+                    let ino = try ext4.createFile(
+                        parent: parent, name: name, metadata: entry.metadata, size: size, linked: final != nil
+                    ) { sink in
+                        try stream.readData { bytes, offset in
+                            try sink(bytes, offset)
+                            if let tee {
+                                try tee.seek(toOffset: UInt64(offset))
+                                tee.write(Data(bytes))
+                            }
+                        }
+                    }
+                    if needed { linkInodes[ref] = ino }
+                    result.filesWritten += 1
+                    progress?.update(bytes: ext4.bytesWritten, total: total)
+                case .hardlink:
+                    guard let node = final, let parent = directoryInodes[parentPath] else { continue }
+                    if node.kind == .hardlink {
+                        if let src = node.linkSource, let ino = linkInodes[src] {
+                            try ext4.hardlink(parent: parent, name: name, to: ino)
+                        }
+                    } else if let kind = node.entryKind {
+                        try writeOther(kind, parent: parent, name: name, metadata: node.metadata, ext4: ext4)
+                    }
+                default:
+                    guard final != nil, let parent = directoryInodes[parentPath] else { continue }
+                    try writeOther(entry.kind, parent: parent, name: name, metadata: entry.metadata, ext4: ext4)
+                }
+            }
+            if let actual = try stream.finish(), let expected = layer.expectedDigest, actual != expected {
+                throw ImageError.digestMismatch(path: layer.description, expected: expected, actual: actual)
+            }
+        }
+        result.bytesWritten = ext4.bytesWritten
+        return result
+    }
+
+    private func writeOther(
+        _ kind: EntryKind, parent: ext2_ino_t, name: ImagePath, metadata: EntryMetadata, ext4: Ext4Writer
+    ) throws {
+        switch kind {
+        case .symlink(let target):
+            try ext4.symlink(parent: parent, name: name, target: target, metadata: metadata)
+        case .characterDevice, .blockDevice, .fifo, .socket:
+            try ext4.special(parent: parent, name: name, kind: kind, metadata: metadata)
+        default:
+            break
+        }
+    }
+
+    private func isBoot(_ path: ImagePath) -> Bool {
+        bootDirectory != nil
+            && (path == bootPrefix || path.starts(with: bootPrefix + [UInt8(ascii: "/")]))
+    }
+
+    private func relativeBoot(_ path: ImagePath) -> String {
+        String(decoding: path.dropFirst(bootPrefix.count + 1), as: UTF8.self)
+    }
+
+    private static func createCapture(_ file: String) throws -> FileHandle {
+        guard FileManager.default.createFile(atPath: file, contents: nil),
+            let handle = FileHandle(forWritingAtPath: file)
+        else {
+            throw DiskError.io(file, message: "cannot create")
+        }
+        return handle
+    }
+
+    private func capture(_ stream: EntryStream, to file: String) throws {
+        let handle = try Self.createCapture(file)
+        defer { try? handle.close() }
+        try stream.readData { bytes, offset in
+            try handle.seek(toOffset: UInt64(offset))
+            handle.write(Data(bytes))
+        }
+    }
+}

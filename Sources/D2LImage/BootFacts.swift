@@ -1,0 +1,218 @@
+/// What the builder learns about an image's ability to boot.
+public struct BootFacts: Sendable {
+    public enum InitSystem: String, Sendable, Codable {
+        case systemd, openrc, sysvinit, busybox, unknown
+    }
+
+    public struct Kernel: Sendable, Equatable {
+        public var version: String
+        public var kernelPath: ImagePath
+        public var initrdPath: ImagePath?
+        public var kernelSize: UInt64
+        public var initrdSize: UInt64
+    }
+
+    public var osRelease: [String: String] = [:]
+    public var kernels: [Kernel] = []
+    /// The chosen kernel: the newest version.
+    public var kernel: Kernel? { kernels.max { KernelVersion.less($0.version, $1.version) } }
+    public var initPath: ImagePath?
+    public var initResolved: ImagePath?
+    public var initSystem: InitSystem = .unknown
+    /// ELF machine of the init (62 = x86-64), when it could be read.
+    public var initMachine: UInt16?
+    public var architecture: String?
+    public var hasFsckExt4 = false
+    public var problems: [String] = []
+
+    public var distro: String {
+        osRelease["PRETTY_NAME"] ?? [osRelease["ID"], osRelease["VERSION_ID"]].compactMap { $0 }.joined(separator: " ")
+    }
+
+    /// Small files the builder reads while scanning.
+    public static let capturePaths: Set<ImagePath> = Set(
+        [
+            "etc/os-release", "usr/lib/os-release", "etc/inittab", "etc/shadow", "etc/passwd", "etc/hosts",
+            "etc/resolv.conf", "etc/hostname", "etc/fstab", "etc/securetty",
+        ].map { ImagePath($0) })
+    /// Base names of inits whose ELF header is read.
+    public static let headNames: Set<ImagePath> = Set(
+        ["init", "systemd", "busybox", "openrc-init"].map { ImagePath($0) })
+
+    /// Examines a flattened tree. `initOverride` is the `--init` path, if any.
+    public static func examine(_ tree: FileTree, architecture: String?, initOverride: String? = nil) -> BootFacts {
+        var facts = BootFacts()
+        facts.architecture = architecture
+        for path in ["etc/os-release", "usr/lib/os-release"] {
+            if let (_, node) = tree.resolve(ImagePath(path)), let content = node.content {
+                facts.osRelease = parseOSRelease(content)
+                break
+            }
+        }
+        facts.kernels = findKernels(tree)
+        let initName = initOverride.map { String($0.drop { $0 == "/" }) } ?? "sbin/init"
+        facts.initPath = ImagePath(initName)
+        if let (resolved, node) = tree.resolve(ImagePath(initName)), node.kind != .directory {
+            facts.initResolved = resolved
+            let target = tree.lookup(resolved) ?? node
+            let real = target.kind == .hardlink ? nil : target.head
+            if let head = real ?? node.head, head.count >= 20, head.starts(with: [0x7f, 0x45, 0x4c, 0x46]) {
+                facts.initMachine = UInt16(head[18]) | UInt16(head[19]) << 8
+            }
+            let base = resolved.splitParent.name
+            let inittab = tree.resolve(ImagePath("etc/inittab")).flatMap { $0.1.content } ?? []
+            let inittabText = String(decoding: inittab, as: UTF8.self)
+            if base == ImagePath("systemd") {
+                facts.initSystem = .systemd
+            } else if base == ImagePath("busybox") {
+                facts.initSystem = .busybox
+            } else if base == ImagePath("openrc-init") || inittabText.contains("openrc")
+                || (tree.resolve(ImagePath("sbin/openrc")) != nil && !inittab.isEmpty)
+            {
+                facts.initSystem = .openrc
+            } else if !inittab.isEmpty {
+                facts.initSystem = .sysvinit
+            }
+        }
+        facts.hasFsckExt4 = tree.resolve(ImagePath("sbin/fsck.ext4")) != nil
+        facts.problems = facts.bootProblems(initOverride: initOverride)
+        return facts
+    }
+
+    private func bootProblems(initOverride: String?) -> [String] {
+        var problems: [String] = []
+        if let arch = architecture, !["amd64", "x86_64"].contains(arch) {
+            problems.append("the image is for \(arch), d2l builds x86-64 (amd64) disks: build the image for linux/amd64")
+        } else if let machine = initMachine, machine != 62 {
+            problems.append("the init is not an x86-64 program (ELF machine \(machine)): build the image for linux/amd64")
+        }
+        if let k = kernel {
+            if k.initrdPath == nil {
+                problems.append(
+                    "no initrd for kernel \(k.version) (looked for /boot/initrd.img-\(k.version)): install an "
+                        + "initramfs generator in the image (Debian: initramfs-tools) so the kernel package makes one")
+            }
+        } else {
+            problems.append(
+                "image has no kernel in /boot or /usr/lib/modules/*/vmlinuz: install one in the image "
+                    + "(Debian: linux-image-amd64, Alpine: linux-virt)")
+        }
+        if initResolved == nil {
+            let shown = initOverride ?? "/sbin/init"
+            problems.append(
+                "image has no \(shown): install an init (Debian: systemd-sysv, or sysvinit-core) or name one with --init")
+        }
+        return problems
+    }
+
+    static func parseOSRelease(_ bytes: [UInt8]) -> [String: String] {
+        var out: [String: String] = [:]
+        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
+            guard let eq = line.firstIndex(of: "="), !line.hasPrefix("#") else { continue }
+            var value = String(line[line.index(after: eq)...])
+            if value.count >= 2, let f = value.first, f == "\"" || f == "'", value.last == f {
+                value = String(value.dropFirst().dropLast())
+            }
+            out[String(line[..<eq])] = value
+        }
+        return out
+    }
+
+    static func findKernels(_ tree: FileTree) -> [Kernel] {
+        var kernels: [Kernel] = []
+        let boot = tree.resolve(ImagePath("boot"))?.1
+        var bootFiles: [String: TreeNode] = [:]
+        for (name, node) in boot?.children ?? [:] where node.kind == .regular || node.kind == .hardlink {
+            bootFiles[String(decoding: name, as: UTF8.self)] = node
+        }
+        func initrd(for version: String) -> (String, TreeNode)? {
+            for candidate in [
+                "initrd.img-\(version)", "initramfs-\(version).img", "initrd-\(version)", "initramfs-\(version)",
+            ] {
+                if let n = bootFiles[candidate] { return (candidate, n) }
+            }
+            return nil
+        }
+        for (name, node) in bootFiles {
+            var version: String?
+            if name.hasPrefix("vmlinuz-") { version = String(name.dropFirst("vmlinuz-".count)) }
+            if name.hasPrefix("bzImage-") { version = String(name.dropFirst("bzImage-".count)) }
+            guard let version, !version.hasSuffix(".old") else { continue }
+            let rd = initrd(for: version)
+            kernels.append(
+                Kernel(
+                    version: version, kernelPath: ImagePath("boot/" + name),
+                    initrdPath: rd.map { ImagePath("boot/" + $0.0) }, kernelSize: node.size,
+                    initrdSize: rd?.1.size ?? 0))
+        }
+        if kernels.isEmpty {
+            for modules in ["usr/lib/modules", "lib/modules"] {
+                guard let dir = tree.resolve(ImagePath(modules))?.1 else { continue }
+                for (name, node) in dir.children where node.kind == .directory {
+                    guard let k = node.children[ImagePath("vmlinuz")] else { continue }
+                    let version = String(decoding: name, as: UTF8.self)
+                    let base = modules + "/" + version
+                    var rdPath: ImagePath?
+                    var rdSize: UInt64 = 0
+                    for candidate in ["initrd", "initramfs.img"] {
+                        if let n = node.children[ImagePath(candidate)] {
+                            rdPath = ImagePath(base + "/" + candidate)
+                            rdSize = n.size
+                            break
+                        }
+                    }
+                    if rdPath == nil, let (n, node) = initrd(for: version) {
+                        rdPath = ImagePath("boot/" + n)
+                        rdSize = node.size
+                    }
+                    kernels.append(
+                        Kernel(
+                            version: version, kernelPath: ImagePath(base + "/vmlinuz"), initrdPath: rdPath,
+                            kernelSize: k.size, initrdSize: rdSize))
+                }
+                if !kernels.isEmpty { break }
+            }
+        }
+        return kernels
+    }
+}
+
+/// Orders kernel versions ("6.1.0-9-amd64" < "6.1.0-10-amd64").
+public enum KernelVersion {
+    public static func less(_ a: String, _ b: String) -> Bool {
+        let pa = parts(a)
+        let pb = parts(b)
+        for (x, y) in zip(pa, pb) where x != y {
+            switch (Int(x), Int(y)) {
+            case (let i?, let j?): return i < j
+            case (nil, nil): return x < y
+            case (_?, nil): return false
+            case (nil, _?): return true
+            }
+        }
+        return pa.count < pb.count
+    }
+
+    static func parts(_ s: String) -> [String] {
+        var out: [String] = []
+        var current = ""
+        var digit: Bool?
+        for c in s {
+            let d = c.isNumber
+            if !c.isLetter && !d {
+                if !current.isEmpty { out.append(current) }
+                current = ""
+                digit = nil
+                continue
+            }
+            if let digit, digit != d {
+                out.append(current)
+                current = ""
+            }
+            current.append(c)
+            digit = d
+        }
+        if !current.isEmpty { out.append(current) }
+        return out
+    }
+}

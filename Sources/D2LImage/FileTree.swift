@@ -1,0 +1,171 @@
+/// Which entry of which layer: (layer index, 1-based ordinal within the layer stream).
+public struct EntryRef: Hashable, Sendable {
+    public var layer: Int32
+    public var ordinal: Int32
+    public init(layer: Int, ordinal: Int) {
+        self.layer = Int32(layer)
+        self.ordinal = Int32(ordinal)
+    }
+}
+
+/// One path of the flattened tree and the layer entry that provides it.
+public final class TreeNode {
+    public enum Kind: Sendable, Equatable { case directory, regular, symlink, hardlink, special }
+    public var kind: Kind
+    /// The entry that provides this node; nil for a directory no layer declared.
+    public var source: EntryRef?
+    /// The layer that last created or replaced this node (whiteouts act on lower ones only).
+    public var layer: Int
+    public var metadata: EntryMetadata
+    public var size: UInt64 = 0
+    public var entryKind: EntryKind?
+    /// For hard links: the regular-file entry whose inode this name shares.
+    public var linkSource: EntryRef?
+    public var children: [ImagePath: TreeNode] = [:]
+    /// The data of a small file the builder needs to read (os-release, inittab, ...).
+    public var content: [UInt8]?
+    /// The first bytes of a file (to check an init's ELF architecture).
+    public var head: [UInt8]?
+
+    init(kind: Kind, source: EntryRef?, layer: Int, metadata: EntryMetadata) {
+        self.kind = kind
+        self.source = source
+        self.layer = layer
+        self.metadata = metadata
+    }
+
+    public var symlinkTarget: [UInt8]? {
+        if case .symlink(let t) = entryKind { return t }
+        return nil
+    }
+}
+
+/// The result of flattening: the final tree, and which entries must be written.
+public final class FileTree {
+    public let root: TreeNode
+    /// Regular-file entries that hard links point to.
+    public private(set) var linkSources: Set<EntryRef> = []
+    public private(set) var stats = Stats()
+    /// Problems met while flattening (entries skipped), for the user.
+    public var warnings: [String] = []
+
+    public struct Stats: Sendable {
+        public var regularFiles = 0
+        public var directories = 0
+        public var symlinks = 0
+        public var hardlinks = 0
+        public var specials = 0
+        /// Bytes of regular-file data that will be written.
+        public var dataBytes: UInt64 = 0
+        /// Blocks needed for the data at the given block size (set by `finalise`).
+        public var dataBlocks4K: UInt64 = 0
+        public var longSymlinks = 0
+        public var inodes: Int { regularFiles + directories + symlinks + specials }
+    }
+
+    init() {
+        root = TreeNode(kind: .directory, source: nil, layer: -1, metadata: EntryMetadata(permissions: 0o755))
+    }
+
+    /// The node at `path`, without following symlinks.
+    public func lookup(_ path: ImagePath) -> TreeNode? {
+        var node = root
+        for part in path.split(separator: UInt8(ascii: "/")) {
+            guard node.kind == .directory, let child = node.children[Array(part)] else { return nil }
+            node = child
+        }
+        return node
+    }
+
+    /// Resolves `path` inside the image, following symlinks as the image's kernel would
+    /// (never on the host). Returns the final path and node, or nil.
+    public func resolve(_ path: ImagePath, followLast: Bool = true) -> (ImagePath, TreeNode)? {
+        var pending = path.split(separator: UInt8(ascii: "/")).map(Array.init)
+        var current: [ImagePath] = []
+        var node = root
+        var hops = 0
+        while !pending.isEmpty {
+            let part = pending.removeFirst()
+            if part == Array(".".utf8) { continue }
+            if part == Array("..".utf8) {
+                if !current.isEmpty { current.removeLast() }
+                node = lookup(Array(current.joined(separator: [UInt8(ascii: "/")]))) ?? root
+                continue
+            }
+            guard node.kind == .directory, let child = node.children[part] else { return nil }
+            if child.kind == .symlink, followLast || !pending.isEmpty, let target = child.symlinkTarget {
+                hops += 1
+                guard hops < 40 else { return nil }
+                let targetParts = target.split(separator: UInt8(ascii: "/")).map(Array.init)
+                if target.first == UInt8(ascii: "/") {
+                    current = []
+                    node = root
+                }
+                pending = targetParts + pending
+                continue
+            }
+            current.append(part)
+            node = child
+        }
+        return (Array(current.joined(separator: [UInt8(ascii: "/")])), node)
+    }
+
+    /// Whether `ref`, read at `path`, is what the final tree holds there.
+    public func isFinal(_ ref: EntryRef, at path: ImagePath) -> TreeNode? {
+        guard let node = lookup(path), node.source == ref else { return nil }
+        return node
+    }
+
+    /// Every directory, parents before children, with its path.
+    public func directories() -> [(ImagePath, TreeNode)] {
+        var out: [(ImagePath, TreeNode)] = []
+        var stack: [(ImagePath, TreeNode)] = [([], root)]
+        while let (path, node) = stack.popLast() {
+            out.append((path, node))
+            for (name, child) in node.children where child.kind == .directory {
+                stack.append((path.isEmpty ? name : path + [UInt8(ascii: "/")] + name, child))
+            }
+        }
+        return out
+    }
+
+    /// Computes link sources and sizes once the tree is complete.
+    func finalise() {
+        var s = Stats()
+        var sources: Set<EntryRef> = []
+        var sizesBySource: [EntryRef: UInt64] = [:]
+        var stack = [root]
+        while let node = stack.popLast() {
+            switch node.kind {
+            case .directory:
+                s.directories += 1
+                stack.append(contentsOf: node.children.values)
+            case .regular:
+                s.regularFiles += 1
+                s.dataBytes += node.size
+                s.dataBlocks4K += (node.size + 4095) / 4096
+                if let src = node.source { sizesBySource[src] = node.size }
+            case .symlink:
+                s.symlinks += 1
+                if (node.symlinkTarget?.count ?? 0) >= 60 { s.longSymlinks += 1 }
+            case .hardlink:
+                s.hardlinks += 1
+                if let src = node.linkSource { sources.insert(src) }
+            case .special:
+                s.specials += 1
+            }
+        }
+        // Link sources that are no longer final at their own path are written as extra inodes.
+        for src in sources where sizesBySource[src] == nil {
+            s.regularFiles += 1
+            let size = linkSourceSizes[src] ?? 0
+            s.dataBytes += size
+            s.dataBlocks4K += (size + 4095) / 4096
+        }
+        linkSources = sources
+        stats = s
+    }
+
+    /// Sizes of every regular entry a hard link named (filled while scanning).
+    var linkSourceSizes: [EntryRef: UInt64] = [:]
+}

@@ -1,0 +1,176 @@
+import D2LSupport
+
+/// Flattens layers with OCI semantics into a `FileTree`, reading headers only
+/// (and the data of the few small files the builder must look at).
+///
+/// Rules: a later entry replaces an earlier one at the same path; `.wh.NAME`
+/// removes NAME from lower layers; `.wh..wh..opq` empties its directory of
+/// lower-layer content; an entry whose parent is not a directory replaces
+/// that parent with a directory; hard links share the inode of the entry
+/// they name, even when a later layer replaces that entry's path.
+public struct LayerFlattener {
+    /// Paths whose content is captured while scanning (small configuration files).
+    public var capturePaths: Set<ImagePath>
+    /// Base names whose first bytes are captured (to check an init's architecture).
+    public var headNames: Set<ImagePath>
+
+    public init(capturePaths: Set<ImagePath> = [], headNames: Set<ImagePath> = []) {
+        self.capturePaths = capturePaths
+        self.headNames = headNames
+    }
+
+    static let whiteoutPrefix = Array(".wh.".utf8)
+    static let opaqueMarker = Array(".wh..wh..opq".utf8)
+
+    /// Scans every layer, bottom first.
+    public func scan(
+        _ layers: [LayerSource], progress: ProgressReporter? = nil
+    ) throws -> FileTree {
+        let tree = FileTree()
+        var bytesSeen: UInt64 = 0
+        for (index, layer) in layers.enumerated() {
+            let stream = try layer.open(verify: false)
+            var ordinal = 0
+            while let entry = try stream.next() {
+                ordinal += 1
+                try apply(entry, ref: EntryRef(layer: index, ordinal: ordinal), whiteouts: layer.hasWhiteouts,
+                    tree: tree, stream: stream)
+                if case .regular(let size) = entry.kind { bytesSeen += size }
+                if ordinal % 512 == 0 { progress?.update(bytes: bytesSeen) }
+            }
+            for name in stream.skippedNames {
+                tree.warnings.append("\(layer.description): skipped \(name): its path leaves the root")
+            }
+            _ = try stream.finish()
+        }
+        tree.finalise()
+        return tree
+    }
+
+    /// Lays one more layer (files the builder generates) on a scanned tree.
+    public func overlay(_ layer: LayerSource, index: Int, on tree: FileTree) throws {
+        let stream = try layer.open(verify: false)
+        var ordinal = 0
+        while let entry = try stream.next() {
+            ordinal += 1
+            try apply(entry, ref: EntryRef(layer: index, ordinal: ordinal), whiteouts: true, tree: tree, stream: stream)
+        }
+        tree.finalise()
+    }
+
+    /// Applies one entry to the tree.
+    public func apply(_ entry: LayerEntry, ref: EntryRef, whiteouts: Bool, tree: FileTree, stream: EntryStream?)
+        throws
+    {
+        let layer = Int(ref.layer)
+        if entry.path.isEmpty {
+            if entry.kind == .directory {
+                tree.root.metadata = entry.metadata
+                tree.root.source = ref
+            }
+            return
+        }
+        let (parentPath, name) = entry.path.splitParent
+        if whiteouts, name.starts(with: Self.whiteoutPrefix) {
+            guard let parent = lookupDirectory(parentPath, tree: tree) else { return }
+            if name == Self.opaqueMarker {
+                makeOpaque(parent, layer: layer)
+            } else if name.starts(with: Self.whiteoutPrefix + Self.whiteoutPrefix) {
+                // Other aufs metadata (.wh..wh.plnk, ...): not part of the tree.
+            } else {
+                let target = Array(name.dropFirst(Self.whiteoutPrefix.count))
+                if let victim = parent.children[target], victim.layer < layer {
+                    parent.children[target] = nil
+                }
+            }
+            return
+        }
+        let parent = ensureDirectory(parentPath, layer: layer, tree: tree, mtime: entry.metadata.mtime)
+        switch entry.kind {
+        case .directory:
+            if let existing = parent.children[name], existing.kind == .directory {
+                existing.metadata = entry.metadata
+                existing.source = ref
+                existing.layer = layer
+                existing.entryKind = entry.kind
+            } else {
+                let node = TreeNode(kind: .directory, source: ref, layer: layer, metadata: entry.metadata)
+                node.entryKind = entry.kind
+                parent.children[name] = node
+            }
+        case .hardlink(let target):
+            guard let targetNode = tree.lookup(target), targetNode.kind != .directory else {
+                tree.warnings.append(
+                    "hard link \(entry.path.display) -> \(target.display): target missing, link skipped")
+                return
+            }
+            let node: TreeNode
+            switch targetNode.kind {
+            case .regular, .hardlink:
+                node = TreeNode(kind: .hardlink, source: ref, layer: layer, metadata: targetNode.metadata)
+                let src = targetNode.kind == .regular ? targetNode.source : targetNode.linkSource
+                node.linkSource = src
+                node.size = targetNode.size
+                if let src { tree.linkSourceSizes[src] = targetNode.size }
+            default:
+                // A hard link to a symlink or device: a copy of it.
+                node = TreeNode(kind: targetNode.kind, source: ref, layer: layer, metadata: targetNode.metadata)
+                node.entryKind = targetNode.entryKind
+            }
+            parent.children[name] = node
+        default:
+            let kind: TreeNode.Kind
+            switch entry.kind {
+            case .regular: kind = .regular
+            case .symlink: kind = .symlink
+            default: kind = .special
+            }
+            let node = TreeNode(kind: kind, source: ref, layer: layer, metadata: entry.metadata)
+            node.entryKind = entry.kind
+            if case .regular(let size) = entry.kind {
+                node.size = size
+                if let stream {
+                    if capturePaths.contains(entry.path), size <= 1 << 20 {
+                        node.content = try stream.readAll(limit: 1 << 20)
+                    } else if headNames.contains(name) {
+                        node.head = Array(try stream.readAll(limit: 64).prefix(64))
+                    }
+                }
+            }
+            parent.children[name] = node
+        }
+    }
+
+    private func lookupDirectory(_ path: ImagePath, tree: FileTree) -> TreeNode? {
+        guard let node = tree.lookup(path), node.kind == .directory else { return nil }
+        return node
+    }
+
+    /// Walks to `path`, creating directories no layer declared and replacing non-directories.
+    private func ensureDirectory(_ path: ImagePath, layer: Int, tree: FileTree, mtime: Int64) -> TreeNode {
+        var node = tree.root
+        for part in path.split(separator: UInt8(ascii: "/")) {
+            let name = Array(part)
+            if let child = node.children[name], child.kind == .directory {
+                node = child
+                continue
+            }
+            let dir = TreeNode(
+                kind: .directory, source: nil, layer: layer, metadata: EntryMetadata(permissions: 0o755, mtime: mtime))
+            dir.entryKind = .directory
+            node.children[name] = dir
+            node = dir
+        }
+        return node
+    }
+
+    private func makeOpaque(_ dir: TreeNode, layer: Int) {
+        for (name, child) in dir.children {
+            if child.layer < layer {
+                dir.children[name] = nil
+            } else if child.kind == .directory {
+                makeOpaque(child, layer: layer)
+            }
+        }
+    }
+}

@@ -1,3 +1,0 @@
-import D2LCommands
-
-await D2LCommand.main()
