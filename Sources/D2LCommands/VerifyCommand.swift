@@ -167,7 +167,6 @@ struct VerifyCommand: AsyncParsableCommand {
             FileHandle.standardError.write(Data("d2l verify: could not test: \(error)\n".utf8))
             throw ExitCode(125)
         }
-        try write(report)
         if !report.passed { throw ExitCode(1) }
     }
 
@@ -205,7 +204,7 @@ struct VerifyCommand: AsyncParsableCommand {
         return try await verifier.verify(
             machine, guest: guest,
             transcript: { bytes in
-                if let transcriptPath { FileManager.default.createFile(atPath: transcriptPath, contents: Data(bytes)) }
+                if let transcriptPath { _ = FileManager.default.createFile(atPath: transcriptPath, contents: Data(bytes)) }
             },
             progress: { event in
                 switch event {
@@ -224,6 +223,9 @@ struct VerifyCommand: AsyncParsableCommand {
                     }
                 case .poweredOff(let seconds):
                     progress.note(String(format: "%6.1f s  powered off cleanly", seconds))
+                case .verdict(let report):
+                    // Reported before the machine is torn down, which takes a moment.
+                    do { try write(report) } catch { progress.note("warning: \(error)") }
                 }
             })
     }
@@ -238,5 +240,6 @@ struct VerifyCommand: AsyncParsableCommand {
         } else {
             print(report.summary())
         }
+        fflush(stdout)
     }
 }

@@ -152,7 +152,8 @@ public struct BootReport: Sendable, Codable {
             lines.append("booted: \(stages.count) stages in \(Self.format(last?.seconds ?? seconds))"
                 + (kernelVersion.map { ", kernel \($0)" } ?? ""))
         } else {
-            lines.append("did not boot: stage \(failedStage ?? "?") failed: \(reason ?? "unknown")")
+            let at = stages.first { $0.failure != nil }?.seconds.map { " at " + Self.format($0) } ?? ""
+            lines.append("did not boot: stage \(failedStage ?? "?") failed\(at): \(reason ?? "unknown")")
             if !lastLines.isEmpty {
                 lines.append("last console lines:")
                 lines += lastLines.suffix(20).map { "  | " + TerminalSafe.text($0) }

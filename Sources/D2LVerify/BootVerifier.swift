@@ -54,6 +54,8 @@ public enum VerifyProgress: Sendable {
     case warning(String)
     case commandFinished(CommandResult)
     case poweredOff(seconds: Double)
+    /// Decided; the machine is torn down after this.
+    case verdict(BootReport)
 }
 
 /// Boots a machine and follows its console until a verdict.
@@ -74,17 +76,26 @@ public struct BootVerifier: Sendable {
         let console = try await hypervisor.powerOn(machine)
         let session = ConsoleSession(console: console, powerOn: .now)
         progress(.poweredOn)
-        defer {
+        var run = Run(machine: StageMachine(plan: options.plan), progress: progress)
+        do {
+            try await run.boot(session)
+            if run.machine.passed, let login = options.login {
+                await run.afterLogin(session, login: login, options: options)
+            }
+        } catch {
             session.stop()
             console.destroy()
             transcript?(session.transcript)
+            throw error
         }
-        var run = Run(machine: StageMachine(plan: options.plan), progress: progress)
-        try await run.boot(session)
-        if run.machine.passed, let login = options.login {
-            await run.afterLogin(session, login: login, options: options)
-        }
-        return run.report(image: machine.diskPath, accelerator: machine.accelerator, guest: guest, session: session)
+        let report = run.report(
+            image: machine.diskPath, accelerator: machine.accelerator, guest: guest, session: session)
+        // The verdict goes out before the teardown: destroying a QEMU process takes a second or two.
+        transcript?(session.transcript)
+        progress(.verdict(report))
+        session.stop()
+        console.destroy()
+        return report
     }
 }
 
