@@ -234,12 +234,12 @@ struct VerifyCommand: AsyncParsableCommand {
         if let junit {
             try report.junit().write(toFile: junit, atomically: true, encoding: .utf8)
         }
+        // Straight to the file descriptor: the process may wait on the teardown before it exits.
         if json {
-            print(try report.json())
+            FileHandle.standardOutput.write(Data((try report.json() + "\n").utf8))
             FileHandle.standardError.write(Data((report.summary() + "\n").utf8))
         } else {
-            print(report.summary())
+            FileHandle.standardOutput.write(Data((report.summary() + "\n").utf8))
         }
-        fflush(stdout)
     }
 }
