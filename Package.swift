@@ -44,6 +44,6 @@ let package = Package(
         .testTarget(name: "D2LImageTests", dependencies: ["D2LImage", "CArchive"]),
         .testTarget(name: "D2LDiskTests", dependencies: ["D2LDisk", "D2LImage", "CArchive", "CExt2fs"]),
         .testTarget(name: "D2LVerifyTests", dependencies: ["D2LVerify"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["D2LSupport"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["D2LSupport", "d2l"]),
     ]
 )

@@ -10,3 +10,5 @@ static inline unsigned long long d2l_ext2_blocks_count(ext2_filsys fs) { return 
 static inline unsigned long long d2l_ext2_free_blocks_count(ext2_filsys fs) { return ext2fs_free_blocks_count(fs->super); }
 static inline unsigned int d2l_ext2_block_size(ext2_filsys fs) { return fs->blocksize; }
 static inline int d2l_ext2_inode_size(ext2_filsys fs) { return EXT2_INODE_SIZE(fs->super); }
+// The time libext2fs stamps on what it writes (superblock, new inodes); 0 means "now".
+static inline void d2l_ext2_set_now(ext2_filsys fs, long long t) { fs->now = (time_t)t; }

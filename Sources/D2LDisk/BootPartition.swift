@@ -52,6 +52,12 @@ struct BootPartition {
         try ProcessRunner.run(["mcopy", "-o", "-m", "-i", mtoolsTarget, source, "::/" + destination], environment: env)
     }
 
+    /// Copies several host files into a directory of the partition in one mcopy run.
+    func copy(_ sources: [String], toDirectory destination: String) throws {
+        try ProcessRunner.run(
+            ["mcopy", "-o", "-m", "-i", mtoolsTarget] + sources + ["::/" + destination], environment: env)
+    }
+
     /// Installs syslinux (boot sector + ldlinux.sys) into /syslinux.
     func installSyslinux() throws {
         try ProcessRunner.run([

@@ -179,7 +179,10 @@ public final class DiskBuilder {
 
         phase("formatting ext4 (\(ProgressReporter.format(rootSize)))")
         var mkfsEnv: [String: String] = [:]
-        if let epoch { mkfsEnv["E2FSPROGS_FAKE_TIME"] = String(epoch) }
+        if let epoch {
+            mkfsEnv["E2FSPROGS_FAKE_TIME"] = String(epoch)
+            mkfsEnv["MKE2FS_DETERMINISTIC"] = "1"
+        }
         try ProcessRunner.run(
             [
                 "mkfs.ext4", "-q", "-F", "-b", "4096", "-m", "1", "-L", "root", "-U", rootUUID,
@@ -189,7 +192,7 @@ public final class DiskBuilder {
             ], environment: mkfsEnv)
 
         phase("writing ext4 root (\(ProgressReporter.format(stats.dataBytes)) in \(stats.regularFiles) files)")
-        let ext4 = try Ext4Writer(path: temp, offset: rootPart.byteOffset)
+        let ext4 = try Ext4Writer(path: temp, offset: rootPart.byteOffset, timestamp: epoch)
         var extra: [ImagePath: String] = [:]
         if !kernelFromBoot {
             extra[kernel.kernelPath] = scratch + "/boot/vmlinuz-\(kernel.version)"
@@ -210,7 +213,7 @@ public final class DiskBuilder {
             : "vmlinuz-\(kernel.version)"
         let initrdName = initrdPath.starts(with: ImagePath("boot/"))
             ? String(decoding: initrdPath.dropFirst(5), as: UTF8.self) : "initrd.img-\(kernel.version)"
-        try copyBootTree(scratch + "/boot", relative: "", boot: boot)
+        try copyBootTree(scratch + "/boot", relative: "", boot: boot, mtime: epoch)
         let cmdline = (["root=UUID=\(rootUUID)", "ro", "console=tty0", "console=ttyS0,115200"]
             + (options.append.isEmpty ? [] : [options.append])).joined(separator: " ")
         let config = """
@@ -225,6 +228,7 @@ public final class DiskBuilder {
 
             """
         try Data(config.utf8).write(to: URL(fileURLWithPath: scratch + "/syslinux.cfg"))
+        if let epoch { Self.setMtime(scratch + "/syslinux.cfg", epoch) }
         try boot.copy(scratch + "/syslinux.cfg", to: "syslinux/syslinux.cfg")
         try boot.installSyslinux()
 
@@ -261,8 +265,10 @@ public final class DiskBuilder {
             files: written.filesWritten, rootUUID: rootUUID, phases: phases)
     }
 
-    private func copyBootTree(_ dir: String, relative: String, boot: BootPartition) throws {
+    /// Copies the captured /boot files onto the FAT partition, one mcopy per directory.
+    private func copyBootTree(_ dir: String, relative: String, boot: BootPartition, mtime: Int64?) throws {
         let names = try FileManager.default.contentsOfDirectory(atPath: dir).sorted()
+        var files: [String] = []
         for name in names {
             let path = dir + "/" + name
             let rel = relative.isEmpty ? name : relative + "/" + name
@@ -270,11 +276,18 @@ public final class DiskBuilder {
             _ = FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
             if isDir.boolValue {
                 try boot.mkdir(rel)
-                try copyBootTree(path, relative: rel, boot: boot)
+                try copyBootTree(path, relative: rel, boot: boot, mtime: mtime)
             } else {
-                try boot.copy(path, to: rel)
+                if let mtime { Self.setMtime(path, mtime) }
+                files.append(path)
             }
         }
+        if !files.isEmpty { try boot.copy(files, toDirectory: relative) }
+    }
+
+    static func setMtime(_ path: String, _ seconds: Int64) {
+        var times = [timespec(tv_sec: Int(seconds), tv_nsec: 0), timespec(tv_sec: Int(seconds), tv_nsec: 0)]
+        utimensat(AT_FDCWD, path, &times, 0)
     }
 
     /// Bytes of regular files under /boot (they go to the FAT partition).

@@ -21,7 +21,8 @@ public final class Ext4Writer {
     public static let rootInode = ext2_ino_t(EXT2_ROOT_INO)
 
     /// Opens the file system inside `path` at byte `offset`, read-write.
-    public init(path: String, offset: Int64) throws {
+    /// `timestamp` fixes the times libext2fs writes itself (for reproducible builds).
+    public init(path: String, offset: Int64, timestamp: Int64? = nil) throws {
         self.path = path
         partitionOffset = offset
         var handle: ext2_filsys?
@@ -31,6 +32,7 @@ public final class Ext4Writer {
         guard let handle else { throw DiskError.ext2fs("open", code: 0, message: "no handle") }
         fs = handle
         blockSize = Int(d2l_ext2_block_size(handle))
+        if let timestamp { d2l_ext2_set_now(handle, timestamp) }
         try Self.check(ext2fs_read_bitmaps(handle), "read bitmaps")
         dataFD = Foundation.open(path, O_WRONLY | O_CLOEXEC)
         guard dataFD >= 0 else {

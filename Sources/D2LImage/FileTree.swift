@@ -122,7 +122,9 @@ public final class FileTree {
         var stack: [(ImagePath, TreeNode)] = [([], root)]
         while let (path, node) = stack.popLast() {
             out.append((path, node))
-            for (name, child) in node.children where child.kind == .directory {
+            // Sorted (in reverse, for the stack) so that inode numbers do not depend on hashing.
+            let dirs = node.children.filter { $0.value.kind == .directory }.sorted { $0.key.lexicographicallyPrecedes($1.key) }
+            for (name, child) in dirs.reversed() {
                 stack.append((path.isEmpty ? name : path + [UInt8(ascii: "/")] + name, child))
             }
         }

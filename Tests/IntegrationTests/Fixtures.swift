@@ -1,0 +1,136 @@
+import D2LSupport
+import Foundation
+import Testing
+
+/// Real inputs for the integration tests: the d2l binary, the Debian bookworm
+/// recipe saved as docker-archive and oci-archive, and a disk built from it.
+enum Fixtures {
+    static let repositoryRoot: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url.path
+    }()
+
+    /// The d2l executable built beside the test bundle (or $D2L_BINARY).
+    static func d2lBinary() throws -> String {
+        if let path = ProcessInfo.processInfo.environment["D2L_BINARY"] { return path }
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        let candidate = ((exe as NSString).deletingLastPathComponent as NSString).appendingPathComponent("d2l")
+        guard FileManager.default.isExecutableFile(atPath: candidate) else {
+            throw FixtureError("d2l binary not found beside \(exe); run `swift build` first or set D2L_BINARY")
+        }
+        return candidate
+    }
+
+    /// The Debian bookworm recipe as a docker-archive (built and cached by Scripts/build-recipe).
+    static func debianDockerArchive() throws -> String {
+        try Shared.shared.recipe()
+    }
+
+    /// The same image as an oci-archive.
+    static func debianOCIArchive() throws -> String {
+        let docker = try debianDockerArchive()
+        return String(docker.dropLast(".docker.tar".count)) + ".oci.tar"
+    }
+
+    /// A raw disk built by `d2l build` from the Debian recipe, with an empty root password; built once per run.
+    static func debianDisk() async throws -> String {
+        try Shared.shared.disk()
+    }
+
+    /// A scratch directory every user can write (the build runs as nobody).
+    static func scratchDirectory(_ name: String) throws -> String {
+        let dir = NSTemporaryDirectory() + "d2l-it-\(getpid())-\(name)"
+        try? FileManager.default.removeItem(atPath: dir)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        chmod(dir, 0o1777)
+        return dir
+    }
+
+    /// Runs d2l; returns its exit status, stdout and stderr.
+    @discardableResult
+    static func d2l(_ arguments: [String], asUser user: String? = nil, environment: [String: String] = [:]) throws
+        -> (status: Int32, stdout: String, stderr: String)
+    {
+        var command = [try d2lBinary()] + arguments
+        if let user {
+            command = ["setpriv", "--reuid=\(user)", "--regid=\(user == "nobody" ? "nogroup" : user)", "--clear-groups"]
+                + command
+        }
+        return try run(command, environment: environment)
+    }
+
+    static func run(_ command: [String], environment: [String: String] = [:]) throws
+        -> (status: Int32, stdout: String, stderr: String)
+    {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: ProcessRunner.which(command[0]) ?? command[0])
+        process.arguments = Array(command.dropFirst())
+        var env = ProcessInfo.processInfo.environment
+        env.merge(environment) { $1 }
+        process.environment = env
+        let out = Pipe()
+        let err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        nonisolated(unsafe) var errData = Data()
+        let group = DispatchGroup()
+        group.enter()
+        DispatchQueue.global().async {
+            errData = err.fileHandleForReading.readDataToEndOfFile()
+            group.leave()
+        }
+        let outData = out.fileHandleForReading.readDataToEndOfFile()
+        group.wait()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+    }
+
+    /// Caches the recipe and the disk for the whole test run.
+    final class Shared: @unchecked Sendable {
+        static let shared = Shared()
+        private let lock = NSLock()
+        private var recipePath: String?
+        private var diskPath: String?
+
+        func recipe() throws -> String {
+            try lock.withLock {
+                if let recipePath { return recipePath }
+                let path: String
+                if let given = ProcessInfo.processInfo.environment["D2L_RECIPE_DEBIAN_BOOKWORM"],
+                    FileManager.default.fileExists(atPath: given)
+                {
+                    path = given
+                } else {
+                    let result = try Fixtures.run([Fixtures.repositoryRoot + "/Scripts/build-recipe", "debian-bookworm"])
+                    guard result.status == 0 else {
+                        throw FixtureError("Scripts/build-recipe debian-bookworm failed:\n\(result.stderr)")
+                    }
+                    path = result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+                }
+                recipePath = path
+                return path
+            }
+        }
+
+        func disk() throws -> String {
+            let archive = try recipe()
+            return try lock.withLock {
+                if let diskPath { return diskPath }
+                let dir = try Fixtures.scratchDirectory("disk")
+                let path = dir + "/debian.img"
+                let result = try Fixtures.d2l(["build", archive, "-o", path, "--root-password-empty", "-q"])
+                guard result.status == 0 else { throw FixtureError("d2l build failed:\n\(result.stderr)") }
+                diskPath = path
+                return path
+            }
+        }
+    }
+}
+
+struct FixtureError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
