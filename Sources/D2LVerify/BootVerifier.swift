@@ -122,8 +122,17 @@ private struct Run {
             let now = session.now
             switch event {
             case .lines(let lines, let partial):
-                for line in lines { handle(machine.consume(line: line, complete: true, at: now)) }
-                if !partial.isEmpty { handle(machine.consume(line: partial, complete: false, at: now)) }
+                for (index, line) in lines.enumerated() {
+                    handle(machine.consume(line: line, complete: true, at: now))
+                    if machine.finished {
+                        // What follows the last stage belongs to the login conversation.
+                        session.unread(lines.dropFirst(index + 1))
+                        break
+                    }
+                }
+                if !machine.finished, !partial.isEmpty {
+                    handle(machine.consume(line: partial, complete: false, at: now))
+                }
                 if let failure = machine.check(at: now) { handle([failure]) }
             case .tick:
                 if let failure = machine.check(at: now) { handle([failure]) }
@@ -266,10 +275,13 @@ private struct Run {
             case .closed:
                 throw SessionError.failed("the guest stopped")
             case .lines(let lines, let partial):
-                for line in lines {
+                for (position, line) in lines.enumerated() {
                     try checkFailure(line, at: session.now)
                     for (index, pattern) in patterns.enumerated() {
-                        if let captures = pattern.firstMatch(in: line) { return (index, captures) }
+                        if let captures = pattern.firstMatch(in: line) {
+                            session.unread(lines.dropFirst(position + 1))
+                            return (index, captures)
+                        }
                     }
                     collect.append(line)
                 }

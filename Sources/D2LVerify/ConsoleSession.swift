@@ -60,8 +60,19 @@ final class ConsoleSession {
     /// Time since power-on.
     var now: Duration { ContinuousClock.now - powerOn }
 
+    private var unread: [String] = []
+
+    /// Gives back lines a reader did not use; the next call to `next()` returns them first.
+    func unread(_ lines: some Collection<String>) {
+        unread = Array(lines) + unread
+    }
+
     /// The next event; after the console closed, ticks only.
     func next() async -> Event {
+        if !unread.isEmpty {
+            defer { unread = [] }
+            return .lines(unread, partial: text.partialLine)
+        }
         guard let raw = await iterator.next() else { return .closed(error: nil) }
         switch raw {
         case .bytes(let bytes):
