@@ -22,6 +22,12 @@ public struct LibvirtError: Error, CustomStringConvertible, Sendable {
     }
 }
 
+/// A per-process embedded root, removed when the process exits.
+nonisolated(unsafe) private var privateEmbeddedRoot = ""
+private func removePrivateEmbeddedRoot() {
+    if !privateEmbeddedRoot.isEmpty { try? FileManager.default.removeItem(atPath: privateEmbeddedRoot) }
+}
+
 /// libvirt's default event loop, registered once and run on its own thread.
 enum LibvirtEventLoop {
     private static let started: Bool = {
@@ -47,7 +53,7 @@ public final class LibvirtConnection: @unchecked Sendable {
     public let uri: String
 
     private static let lock = NSLock()
-    nonisolated(unsafe) private static var open: [String: LibvirtConnection] = [:]
+    nonisolated(unsafe) private static var connections: [String: LibvirtConnection] = [:]
 
     private init(pointer: virConnectPtr, uri: String) {
         self.pointer = pointer
@@ -56,27 +62,55 @@ public final class LibvirtConnection: @unchecked Sendable {
     deinit { virConnectClose(pointer) }
 
     /// The process-wide connection to `uri`, opened on first use.
+    ///
+    /// An embedded driver's root belongs to one process at a time; when another
+    /// `d2l verify` holds it, this one uses a private root beside it, removed at exit.
     public static func shared(uri: String) throws -> LibvirtConnection {
         try lock.withLock {
-            if let existing = open[uri] { return existing }
-            if let root = embeddedRoot(of: uri) { try prepareEmbeddedRoot(root) }
-            try LibvirtEventLoop.start()
-            guard let pointer = virConnectOpen(uri) else {
-                var error = LibvirtError.last("connecting to \(uri)")
-                if error.message.contains("Failed to parse user") {
-                    // As root the driver insists that its compiled-in user exists, even when qemu.conf overrides it.
-                    error = LibvirtError(
-                        operation: error.operation,
-                        message: error.message + " (as root libvirt's QEMU driver needs that user: "
-                            + "apt-get install libvirt-daemon-system, or groupadd --system libvirt-qemu && "
-                            + "useradd --system -g libvirt-qemu libvirt-qemu)")
-                }
-                throw error
+            if let existing = connections[uri] { return existing }
+            var target = uri
+            // A failed open leaves the process without an embedded driver for good, so look before leaping.
+            if let root = embeddedRoot(of: uri), isHeldByAnotherProcess(root: root) {
+                let privateRoot = root + "-\(getpid())"
+                Cleanup.shared.add(privateRoot)
+                privateEmbeddedRoot = privateRoot
+                atexit(removePrivateEmbeddedRoot)
+                target = "qemu:///embed?root=" + privateRoot
             }
-            let connection = LibvirtConnection(pointer: pointer, uri: uri)
-            open[uri] = connection
+            let connection = try connect(target)
+            connections[uri] = connection
             return connection
         }
+    }
+
+    /// True when another process's embedded driver holds the lock on `root` (libvirt's driver.pid).
+    static func isHeldByAnotherProcess(root: String) -> Bool {
+        let path = root + "/run/qemu/driver.pid"
+        let fd = open(path, O_RDWR)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var lock = flock()
+        lock.l_type = Int16(F_WRLCK)
+        lock.l_whence = Int16(SEEK_SET)
+        return fcntl(fd, F_GETLK, &lock) == 0 && lock.l_type != Int16(F_UNLCK)
+    }
+
+    private static func connect(_ uri: String) throws -> LibvirtConnection {
+        if let root = embeddedRoot(of: uri) { try prepareEmbeddedRoot(root) }
+        try LibvirtEventLoop.start()
+        guard let pointer = virConnectOpen(uri) else {
+            var error = LibvirtError.last("connecting to \(uri)")
+            if error.message.contains("Failed to parse user") {
+                // As root the driver insists that its compiled-in user exists, even when qemu.conf overrides it.
+                error = LibvirtError(
+                    operation: error.operation,
+                    message: error.message + " (as root libvirt's QEMU driver needs that user: "
+                        + "apt-get install libvirt-daemon-system, or groupadd --system libvirt-qemu && "
+                        + "useradd --system -g libvirt-qemu libvirt-qemu)")
+            }
+            throw error
+        }
+        return LibvirtConnection(pointer: pointer, uri: uri)
     }
 
     /// Gives the embedded driver a configuration that works without libvirt's users and daemons.
