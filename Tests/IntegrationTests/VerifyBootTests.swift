@@ -1,0 +1,122 @@
+import D2LSupport
+import Foundation
+import Testing
+
+/// Real boots through libvirt's embedded driver (TCG here: Debian reaches login in ~20 s, CI may be 3x slower).
+@Suite(.serialized) struct VerifyBootTests {
+    struct Report: Decodable {
+        struct Stage: Decodable {
+            var name: String
+            var reached: Bool
+            var seconds: Double?
+        }
+        struct Command: Decodable {
+            var command: String
+            var exitStatus: Int?
+            var output: String
+            var passed: Bool
+        }
+        var passed: Bool
+        var verdict: String
+        var kernelVersion: String?
+        var stages: [Stage]
+        var failedStage: String?
+        var reason: String?
+        var commands: [Command]
+        var seconds: Double
+        var lastLines: [String]
+    }
+
+    /// QEMU processes running a domain that d2l verify created.
+    static func verifyQEMUProcesses() -> Set<Int32> {
+        var pids: Set<Int32> = []
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = Int32(entry),
+                let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline")
+            else { continue }
+            let cmdline = String(decoding: data, as: UTF8.self)
+            if cmdline.contains("qemu-system"), cmdline.contains("guest=d2l-verify-") { pids.insert(pid) }
+        }
+        return pids
+    }
+
+    /// Runs `d2l verify` and checks that it left no QEMU process behind.
+    static func verify(_ arguments: [String]) throws -> (status: Int32, report: Report?, stderr: String, wall: Double) {
+        let before = verifyQEMUProcesses()
+        let start = Date()
+        let result = try Fixtures.d2l(["verify"] + arguments)
+        let wall = Date().timeIntervalSince(start)
+        let leftover = verifyQEMUProcesses().subtracting(before)
+        #expect(leftover.isEmpty, "QEMU processes left running: \(leftover)")
+        let report = try? JSONDecoder().decode(Report.self, from: Data(result.stdout.utf8))
+        return (result.status, report, result.stderr, wall)
+    }
+
+    @Test(.timeLimit(.minutes(15))) func debianDiskBootsThroughAllStagesAndReportsRunning() async throws {
+        let disk = try await Fixtures.debianDisk()
+        let before = try SHA256Hasher.hex(ofFile: disk)
+        let dir = try Fixtures.scratchDirectory("verify-debian")
+        let junit = dir + "/junit.xml"
+        let transcript = dir + "/console.log"
+        let (status, report, stderr, _) = try Self.verify([
+            disk, "--timeout", "900", "--login", "root",
+            "--run", "systemctl is-system-running --wait", "--expect-output", "running|degraded",
+            "--json", "--junit", junit, "--transcript", transcript,
+        ])
+        #expect(status == 0, "\(stderr)")
+        let parsed = try #require(report, "no JSON report; stderr:\n\(stderr)")
+        #expect(parsed.verdict == "booted")
+        #expect(parsed.stages.map(\.name) == ["bootloader", "kernel", "init", "login"])
+        #expect(parsed.stages.allSatisfy { $0.reached })
+        let times = parsed.stages.compactMap(\.seconds)
+        #expect(times == times.sorted())
+        #expect(parsed.kernelVersion?.hasPrefix("6.1.") == true)
+        let command = try #require(parsed.commands.first)
+        #expect(command.passed)
+        #expect(command.output.contains("running") || command.output.contains("degraded"))
+        // Live progress names each stage.
+        for stage in ["bootloader", "kernel", "init", "login"] { #expect(stderr.contains(stage)) }
+        // The raw transcript starts with the firmware and keeps escape codes.
+        let raw = try Data(contentsOf: URL(fileURLWithPath: transcript))
+        #expect(String(decoding: raw, as: UTF8.self).contains("SYSLINUX"))
+        #expect(raw.contains(0x1B))
+        let xml = try String(contentsOfFile: junit, encoding: .utf8)
+        #expect(xml.components(separatedBy: "<testcase ").count - 1 == 5)
+        // The guest wrote to a throwaway overlay: the image is byte for byte the same.
+        #expect(try SHA256Hasher.hex(ofFile: disk) == before)
+    }
+
+    @Test(.timeLimit(.minutes(10))) func panickingKernelFailsAtTheInitStageRightAway() async throws {
+        let archive = try Fixtures.debianDockerArchive()
+        let dir = try Fixtures.scratchDirectory("verify-panic")
+        let disk = dir + "/panic.img"
+        let build = try Fixtures.d2l(["build", archive, "-o", disk, "--append", "init=/bin/false", "-q"])
+        try #require(build.status == 0, "\(build.stderr)")
+        let (status, report, stderr, wall) = try Self.verify([disk, "--json"])
+        #expect(status == 1, "\(stderr)")
+        let parsed = try #require(report, "no JSON report; stderr:\n\(stderr)")
+        #expect(parsed.failedStage == "init")
+        #expect(parsed.reason?.contains("Kernel panic - not syncing") == true)
+        #expect(parsed.stages.map(\.reached) == [true, true, false, false])
+        #expect(parsed.lastLines.contains { $0.contains("Kernel panic") })
+        // The verdict comes with the panic line, not at the init deadline (120 s): the whole run,
+        // start-up and teardown included, ends within a few seconds of it.
+        let kernelAt = try #require(parsed.stages[1].seconds)
+        #expect(parsed.seconds - kernelAt < 60)
+        #expect(wall - parsed.seconds < 10, "wall \(wall) s, verdict at \(parsed.seconds) s after power-on")
+    }
+
+    @Test func missingImageCannotBeTested() throws {
+        let (status, _, stderr, _) = try Self.verify(["/nonexistent/d2l-missing.img"])
+        #expect(status == 125)
+        #expect(stderr.contains("no such file"))
+    }
+
+    @Test func badOptionsCannotBeTested() throws {
+        let (status, _, _, _) = try Self.verify(["/dev/null", "--accel", "warp"])
+        #expect(status == 125)
+        let (runWithoutLogin, _, stderr, _) = try Self.verify(["/dev/null", "--run", "true"])
+        #expect(runWithoutLogin == 125)
+        #expect(stderr.contains("--run needs --login"))
+    }
+}
