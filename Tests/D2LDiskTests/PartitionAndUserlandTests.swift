@@ -1,0 +1,109 @@
+import D2LImage
+import Foundation
+import Testing
+
+@testable import D2LDisk
+
+@Suite("Partition table")
+struct PartitionTableTests {
+    @Test("a table written to a sector reads back the same")
+    func roundTrip() throws {
+        let boot = PartitionTable.Partition(type: PartitionTable.fat32LBA, bootable: true, startSector: 2048, sectorCount: 131_072)
+        let root = PartitionTable.Partition(
+            type: PartitionTable.linux, bootable: false, startSector: 133_120, sectorCount: 0xF000_0000)
+        let table = PartitionTable(partitions: [boot, root], diskSignature: 0xDEAD_BEEF)
+        let code = (0..<440).map { UInt8(truncatingIfNeeded: $0 &* 31) } + [0xAA, 0xBB]  // longer than fits
+        let sector = table.sector(bootCode: code)
+        #expect(sector.count == 512)
+        #expect(Array(sector[0..<440]) == Array(code.prefix(440)))
+        #expect(sector[510] == 0x55 && sector[511] == 0xAA)
+        #expect(sector[446] == 0x80)
+        #expect(sector[462] == 0x00)
+        let back = try #require(PartitionTable.read(sector))
+        #expect(back.diskSignature == 0xDEAD_BEEF)
+        #expect(back.partitions == [boot, root])
+        #expect(back.partitions[1].byteOffset == 133_120 * 512)
+        #expect(back.partitions[1].byteCount == Int64(0xF000_0000) * 512)
+    }
+
+    @Test("a sector without the 0x55AA signature is no table")
+    func noSignature() {
+        var sector = PartitionTable(partitions: [], diskSignature: 1).sector(bootCode: [])
+        #expect(PartitionTable.read(sector)?.partitions == [])
+        sector[511] = 0
+        #expect(PartitionTable.read(sector) == nil)
+        #expect(PartitionTable.read([UInt8](repeating: 0, count: 100)) == nil)
+    }
+}
+
+@Suite("Userland setup")
+struct UserlandSetupTests {
+    @Test("the root password replaces root's shadow field and keeps every other line")
+    func rootPassword() {
+        let shadow = "root:*:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n"
+        let out = UserlandSetup.setRootPassword(in: shadow, field: "$6$salt$hash", days: 20000)
+        #expect(out == "root:$6$salt$hash:20000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n")
+
+        let empty = UserlandSetup.setRootPassword(in: "root:!::0:99999:7:::\n", field: "", days: 1)
+        #expect(empty == "root::1:0:99999:7:::\n")
+
+        // A short line gets its missing fields.
+        #expect(UserlandSetup.setRootPassword(in: "root:x", field: "", days: 5) == "root::5::::::\n")
+
+        // No root entry at all: one is added first.
+        let added = UserlandSetup.setRootPassword(in: "daemon:*:1:0:99999:7:::\n", field: "h", days: 2)
+        #expect(added == "root:h:2:0:99999:7:::\ndaemon:*:1:0:99999:7:::\n")
+        #expect(UserlandSetup.setRootPassword(in: "", field: "h", days: 2) == "root:h:2:0:99999:7:::\n")
+    }
+
+    @Test("a serial getty counts only when it is not commented out")
+    func serialGetty() {
+        #expect(UserlandSetup.hasActiveSerialGetty("T0:23:respawn:/sbin/getty -L ttyS0 115200 vt100\n"))
+        #expect(UserlandSetup.hasActiveSerialGetty("ttyS0::respawn:/sbin/getty -L 115200 ttyS0 vt100"))
+        #expect(!UserlandSetup.hasActiveSerialGetty("#T0:23:respawn:/sbin/getty -L ttyS0 115200 vt100\n"))
+        #expect(!UserlandSetup.hasActiveSerialGetty("1:2345:respawn:/sbin/getty 38400 tty1\n"))
+        #expect(!UserlandSetup.hasActiveSerialGetty(""))
+    }
+
+    @Test("the files laid on a sysvinit image: shadow hash, serial getty, fstab, no container leftovers")
+    func generatedFiles() throws {
+        let fixture = try Ext4Fixture()
+        defer { fixture.remove() }
+        let layers = try fixture.layers([
+            [
+                .file("etc/shadow", "root:*:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n", mode: 0o640),
+                .file("etc/inittab", "id:2:initdefault:\n1:2345:respawn:/sbin/getty 38400 tty1"),
+                .file("etc/resolv.conf", ""),
+                .file("etc/hosts", "127.0.0.1 localhost\n"),
+                .file(".dockerenv", ""),
+                TarEntry("sbin/init", .file(Array("init".utf8)), mode: 0o755),
+            ]
+        ])
+        let tree = try LayerFlattener(capturePaths: BootFacts.capturePaths, headNames: BootFacts.headNames).scan(layers)
+        let facts = BootFacts.examine(tree, architecture: "amd64")
+        #expect(facts.initSystem == .sysvinit)
+        let setup = UserlandSetup(
+            hostname: "box", rootUUID: "0a1b2c3d-0000-4000-8000-000000000001", bootVolumeID: 0x1234_ABCD,
+            rootPassword: "secret", passwordSalt: "saltsalt", mtime: 86400 * 20000)
+        let files = try setup.files(for: tree, facts: facts)
+        func text(_ path: String) -> String? {
+            guard let f = files.last(where: { $0.path == ImagePath(path) }), case .file(let bytes) = f.content else {
+                return nil
+            }
+            return String(decoding: bytes, as: UTF8.self)
+        }
+        // The reference hash: openssl passwd -6 -salt saltsalt secret
+        let hash = "$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1"
+        #expect(text("etc/shadow") == "root:\(hash):20000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n")
+        #expect(files.last { $0.path == ImagePath("etc/shadow") }?.metadata.permissions == 0o640)
+        #expect(text("etc/inittab")?.hasPrefix("id:2:initdefault:\n1:2345:respawn:/sbin/getty 38400 tty1\n") == true)
+        #expect(text("etc/inittab")?.contains("T0:23:respawn:/sbin/getty -L ttyS0 115200 vt100") == true)
+        #expect(text("etc/hostname") == "box\n")
+        #expect(text("etc/machine-id") == "")
+        #expect(text("etc/fstab")?.contains("UUID=0a1b2c3d-0000-4000-8000-000000000001 / ext4") == true)
+        #expect(text("etc/fstab")?.contains("UUID=1234-ABCD /boot vfat") == true)
+        #expect(text("etc/resolv.conf")?.contains("nameserver 10.0.2.3") == true)
+        #expect(text("etc/hosts") == nil)  // a real hosts file stays
+        #expect(files.contains { $0.path == ImagePath(".dockerenv") && { if case .whiteout = $0.content { true } else { false } }($0) })
+    }
+}
