@@ -76,6 +76,10 @@ struct TreeWriterTests {
         var root = TarEntry("", .directory, mode: 0o750)
         root.mtime = 1_600_000_000
         let longTarget = "/" + String(repeating: "t", count: 100) + "/target"
+        // Around the 60 bytes an inode can hold in place of block pointers.
+        let edgeTargets = [59, 60, 61].map { String(repeating: "e", count: $0) }
+        var bigXattr = TarEntry("etc/labelled", .file(Array("z".utf8)))
+        bigXattr.xattrs = [("user.big", TreeWriterTests.pattern(3000, seed: 11))]
         let (_, fs) = try fixture.build([
             [
                 root,
@@ -88,7 +92,8 @@ struct TreeWriterTests {
                 TarEntry("dev/big", .characterDevice(300, 70000), mode: 0o600),
                 TarEntry("dev/sda", .blockDevice(8, 0), mode: 0o660),
                 TarEntry("run/initctl", .fifo, mode: 0o600),
-            ]
+                bigXattr,
+            ] + edgeTargets.map { TarEntry("edge\($0.count)", .symlink($0)) }
         ])
         let rootStat = try fs.stat("")
         #expect(rootStat.permissions == 0o750)
@@ -109,6 +114,8 @@ struct TreeWriterTests {
         #expect(try fs.stat("lib").type == 0o120000)
         #expect(try fs.symlinkTarget("lib") == "usr/lib")
         #expect(try fs.symlinkTarget("long") == longTarget)
+        for target in edgeTargets { #expect(try fs.symlinkTarget("edge\(target.count)") == target) }
+        #expect(try fs.xattr("etc/labelled", "user.big") == TreeWriterTests.pattern(3000, seed: 11))
         #expect(try fs.stat("dev/null").type == 0o020000)
         #expect(try fs.stat("dev/null").permissions == 0o666)
         #expect(try fs.stat("dev/sda").type == 0o060000)
@@ -150,6 +157,18 @@ struct TreeWriterTests {
         // Reproducible images need mtime 0 to stay 0, not become the build time.
         #expect(try fs.stat("epoch").mtime == 0)
         #expect(try fs.stat("null").mtime == 0)
+        try Self.expectClean(fixture)
+    }
+
+    @Test("a directory with more names than one block holds grows")
+    func largeDirectory() throws {
+        let fixture = try Ext4Fixture()
+        defer { fixture.remove() }
+        let names = (0..<600).map { "usr/bin/" + String(repeating: "x", count: 80) + String($0) }
+        let (_, fs) = try fixture.build([names.map { .file($0, $0) }])
+        #expect(try fs.list("usr/bin").count == 600)
+        #expect(try fs.stat("usr/bin").size > 4096)
+        for name in [names[0], names[299], names[599]] { #expect(try fs.read(name) == Array(name.utf8)) }
         try Self.expectClean(fixture)
     }
 
