@@ -191,24 +191,36 @@ public final class DiskBuilder {
                 temp, "\(rootSize / 1024)k",
             ], environment: mkfsEnv)
 
-        phase("writing ext4 root (\(ProgressReporter.format(stats.dataBytes)) in \(stats.regularFiles) files)")
-        let ext4 = try Ext4Writer(path: temp, offset: rootPart.byteOffset, timestamp: epoch)
-        var extra: [ImagePath: String] = [:]
-        if !kernelFromBoot {
-            extra[kernel.kernelPath] = scratch + "/boot/vmlinuz-\(kernel.version)"
-            if !initrdPath.starts(with: ImagePath("boot/")) {
-                extra[initrdPath] = scratch + "/boot/initrd.img-\(kernel.version)"
-            }
+        // The FAT partition is made on the other core while the root is written.
+        let boot = BootPartition(diskPath: temp, partition: bootPart, volumeID: volumeID)
+        let bootJob = BackgroundJob {
+            try boot.format(epoch: epoch)
+            try boot.mkdir("syslinux")
+            try boot.installSyslinux()
         }
-        let writer = TreeWriter(bootDirectory: scratch + "/boot", extraCaptures: extra)
-        let written = try writer.write(tree: tree, layers: layers, to: ext4, progress: progress)
-        try ext4.close()
+
+        phase("writing ext4 root (\(ProgressReporter.format(stats.dataBytes)) in \(stats.regularFiles) files)")
+        let written: TreeWriter.Result
+        do {
+            let ext4 = try Ext4Writer(path: temp, offset: rootPart.byteOffset, timestamp: epoch)
+            var extra: [ImagePath: String] = [:]
+            if !kernelFromBoot {
+                extra[kernel.kernelPath] = scratch + "/boot/vmlinuz-\(kernel.version)"
+                if !initrdPath.starts(with: ImagePath("boot/")) {
+                    extra[initrdPath] = scratch + "/boot/initrd.img-\(kernel.version)"
+                }
+            }
+            let writer = TreeWriter(bootDirectory: scratch + "/boot", extraCaptures: extra)
+            written = try writer.write(tree: tree, layers: layers, to: ext4, progress: progress)
+            try ext4.close()
+        } catch {
+            _ = try? bootJob.wait()
+            throw error
+        }
         progress.done()
 
-        phase("writing FAT boot partition and syslinux")
-        let boot = BootPartition(diskPath: temp, partition: bootPart, volumeID: volumeID, scratch: scratch)
-        try boot.format(epoch: epoch)
-        try boot.mkdir("syslinux")
+        phase("writing FAT boot partition")
+        try bootJob.wait()
         let kernelName = kernelFromBoot ? String(decoding: kernel.kernelPath.splitParent.name, as: UTF8.self)
             : "vmlinuz-\(kernel.version)"
         let initrdName = initrdPath.starts(with: ImagePath("boot/"))
@@ -229,8 +241,7 @@ public final class DiskBuilder {
             """
         try Data(config.utf8).write(to: URL(fileURLWithPath: scratch + "/syslinux.cfg"))
         if let epoch { Self.setMtime(scratch + "/syslinux.cfg", epoch) }
-        try boot.copy(scratch + "/syslinux.cfg", to: "syslinux/syslinux.cfg")
-        try boot.installSyslinux()
+        try boot.copy([scratch + "/syslinux.cfg"], toDirectory: "syslinux")
 
         var final = temp
         if format != .raw {

@@ -52,9 +52,6 @@ public final class Ext4Writer {
         let code = ext2fs_close_free(&fs)
         fs = nil
         try Self.check(code, "close")
-        guard fsync(dataFD) == 0 || errno == EINVAL else {
-            throw DiskError.io(path, message: String(cString: strerror(errno)))
-        }
     }
 
     static func check(_ code: errcode_t, _ op: @autoclosure () -> String) throws {
@@ -107,15 +104,21 @@ public final class Ext4Writer {
 
     private func writeInode(_ ino: ext2_ino_t, _ inode: inout ext2_inode_large, new: Bool = false) throws {
         let fs = try handle
+        if new {
+            // write_new_inode stores only 128 bytes and stamps zero times with "now", in the
+            // struct it is given: let it initialise the slot from a copy, then write ours in full.
+            var scratch = inode
+            try withUnsafeMutablePointer(to: &scratch) { p in
+                try p.withMemoryRebound(to: ext2_inode.self, capacity: 1) {
+                    try Self.check(ext2fs_write_new_inode(fs, ino, $0), "write inode \(ino)")
+                }
+            }
+        }
         try withUnsafeMutablePointer(to: &inode) { p in
             try p.withMemoryRebound(to: ext2_inode.self, capacity: 1) {
-                if new {
-                    try Self.check(ext2fs_write_new_inode(fs, ino, $0), "write inode \(ino)")
-                } else {
-                    try Self.check(
-                        ext2fs_write_inode_full(fs, ino, $0, Int32(MemoryLayout<ext2_inode_large>.size)),
-                        "write inode \(ino)")
-                }
+                try Self.check(
+                    ext2fs_write_inode_full(fs, ino, $0, Int32(MemoryLayout<ext2_inode_large>.size)),
+                    "write inode \(ino)")
             }
         }
     }

@@ -51,8 +51,9 @@ public struct TreeWriter {
 
         var linkInodes: [EntryRef: ext2_ino_t] = [:]
         let total = tree.stats.dataBytes
+        let digests = LayerDigests(layers)
         for (index, layer) in layers.enumerated() {
-            let stream = try layer.open(verify: true)
+            let stream = try layer.open(verify: false)
             var ordinal = 0
             while let entry = try stream.next() {
                 ordinal += 1
@@ -69,7 +70,10 @@ public struct TreeWriter {
                         result.bootFiles.append(relativeBoot(entry.path))
                         continue
                     }
-                    guard let parent = directoryInodes[parentPath] else { continue }
+                    // A link source whose directory is gone gets an inode with no name of its own;
+                    // the parent is then only an allocation hint.
+                    guard let parent = directoryInodes[parentPath] ?? (final == nil ? Ext4Writer.rootInode : nil)
+                    else { continue }
                     let tee = final != nil ? try extraCaptures[entry.path].map(Self.createCapture) : nil
                     defer { try? tee?.close() }
                     let ino = try ext4.createFile(
@@ -100,10 +104,9 @@ public struct TreeWriter {
                     try writeOther(entry.kind, parent: parent, name: name, metadata: entry.metadata, ext4: ext4)
                 }
             }
-            if let actual = try stream.finish(), let expected = layer.expectedDigest, actual != expected {
-                throw ImageError.digestMismatch(path: layer.description, expected: expected, actual: actual)
-            }
+            _ = try stream.finish()
         }
+        try digests.wait()
         result.bytesWritten = ext4.bytesWritten
         return result
     }

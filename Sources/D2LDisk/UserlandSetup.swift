@@ -131,7 +131,7 @@ public struct UserlandSetup: Sendable {
 
     static func hasActiveSerialGetty(_ inittab: String) -> Bool {
         inittab.split(separator: "\n").contains { line in
-            !line.hasPrefix("#") && line.contains("ttyS0") && line.contains("getty")
+            !line.drop { $0 == " " || $0 == "\t" }.hasPrefix("#") && line.contains("ttyS0") && line.contains("getty")
         }
     }
 

@@ -204,11 +204,17 @@ public final class ArchiveStream {
             while archive_entry_xattr_next(e, &name, &value, &size) == ARCHIVE_OK {
                 guard let name else { continue }
                 let bytes = value.map { Array(UnsafeRawBufferPointer(start: $0, count: size)) } ?? []
-                meta.xattrs.append(.init(name: String(cString: name), value: bytes))
+                let key = String(cString: name)
+                // pax archives may carry the same attribute twice (LIBARCHIVE. and SCHILY.): keep the last.
+                meta.xattrs.removeAll { $0.name == key }
+                meta.xattrs.append(.init(name: key, value: bytes))
             }
         }
         if let link = archive_entry_hardlink(e), let rawLink = rawPath(link) {
-            guard let target = LayerEntry.normalise(rawLink) else { return nil }
+            guard let target = LayerEntry.normalise(rawLink) else {
+                skippedNames.append(String(decoding: path, as: UTF8.self) + " (hard link leaving the root)")
+                return nil
+            }
             return LayerEntry(path: path, kind: .hardlink(target: target), metadata: meta)
         }
         let type = archive_entry_filetype(e)
@@ -251,11 +257,12 @@ public final class ArchiveStream {
     public func readAll(limit: Int = 1 << 20) throws -> [UInt8] {
         var out: [UInt8] = []
         try readData { block, offset in
-            let end = Int(offset) + block.count
-            guard end <= limit else { return }
-            if out.count < end { out += [UInt8](repeating: 0, count: end - out.count) }
+            let start = Int(offset)
+            guard start < limit else { return }
+            let count = min(block.count, limit - start)
+            if out.count < start + count { out += [UInt8](repeating: 0, count: start + count - out.count) }
             out.withUnsafeMutableBytes { dst in
-                dst.baseAddress!.advanced(by: Int(offset)).copyMemory(from: block.baseAddress!, byteCount: block.count)
+                dst.baseAddress!.advanced(by: start).copyMemory(from: block.baseAddress!, byteCount: count)
             }
         }
         return out

@@ -1,0 +1,146 @@
+import D2LSupport
+import Foundation
+import Testing
+
+/// `d2l build` on a real Debian bookworm userland, as an unprivileged user, booted for real.
+@Suite("d2l build on Debian bookworm", .serialized, .timeLimit(.minutes(20)))
+struct BuildTests {
+    /// Hard-links (or copies) an input into a directory nobody can read.
+    private func readableCopy(_ path: String, in dir: String) throws -> String {
+        let target = dir + "/" + (path as NSString).lastPathComponent
+        if link(path, target) != 0 { try FileManager.default.copyItem(atPath: path, toPath: target) }
+        chmod(target, 0o644)
+        return target
+    }
+
+    private func leftovers(in dir: String) throws -> [String] {
+        try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasPrefix(".") }
+    }
+
+    private func partitions(_ disk: String) throws -> [(start: Int64, size: Int64, type: String)] {
+        let out = try Fixtures.run(["sfdisk", "--json", disk])
+        #expect(out.status == 0, "sfdisk: \(out.stderr)")
+        struct Table: Decodable {
+            struct PT: Decodable {
+                struct P: Decodable { var start: Int64; var size: Int64; var type: String; var bootable: Bool? }
+                var partitions: [P]
+            }
+            var partitiontable: PT
+        }
+        let table = try JSONDecoder().decode(Table.self, from: Data(out.stdout.utf8))
+        return table.partitiontable.partitions.map { ($0.start * 512, $0.size * 512, $0.type) }
+    }
+
+    private func verifyBoots(_ disk: String) throws {
+        let result = try Fixtures.d2l(["verify", disk, "--timeout", "300"])
+        #expect(result.status == 0, "d2l verify \(disk) failed:\n\(result.stdout)\n\(result.stderr)")
+    }
+
+    @Test("docker-archive -> raw disk, built as nobody, passes e2fsck and boots to login")
+    func dockerArchiveAsNobody() throws {
+        let dir = try Fixtures.scratchDirectory("docker")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let input = try readableCopy(try Fixtures.debianDockerArchive(), in: dir)
+        let disk = dir + "/linux.img"
+        let result = try Fixtures.d2l(
+            ["build", input, "-o", disk, "--root-password-empty", "--hostname", "itest", "--json"], asUser: "nobody")
+        try #require(result.status == 0, "build failed: \(result.stderr)")
+        #expect(try leftovers(in: dir).isEmpty)
+        let summary = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
+        #expect((summary?["kernelVersion"] as? String)?.hasSuffix("-amd64") == true)
+        #expect((summary?["distro"] as? String)?.contains("bookworm") == true)
+        var st = stat()
+        stat(disk, &st)
+        #expect(st.st_uid == 65534, "the disk belongs to the user who built it")
+
+        let parts = try partitions(disk)
+        try #require(parts.count == 2)
+        #expect(parts[1].type == "83")
+        let fsck = try Fixtures.run(["e2fsck", "-fn", "\(disk)?offset=\(parts[1].start)"])
+        #expect(fsck.status == 0, "e2fsck: \(fsck.stdout)\(fsck.stderr)")
+        let fstab = try Fixtures.run(["debugfs", "-R", "cat /etc/fstab", "\(disk)?offset=\(parts[1].start)"])
+        #expect(fstab.stdout.contains("/boot vfat"))
+        let cfg = try Fixtures.run(["mtype", "-i", "\(disk)@@\(parts[0].start)", "::/syslinux/syslinux.cfg"])
+        #expect(cfg.stdout.hasPrefix("SERIAL 0 115200"))
+        #expect(cfg.stdout.contains("console=ttyS0,115200"))
+        try verifyBoots(disk)
+    }
+
+    @Test("oci-archive -> qcow2 disk boots to login")
+    func ociArchiveToQcow2() throws {
+        let dir = try Fixtures.scratchDirectory("oci")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let input = try readableCopy(try Fixtures.debianOCIArchive(), in: dir)
+        let disk = dir + "/linux.qcow2"
+        let result = try Fixtures.d2l(["build", input, "-o", disk, "--root-password-empty", "-q"], asUser: "nobody")
+        try #require(result.status == 0, "build failed: \(result.stderr)")
+        let info = try Fixtures.run(["qemu-img", "info", "--output=json", disk])
+        #expect(info.stdout.contains("\"format\": \"qcow2\""))
+        #expect(try leftovers(in: dir).isEmpty)
+        try verifyBoots(disk)
+    }
+
+    @Test("same input and SOURCE_DATE_EPOCH give a byte-identical disk")
+    func reproducible() throws {
+        let dir = try Fixtures.scratchDirectory("repro")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let input = try Fixtures.debianDockerArchive()
+        var digests: [String] = []
+        for n in 1...2 {
+            let disk = dir + "/r\(n).img"
+            let r = try Fixtures.d2l(["build", input, "-o", disk, "-q"], environment: ["SOURCE_DATE_EPOCH": "1700000000"])
+            try #require(r.status == 0, "build failed: \(r.stderr)")
+            digests.append(try SHA256Hasher.hex(ofFile: disk))
+            try FileManager.default.removeItem(atPath: disk)
+        }
+        #expect(digests[0] == digests[1])
+    }
+
+    @Test("an image without a kernel is refused before any disk is written")
+    func refusesImageWithoutKernel() throws {
+        let dir = try Fixtures.scratchDirectory("nokernel")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // The minbase userland alone: a valid rootfs tar with an init but no kernel.
+        let base = CacheDirectory.path + "/base/debian-bookworm-minbase.tar"
+        try #require(FileManager.default.fileExists(atPath: base), "Scripts/make-base leaves \(base)")
+        let disk = dir + "/linux.img"
+        let r = try Fixtures.d2l(["build", base, "-o", disk])
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("no kernel"))
+        #expect(r.stderr.contains("linux-image-amd64"))
+        #expect(!FileManager.default.fileExists(atPath: disk))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).isEmpty)
+    }
+
+    @Test("an existing output is kept without --force")
+    func keepsExistingOutput() throws {
+        let dir = try Fixtures.scratchDirectory("force")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let disk = dir + "/linux.img"
+        try Data("precious".utf8).write(to: URL(fileURLWithPath: disk))
+        let r = try Fixtures.d2l(["build", try Fixtures.debianDockerArchive(), "-o", disk])
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("--force"))
+        #expect(try String(contentsOfFile: disk, encoding: .utf8) == "precious")
+    }
+
+    @Test("an interrupted build leaves neither a partial image nor temporary files")
+    func interruptLeavesNothing() throws {
+        let dir = try Fixtures.scratchDirectory("interrupt")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try Fixtures.d2lBinary())
+        process.arguments = ["build", try Fixtures.debianDockerArchive(), "-o", dir + "/linux.img"]
+        process.standardError = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        // Wait until the temporary image exists, then interrupt.
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline, (try? leftovers(in: dir))?.isEmpty != false { usleep(20_000) }
+        #expect(try !leftovers(in: dir).isEmpty, "the build should have started writing")
+        kill(process.processIdentifier, SIGINT)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 130)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).isEmpty)
+    }
+}
