@@ -182,12 +182,13 @@ struct VerifyCommand: AsyncParsableCommand {
         let progress = ProgressReporter()
 
         let hypervisor = try LibvirtHypervisor(uri: connect ?? LibvirtHypervisor.defaultURI())
-        let (accelerator, warning) = await AcceleratorProbe.shared.resolve(settings.accelerator, hypervisor: hypervisor)
-        if let warning { progress.note(warning) }
-
-        let machine = MachineSpec(
-            diskPath: path, diskFormat: format, accelerator: accelerator, memoryMiB: memory, cpus: cpus,
+        var machine = MachineSpec(
+            diskPath: path, diskFormat: format, accelerator: .tcg, memoryMiB: memory, cpus: cpus,
             diskBus: settings.bus)
+        let (accelerator, warning) = await AcceleratorProbe.shared.resolve(
+            settings.accelerator, hypervisor: hypervisor, probe: machine)
+        if let warning { progress.note(warning) }
+        machine.accelerator = accelerator
         var about = "\(image): \(format.rawValue), \(settings.bus.rawValue), \(accelerator.rawValue)"
         about += ", \(memory) MiB, \(cpus) CPUs"
         if let guest {

@@ -77,23 +77,30 @@ public actor AcceleratorProbe {
     private var kvmWorks: Bool?
 
     /// kvm or tcg for `requested`; for auto, KVM only when a probe guest really runs under it.
+    ///
+    /// SeaBIOS and even syslinux run under a broken KVM; the kernel then hangs. So the probe boots the
+    /// disk under test itself, with a short deadline, and KVM counts only once the kernel's banner appears.
     public func resolve(
-        _ requested: Accelerator, hypervisor: LibvirtHypervisor, deadline: Duration = .seconds(4)
+        _ requested: Accelerator, hypervisor: LibvirtHypervisor, probe machine: MachineSpec,
+        deadline: Duration = .seconds(5)
     ) async -> (Accelerator, warning: String?) {
         switch requested {
         case .kvm, .tcg: return (requested, nil)
         case .auto: break
         }
-        if kvmWorks == nil { kvmWorks = await probe(hypervisor: hypervisor, deadline: deadline) }
+        if kvmWorks == nil { kvmWorks = await probe(hypervisor: hypervisor, machine: machine, deadline: deadline) }
         if kvmWorks == true { return (.kvm, nil) }
         return (.tcg, "warning: KVM is missing or does not run guests here; using TCG (slower)")
     }
 
-    /// Boots a diskless guest under KVM and waits for SeaBIOS to report that it looked for a boot disk.
-    private func probe(hypervisor: LibvirtHypervisor, deadline: Duration) async -> Bool {
+    /// Boots the disk under KVM and waits for the kernel's banner.
+    private func probe(hypervisor: LibvirtHypervisor, machine: MachineSpec, deadline: Duration) async -> Bool {
         guard FileManager.default.isReadableFile(atPath: "/dev/kvm") else { return false }
-        let name = MachineSpec.uniqueName(prefix: "d2l-kvm-probe")
-        let xml = MachineSpec.probeXML(name: name, accelerator: .kvm)
+        var spec = machine
+        spec.name = MachineSpec.uniqueName(prefix: "d2l-verify-kvm-probe")
+        spec.accelerator = .kvm
+        spec.memoryMiB = min(machine.memoryMiB, 512)
+        let xml = spec.domainXML
         guard let domain = try? hypervisor.connection.createPausedDomain(xml: xml) else { return false }
         let token = Cleanup.shared.addAction { domain.destroy() }
         defer {
@@ -109,7 +116,7 @@ public actor AcceleratorProbe {
                 do {
                     for try await chunk in stream.output {
                         for line in text.append(chunk) + [text.partialLine]
-                        where line.contains("No bootable device") || line.contains("Booting from") {
+                        where line.contains("Linux version") {
                             return true
                         }
                     }
