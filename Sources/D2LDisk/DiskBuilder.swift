@@ -107,8 +107,26 @@ public final class DiskBuilder {
 
         // 1. Scan: flatten the layers' headers and look at what would boot.
         phase("scanning \(image.layers.count) layer(s)")
-        let flattener = LayerFlattener(capturePaths: BootFacts.capturePaths, headNames: BootFacts.headNames)
+        // Scratch space beside the output: the image file, and /boot's files saved while scanning.
+        let name = (output as NSString).lastPathComponent
+        let temp = outputDir + "/.\(name).d2l-\(getpid()).tmp"
+        let scratch = outputDir + "/.\(name).d2l-\(getpid()).d"
+        Cleanup.shared.add(temp)
+        Cleanup.shared.add(scratch)
+        defer {
+            try? FileManager.default.removeItem(atPath: scratch)
+            try? FileManager.default.removeItem(atPath: temp)
+            Cleanup.shared.remove(scratch)
+            Cleanup.shared.remove(temp)
+        }
+        try FileManager.default.createDirectory(atPath: scratch + "/scan", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: scratch + "/boot", withIntermediateDirectories: true)
+        let flattener = LayerFlattener(
+            capturePaths: BootFacts.capturePaths, headNames: BootFacts.headNames,
+            captureTree: (ImagePath("boot"), scratch + "/scan"))
         let tree = try flattener.scan(image.layers, progress: progress)
+        try Self.placeCapturedBootFiles(tree, in: scratch + "/boot")
+        try? FileManager.default.removeItem(atPath: scratch + "/scan")
         for warning in tree.warnings.prefix(20) { progress.note("warning: \(warning)") }
         let facts = BootFacts.examine(tree, architecture: image.architecture, initOverride: options.initPath)
         guard facts.problems.isEmpty, let kernel = facts.kernel, let initrdPath = kernel.initrdPath else {
@@ -161,18 +179,6 @@ public final class DiskBuilder {
         let diskSize = UInt64(rootPart.byteOffset + rootPart.byteCount) + (1 << 20)
 
         // 4. Write into a temporary file beside the output; rename at the end.
-        let name = (output as NSString).lastPathComponent
-        let temp = outputDir + "/.\(name).d2l-\(getpid()).tmp"
-        let scratch = outputDir + "/.\(name).d2l-\(getpid()).d"
-        Cleanup.shared.add(temp)
-        Cleanup.shared.add(scratch)
-        defer {
-            try? FileManager.default.removeItem(atPath: scratch)
-            try? FileManager.default.removeItem(atPath: temp)
-            Cleanup.shared.remove(scratch)
-            Cleanup.shared.remove(temp)
-        }
-        try FileManager.default.createDirectory(atPath: scratch + "/boot", withIntermediateDirectories: true)
         try Self.createSparse(temp, size: diskSize)
         let table = PartitionTable(partitions: [bootPart, rootPart], diskSignature: signature)
         try Self.writeAt(temp, offset: 0, bytes: table.sector(bootCode: try BootPartition.mbrCode()))
@@ -191,41 +197,22 @@ public final class DiskBuilder {
                 temp, "\(rootSize / 1024)k",
             ], environment: mkfsEnv)
 
+        // A kernel kept outside /boot (/usr/lib/modules/V/vmlinuz) is copied out while ext4 is written.
+        var extraCaptures: [ImagePath: String] = [:]
+        if !kernelFromBoot {
+            extraCaptures[kernel.kernelPath] = scratch + "/vmlinuz-\(kernel.version)"
+            if !initrdPath.starts(with: ImagePath("boot/")) {
+                extraCaptures[initrdPath] = scratch + "/initrd.img-\(kernel.version)"
+            }
+        }
+        let extraFiles = extraCaptures.values.sorted()
+
         // The FAT partition is made on the other core while the root is written.
         let boot = BootPartition(diskPath: temp, partition: bootPart, volumeID: volumeID)
-        let bootJob = BackgroundJob {
-            try boot.format(epoch: epoch)
-            try boot.mkdir("syslinux")
-            try boot.installSyslinux()
-        }
-
-        phase("writing ext4 root (\(ProgressReporter.format(stats.dataBytes)) in \(stats.regularFiles) files)")
-        let written: TreeWriter.Result
-        do {
-            let ext4 = try Ext4Writer(path: temp, offset: rootPart.byteOffset, timestamp: epoch)
-            var extra: [ImagePath: String] = [:]
-            if !kernelFromBoot {
-                extra[kernel.kernelPath] = scratch + "/boot/vmlinuz-\(kernel.version)"
-                if !initrdPath.starts(with: ImagePath("boot/")) {
-                    extra[initrdPath] = scratch + "/boot/initrd.img-\(kernel.version)"
-                }
-            }
-            let writer = TreeWriter(bootDirectory: scratch + "/boot", extraCaptures: extra)
-            written = try writer.write(tree: tree, layers: layers, to: ext4, progress: progress)
-            try ext4.close()
-        } catch {
-            _ = try? bootJob.wait()
-            throw error
-        }
-        progress.done()
-
-        phase("writing FAT boot partition")
-        try bootJob.wait()
         let kernelName = kernelFromBoot ? String(decoding: kernel.kernelPath.splitParent.name, as: UTF8.self)
             : "vmlinuz-\(kernel.version)"
         let initrdName = initrdPath.starts(with: ImagePath("boot/"))
             ? String(decoding: initrdPath.dropFirst(5), as: UTF8.self) : "initrd.img-\(kernel.version)"
-        try copyBootTree(scratch + "/boot", relative: "", boot: boot, mtime: epoch)
         let cmdline = (["root=UUID=\(rootUUID)", "ro", "console=tty0", "console=ttyS0,115200"]
             + (options.append.isEmpty ? [] : [options.append])).joined(separator: " ")
         let config = """
@@ -239,9 +226,34 @@ public final class DiskBuilder {
               APPEND \(cmdline)
 
             """
-        try Data(config.utf8).write(to: URL(fileURLWithPath: scratch + "/syslinux.cfg"))
-        if let epoch { Self.setMtime(scratch + "/syslinux.cfg", epoch) }
-        try boot.copy([scratch + "/syslinux.cfg"], toDirectory: "syslinux")
+        try FileManager.default.createDirectory(atPath: scratch + "/syslinux", withIntermediateDirectories: true)
+        try Data(config.utf8).write(to: URL(fileURLWithPath: scratch + "/syslinux/syslinux.cfg"))
+        if let epoch { Self.setMtime(scratch + "/syslinux/syslinux.cfg", epoch) }
+        let bootTree = scratch + "/boot"
+        let bootJob = BackgroundJob {
+            try boot.format(epoch: epoch)
+            try boot.mkdir("syslinux")
+            try boot.installSyslinux()
+            try boot.copy([scratch + "/syslinux/syslinux.cfg"], toDirectory: "syslinux")
+            try Self.copyBootTree(bootTree, relative: "", boot: boot, mtime: epoch)
+        }
+
+        phase("writing ext4 root (\(ProgressReporter.format(stats.dataBytes)) in \(stats.regularFiles) files)")
+        let written: TreeWriter.Result
+        do {
+            let ext4 = try Ext4Writer(path: temp, offset: rootPart.byteOffset, timestamp: epoch)
+            let writer = TreeWriter(bootDirectory: scratch + "/boot", extraCaptures: extraCaptures)
+            written = try writer.write(tree: tree, layers: layers, to: ext4, progress: progress)
+            try ext4.close()
+        } catch {
+            _ = try? bootJob.wait()
+            throw error
+        }
+        progress.done()
+
+        phase("writing FAT boot partition")
+        try bootJob.wait()
+        if !extraFiles.isEmpty { try boot.copy(extraFiles, toDirectory: "") }
 
         var final = temp
         if format != .raw {
@@ -277,7 +289,28 @@ public final class DiskBuilder {
     }
 
     /// Copies the captured /boot files onto the FAT partition, one mcopy per directory.
-    private func copyBootTree(_ dir: String, relative: String, boot: BootPartition, mtime: Int64?) throws {
+    /// Moves the /boot files saved while scanning to their names under `directory`.
+    static func placeCapturedBootFiles(_ tree: FileTree, in directory: String) throws {
+        guard let boot = tree.lookup(ImagePath("boot")), boot.kind == .directory else { return }
+        var stack: [(String, TreeNode)] = [("", boot)]
+        while let (relative, node) = stack.popLast() {
+            for (name, child) in node.children {
+                let rel = relative.isEmpty ? String(decoding: name, as: UTF8.self)
+                    : relative + "/" + String(decoding: name, as: UTF8.self)
+                if child.kind == .directory {
+                    try FileManager.default.createDirectory(
+                        atPath: directory + "/" + rel, withIntermediateDirectories: true)
+                    stack.append((rel, child))
+                } else if let file = child.capturedFile {
+                    guard rename(file, directory + "/" + rel) == 0 else {
+                        throw DiskError.io(file, message: String(cString: strerror(errno)))
+                    }
+                }
+            }
+        }
+    }
+
+    private static func copyBootTree(_ dir: String, relative: String, boot: BootPartition, mtime: Int64?) throws {
         let names = try FileManager.default.contentsOfDirectory(atPath: dir).sorted()
         var files: [String] = []
         for name in names {

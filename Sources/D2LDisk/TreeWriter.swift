@@ -65,7 +65,8 @@ public struct TreeWriter {
                 case .regular(let size):
                     let needed = tree.linkSources.contains(ref)
                     guard final != nil || needed else { continue }
-                    if final != nil, isBoot(entry.path), let dir = bootDirectory {
+                    if let node = final, isBoot(entry.path), let dir = bootDirectory {
+                        if node.capturedFile != nil { continue }  // saved while scanning
                         try capture(stream, to: dir + "/" + relativeBoot(entry.path))
                         result.bootFiles.append(relativeBoot(entry.path))
                         continue

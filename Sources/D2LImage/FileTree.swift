@@ -26,6 +26,8 @@ public final class TreeNode {
     public var content: [UInt8]?
     /// The first bytes of a file (to check an init's ELF architecture).
     public var head: [UInt8]?
+    /// A host file holding this file's data, saved while scanning (the /boot files).
+    public var capturedFile: String?
 
     init(kind: Kind, source: EntryRef?, layer: Int, metadata: EntryMetadata) {
         self.kind = kind

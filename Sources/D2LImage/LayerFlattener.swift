@@ -1,4 +1,5 @@
 import D2LSupport
+import Foundation
 
 /// Flattens layers with OCI semantics into a `FileTree`, reading headers only
 /// (and the data of the few small files the builder must look at).
@@ -14,9 +15,17 @@ public struct LayerFlattener {
     /// Base names whose first bytes are captured (to check an init's architecture).
     public var headNames: Set<ImagePath>
 
-    public init(capturePaths: Set<ImagePath> = [], headNames: Set<ImagePath> = []) {
+    /// Regular files under `prefix` are saved into `directory` while scanning, so that
+    /// their data (kernel, initrd) is at hand before the layers are read again.
+    public var captureTree: (prefix: ImagePath, directory: String)?
+
+    public init(
+        capturePaths: Set<ImagePath> = [], headNames: Set<ImagePath> = [],
+        captureTree: (prefix: ImagePath, directory: String)? = nil
+    ) {
         self.capturePaths = capturePaths
         self.headNames = headNames
+        self.captureTree = captureTree
     }
 
     static let whiteoutPrefix = Array(".wh.".utf8)
@@ -134,10 +143,29 @@ public struct LayerFlattener {
                         node.content = try stream.readAll(limit: 1 << 20)
                     } else if headNames.contains(name) {
                         node.head = Array(try stream.readAll(limit: 64).prefix(64))
+                    } else if let (prefix, directory) = captureTree,
+                        entry.path.starts(with: prefix + [UInt8(ascii: "/")])
+                    {
+                        let file = directory + "/\(ref.layer)-\(ref.ordinal)"
+                        try Self.save(stream, to: file)
+                        node.capturedFile = file
                     }
                 }
             }
             parent.children[name] = node
+        }
+    }
+
+    private static func save(_ stream: EntryStream, to file: String) throws {
+        guard FileManager.default.createFile(atPath: file, contents: nil),
+            let handle = FileHandle(forWritingAtPath: file)
+        else {
+            throw ImageError.archive(file, message: "cannot create")
+        }
+        defer { try? handle.close() }
+        try stream.readData { bytes, offset in
+            try handle.seek(toOffset: UInt64(offset))
+            handle.write(Data(bytes))
         }
     }
 
