@@ -156,14 +156,13 @@ public final class DiskBuilder {
         // 3. Sizes.
         let kernelFromBoot = kernel.kernelPath.starts(with: ImagePath("boot/"))
         let bootBytes = Self.bootContentBytes(tree) + (kernelFromBoot ? 0 : kernel.kernelSize + kernel.initrdSize)
-        let bootSize = Self.roundUp(max(64 << 20, bootBytes + bootBytes / 4 + (16 << 20)), to: 1 << 20)
+        let bootSize = Self.roundUp(max(32 << 20, bootBytes + bootBytes / 8 + (8 << 20)), to: 1 << 20)
         let stats = tree.stats
-        let inodes = UInt64(stats.inodes) + UInt64(stats.inodes) / 4 + 4096
+        let inodes = UInt64(stats.inodes) + UInt64(stats.inodes) / 4 + 1024
         let contentBytes = stats.dataBlocks4K * 4096 + UInt64(stats.directories + stats.longSymlinks) * 4096
-        let metadataBytes = inodes * 256 + contentBytes / 32 + (64 << 20)  // inode tables, bitmaps, journal
-        let needed = contentBytes + metadataBytes
-        var rootSize = Self.roundUp(
-            needed + max(UInt64(Double(contentBytes) * options.headroom), options.minimumHeadroom), to: 1 << 20)
+        let headroom = max(UInt64(Double(contentBytes) * options.headroom), options.minimumHeadroom)
+        let needed = Self.ext4Size(content: contentBytes, inodes: inodes, free: 0)
+        var rootSize = Self.ext4Size(content: contentBytes, inodes: inodes, free: headroom)
         let firstSector: UInt64 = 2048
         if let size = options.size {
             let fixed = (firstSector * 512) + bootSize + (1 << 20)
@@ -345,6 +344,35 @@ public final class DiskBuilder {
             }
         }
         return total
+    }
+
+    /// The size of an ext4 file system holding `content` bytes of blocks and `inodes`
+    /// inodes with `free` bytes to spare: adds the journal mke2fs will make, the inode
+    /// tables, bitmaps and group descriptors, and the 1% reserved for root.
+    static func ext4Size(content: UInt64, inodes: UInt64, free: UInt64) -> UInt64 {
+        var size = content + free + inodes * 256
+        for _ in 0..<4 {
+            let blocks = size / 4096
+            let groups = blocks / 32768 + 1
+            let overhead = journalBlocks(forFilesystemBlocks: blocks) * 4096 + groups * 3 * 4096 + (1 << 20)
+            size = (content + free + inodes * 256 + overhead) * 101 / 100
+        }
+        return roundUp(size, to: 1 << 20)
+    }
+
+    /// mke2fs's default journal size (ext2fs_default_journal_size) for a file system of this many blocks.
+    static func journalBlocks(forFilesystemBlocks blocks: UInt64) -> UInt64 {
+        switch blocks {
+        case ..<2048: return 0
+        case ..<32768: return 1024
+        case ..<(256 * 1024): return 4096
+        case ..<(512 * 1024): return 8192
+        case ..<(4096 * 1024): return 16384
+        case ..<(8192 * 1024): return 32768
+        case ..<(16384 * 1024): return 65536
+        case ..<(32768 * 1024): return 131072
+        default: return 262144
+        }
     }
 
     static func uuid(fromHex hex: String) -> String {
