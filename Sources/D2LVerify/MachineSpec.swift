@@ -75,32 +75,6 @@ public struct MachineSpec: Sendable {
             </domain>
             """
     }
-
-    /// A diskless guest for probing an accelerator: SeaBIOS runs and says it found nothing to boot.
-    static func probeXML(name: String, accelerator: Accelerator) -> String {
-        let type = accelerator == .kvm ? "kvm" : "qemu"
-        return """
-            <domain type='\(type)'>
-              <name>\(XMLText.escape(name))</name>
-              <memory unit='MiB'>32</memory>
-              <vcpu>1</vcpu>
-              <os>
-                <type arch='x86_64' machine='pc'>hvm</type>
-                <boot dev='hd'/>
-                <bios useserial='yes'/>
-              </os>
-              <on_poweroff>destroy</on_poweroff>
-              <on_reboot>destroy</on_reboot>
-              <on_crash>destroy</on_crash>
-              <devices>
-                <serial type='pty'><target port='0'/></serial>
-                <console type='pty'><target type='serial' port='0'/></console>
-                <memballoon model='none'/>
-              </devices>
-              <seclabel type='none'/>
-            </domain>
-            """
-    }
 }
 
 enum XMLText {
