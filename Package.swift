@@ -8,7 +8,8 @@ let package = Package(
         .executable(name: "d2l", targets: ["d2l"])
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
     ],
     targets: [
         // One system-library target per C library.
@@ -33,17 +34,24 @@ let package = Package(
         .target(name: "D2LDisk", dependencies: ["CExt2fs", "D2LImage", "D2LSupport"]),
         // Booting a disk through libvirt and judging its serial transcript.
         .target(name: "D2LVerify", dependencies: ["CLibvirt", "CExt2fs", "D2LSupport"]),
+        // Scenarios, recipes and the regression matrix of `d2l test`.
+        .target(
+            name: "D2LScenario",
+            dependencies: ["D2LSupport", .product(name: "Yams", package: "Yams")]),
         .target(
             name: "D2LCommands",
             dependencies: [
-                "D2LImage", "D2LDisk", "D2LVerify", "D2LSupport",
+                "D2LImage", "D2LDisk", "D2LVerify", "D2LSupport", "D2LScenario",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
-        .executableTarget(name: "d2l", dependencies: ["D2LCommands"]),
+        .executableTarget(
+            name: "d2l",
+            dependencies: ["D2LCommands", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
         .testTarget(name: "D2LImageTests", dependencies: ["D2LImage", "CArchive"]),
         .testTarget(name: "D2LDiskTests", dependencies: ["D2LDisk", "D2LImage", "CArchive", "CExt2fs"]),
-        .testTarget(name: "D2LVerifyTests", dependencies: ["D2LVerify"]),
+        .testTarget(name: "D2LVerifyTests", dependencies: ["D2LVerify"], exclude: ["Transcripts"]),
+        .testTarget(name: "D2LScenarioTests", dependencies: ["D2LScenario"]),
         .testTarget(name: "IntegrationTests", dependencies: ["D2LSupport", "d2l"]),
     ]
 )

@@ -1,0 +1,297 @@
+import Foundation
+import Yams
+
+/// What one recipe (or prebuilt archive or disk) must show when it boots.
+public struct Scenario: Sendable, Codable, Equatable {
+    public enum Source: Sendable, Codable, Equatable {
+        /// Images/NAME/Dockerfile, built with the local container engine.
+        case recipe(String)
+        /// A container image file (docker-archive, OCI, rootfs tar).
+        case archive(String)
+        /// A disk image, verified as it is.
+        case disk(String)
+    }
+
+    public struct Build: Sendable, Codable, Equatable {
+        public var format: String?
+        public var size: String?
+        public var headroom: String?
+        public var append: String?
+        public var hostname: String?
+        public var rootPasswordEmpty = true
+        public var rootPassword: String?
+    }
+
+    public struct StageOverride: Sendable, Codable, Equatable {
+        public var name: String
+        public var pattern: String?
+        public var deadline: Int?
+    }
+
+    public struct Command: Sendable, Codable, Equatable {
+        public var command: String
+        public var expect: String?
+    }
+
+    public struct Verify: Sendable, Codable, Equatable {
+        public var timeout: Int?
+        public var memory: Int?
+        public var cpus: Int?
+        public var accel: String?
+        public var diskBus: String?
+        public var failedUnits: String?
+        public var stages: [StageOverride] = []
+        public var login: String?
+        public var run: [Command] = []
+    }
+
+    public var name: String
+    public var file: String
+    public var description: String?
+    public var source: Source
+    public var tags: [String]
+    public var build: Build
+    public var verify: Verify
+
+    /// The arguments of `d2l build` (after the input).
+    public var buildArguments: [String] {
+        var a: [String] = []
+        if let f = build.format { a += ["--format", f] }
+        if let s = build.size { a += ["--size", s] }
+        if let h = build.headroom { a += ["--headroom", h] }
+        if let x = build.append { a += ["--append", x] }
+        if let h = build.hostname { a += ["--hostname", h] }
+        if let p = build.rootPassword { a += ["--root-password", p] } else if build.rootPasswordEmpty { a.append("--root-password-empty") }
+        return a
+    }
+
+    /// The arguments of `d2l verify` (after the disk).
+    public var verifyArguments: [String] {
+        var a: [String] = []
+        if let t = verify.timeout { a += ["--timeout", String(t)] }
+        if let m = verify.memory { a += ["--memory", String(m)] }
+        if let c = verify.cpus { a += ["--cpus", String(c)] }
+        if let x = verify.accel { a += ["--accel", x] }
+        if let b = verify.diskBus { a += ["--disk-bus", b] }
+        if let f = verify.failedUnits { a += ["--failed-units", f] }
+        for stage in verify.stages {
+            if let p = stage.pattern { a += ["--expect", "\(stage.name)=\(p)"] }
+            if let d = stage.deadline { a += ["--deadline", "\(stage.name)=\(d)"] }
+        }
+        if let l = verify.login { a += ["--login", l] }
+        for c in verify.run {
+            a += ["--run", c.command]
+            if let e = c.expect { a += ["--expect-output", e] }
+        }
+        return a
+    }
+}
+
+/// A scenario file that cannot be used, with where and why.
+public struct ScenarioError: Error, CustomStringConvertible, Sendable {
+    public var file: String
+    public var message: String
+    public var description: String { "\(file): \(message)" }
+}
+
+/// Reads and checks scenario files.
+public enum ScenarioParser {
+    static let topKeys: Set<String> = ["description", "recipe", "archive", "disk", "tags", "build", "verify"]
+    static let buildKeys: Set<String> = ["format", "size", "headroom", "append", "hostname", "root-password-empty", "root-password"]
+    static let verifyKeys: Set<String> = [
+        "timeout", "memory", "cpus", "accel", "disk-bus", "failed-units", "stages", "login", "run",
+    ]
+    static let stageKeys: Set<String> = ["pattern", "deadline"]
+    static let runKeys: Set<String> = ["command", "expect"]
+    static let formats: Set<String> = ["raw", "qcow2", "vmdk", "vdi", "vhdx", "vpc"]
+
+    /// Lists the scenario files named: directories give their *.yaml and *.yml files, sorted.
+    public static func files(_ paths: [String]) throws -> [String] {
+        var out: [String] = []
+        for path in paths {
+            var isDir: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+                throw ScenarioError(file: path, message: "no such file or directory")
+            }
+            if isDir.boolValue {
+                let names = try FileManager.default.contentsOfDirectory(atPath: path)
+                    .filter { $0.hasSuffix(".yaml") || $0.hasSuffix(".yml") }.sorted()
+                out += names.map { (path as NSString).appendingPathComponent($0) }
+            } else {
+                out.append(path)
+            }
+        }
+        return out
+    }
+
+    /// Parses one file; `imagesDirectory` is where recipes live (to check they exist).
+    public static func parse(file: String, imagesDirectory: String) throws -> Scenario {
+        guard let data = FileManager.default.contents(atPath: file) else {
+            throw ScenarioError(file: file, message: "cannot read")
+        }
+        return try parse(String(decoding: data, as: UTF8.self), file: file, imagesDirectory: imagesDirectory)
+    }
+
+    public static func parse(_ text: String, file: String, imagesDirectory: String) throws -> Scenario {
+        func fail(_ message: String) -> ScenarioError { ScenarioError(file: file, message: message) }
+        let loaded: Any?
+        do { loaded = try Yams.load(yaml: text) } catch { throw fail("not valid YAML: \(error)") }
+        guard let top = loaded as? [String: Any] else { throw fail("expected a mapping of keys (recipe, build, verify, ...)") }
+        try checkKeys(top, allowed: topKeys, at: "", fail: fail)
+
+        let name = ((file as NSString).lastPathComponent as NSString).deletingPathExtension
+        let sources = ["recipe", "archive", "disk"].filter { top[$0] != nil }
+        guard sources.count == 1 else {
+            throw fail("give exactly one of recipe, archive or disk (found: \(sources.isEmpty ? "none" : sources.joined(separator: ", ")))")
+        }
+        let baseDir = (file as NSString).deletingLastPathComponent
+        func resolve(_ p: String) -> String { p.hasPrefix("/") ? p : (baseDir as NSString).appendingPathComponent(p) }
+        let source: Scenario.Source
+        switch sources[0] {
+        case "recipe":
+            let recipe = try string(top["recipe"], "recipe", fail)
+            let dockerfile = (imagesDirectory as NSString).appendingPathComponent(recipe + "/Dockerfile")
+            guard FileManager.default.fileExists(atPath: dockerfile) else {
+                throw fail("recipe \(recipe): \(dockerfile) does not exist")
+            }
+            source = .recipe(recipe)
+        case "archive": source = .archive(resolve(try string(top["archive"], "archive", fail)))
+        default: source = .disk(resolve(try string(top["disk"], "disk", fail)))
+        }
+
+        var tags: [String] = []
+        if let t = top["tags"] {
+            guard let list = t as? [Any] else { throw fail("tags: expected a list of words") }
+            tags = try list.map { try string($0, "tags", fail) }
+        }
+
+        var build = Scenario.Build()
+        if let b = top["build"] {
+            guard let map = b as? [String: Any] else { throw fail("build: expected a mapping") }
+            try checkKeys(map, allowed: buildKeys, at: "build.", fail: fail)
+            if let f = map["format"] {
+                let format = try string(f, "build.format", fail)
+                guard formats.contains(format) else {
+                    throw fail("build.format: \(format) is not one of \(formats.sorted().joined(separator: ", "))")
+                }
+                build.format = format
+            }
+            build.size = try map["size"].map { try string($0, "build.size", fail) }
+            build.headroom = try map["headroom"].map { try string($0, "build.headroom", fail) }
+            build.append = try map["append"].map { try string($0, "build.append", fail) }
+            build.hostname = try map["hostname"].map { try string($0, "build.hostname", fail) }
+            build.rootPassword = try map["root-password"].map { try string($0, "build.root-password", fail) }
+            if let e = map["root-password-empty"] {
+                guard let flag = e as? Bool else { throw fail("build.root-password-empty: expected true or false") }
+                build.rootPasswordEmpty = flag
+            }
+        }
+
+        var verify = Scenario.Verify()
+        if let v = top["verify"] {
+            guard let map = v as? [String: Any] else { throw fail("verify: expected a mapping") }
+            try checkKeys(map, allowed: verifyKeys, at: "verify.", fail: fail)
+            verify.timeout = try map["timeout"].map { try int($0, "verify.timeout", fail) }
+            verify.memory = try map["memory"].map { try int($0, "verify.memory", fail) }
+            verify.cpus = try map["cpus"].map { try int($0, "verify.cpus", fail) }
+            verify.accel = try map["accel"].map { try string($0, "verify.accel", fail) }
+            if let a = verify.accel, !["auto", "kvm", "tcg"].contains(a) { throw fail("verify.accel: \(a) is not auto, kvm or tcg") }
+            verify.diskBus = try map["disk-bus"].map { try string($0, "verify.disk-bus", fail) }
+            verify.failedUnits = try map["failed-units"].map { try string($0, "verify.failed-units", fail) }
+            if let f = verify.failedUnits, !["fail", "warn"].contains(f) { throw fail("verify.failed-units: \(f) is not fail or warn") }
+            verify.login = try map["login"].map { try string($0, "verify.login", fail) }
+            if let s = map["stages"] {
+                guard let stages = s as? [String: Any] else {
+                    throw fail("verify.stages: expected a mapping of stage names (bootloader, kernel, init, login, or new ones)")
+                }
+                for name in stages.keys.sorted() {
+                    guard let body = stages[name] as? [String: Any] else {
+                        throw fail("verify.stages.\(name): expected pattern and/or deadline")
+                    }
+                    try checkKeys(body, allowed: stageKeys, at: "verify.stages.\(name).", fail: fail)
+                    let pattern = try body["pattern"].map { try string($0, "verify.stages.\(name).pattern", fail) }
+                    if let pattern { try checkRegex(pattern, at: "verify.stages.\(name).pattern", fail: fail) }
+                    let deadline = try body["deadline"].map { try int($0, "verify.stages.\(name).deadline", fail) }
+                    verify.stages.append(.init(name: name, pattern: pattern, deadline: deadline))
+                }
+            }
+            if let r = map["run"] {
+                guard let list = r as? [Any] else { throw fail("verify.run: expected a list of {command, expect}") }
+                for (i, item) in list.enumerated() {
+                    let at = "verify.run[\(i)]"
+                    if let command = item as? String {
+                        verify.run.append(.init(command: command, expect: nil))
+                        continue
+                    }
+                    guard let body = item as? [String: Any] else { throw fail("\(at): expected a command or {command, expect}") }
+                    try checkKeys(body, allowed: runKeys, at: at + ".", fail: fail)
+                    guard let command = body["command"] else { throw fail("\(at): command is missing") }
+                    let expect = try body["expect"].map { try string($0, "\(at).expect", fail) }
+                    if let expect { try checkRegex(expect, at: "\(at).expect", fail: fail) }
+                    verify.run.append(.init(command: try string(command, "\(at).command", fail), expect: expect))
+                }
+                if !verify.run.isEmpty, verify.login == nil { verify.login = "root" }
+            }
+        }
+        return Scenario(
+            name: name, file: file, description: try top["description"].map { try string($0, "description", fail) },
+            source: source, tags: tags, build: build, verify: verify)
+    }
+
+    private static func checkKeys(
+        _ map: [String: Any], allowed: Set<String>, at prefix: String, fail: (String) -> ScenarioError
+    ) throws {
+        for key in map.keys.sorted() where !allowed.contains(key) {
+            let near = allowed.min { distance($0, key) < distance($1, key) }
+            let hint = near.map { distance($0, key) <= 3 ? " (did you mean \($0)?)" : "" } ?? ""
+            throw fail("unknown key \(prefix)\(key)\(hint); known keys: \(allowed.sorted().joined(separator: ", "))")
+        }
+    }
+
+    private static func string(_ value: Any?, _ at: String, _ fail: (String) -> ScenarioError) throws -> String {
+        switch value {
+        case let s as String: return s
+        case let i as Int: return String(i)
+        case let d as Double: return String(d)
+        default: throw fail("\(at): expected text")
+        }
+    }
+
+    private static func int(_ value: Any?, _ at: String, _ fail: (String) -> ScenarioError) throws -> Int {
+        guard let i = value as? Int, i > 0 else { throw fail("\(at): expected a positive whole number") }
+        return i
+    }
+
+    /// Compiles a regular expression; on error, finds the first position where it goes wrong.
+    static func checkRegex(_ pattern: String, at: String, fail: (String) -> ScenarioError) throws {
+        guard (try? NSRegularExpression(pattern: pattern)) == nil else { return }
+        // The longest prefix that some completion could still make valid tells where it broke.
+        var position = 0
+        let chars = Array(pattern)
+        for end in stride(from: chars.count, through: 0, by: -1) {
+            let prefix = String(chars[..<end])
+            let completions = ["", ")", "]", "])", "}", "\\\\"]
+            if completions.contains(where: { (try? NSRegularExpression(pattern: prefix + $0)) != nil }) {
+                position = end
+                break
+            }
+        }
+        let marker = String(repeating: " ", count: position) + "^"
+        throw fail("\(at): bad regular expression at position \(position + 1):\n  \(pattern)\n  \(marker)")
+    }
+
+    static func distance(_ a: String, _ b: String) -> Int {
+        let a = Array(a), b = Array(b)
+        var row = Array(0...b.count)
+        for i in 1...max(a.count, 1) where !a.isEmpty {
+            var previous = row[0]
+            row[0] = i
+            for j in 1...max(b.count, 1) where !b.isEmpty {
+                let current = row[j]
+                row[j] = min(row[j] + 1, row[j - 1] + 1, previous + (a[i - 1] == b[j - 1] ? 0 : 1))
+                previous = current
+            }
+        }
+        return row[b.count]
+    }
+}
