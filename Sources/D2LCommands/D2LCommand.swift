@@ -12,7 +12,10 @@ public struct D2LCommand: AsyncParsableCommand {
             checks its serial console stage by stage.
             """,
         version: "0.1.0",
-        subcommands: [BuildCommand.self, InspectCommand.self, VerifyCommand.self]
+        subcommands: [
+            BuildCommand.self, InspectCommand.self, VerifyCommand.self, TestCommand.self, BaseCommand.self,
+            BisectCommand.self,
+        ]
     )
     public init() {}
 }
