@@ -13,7 +13,7 @@ public struct D2LCommand: AsyncParsableCommand {
             """,
         version: "0.1.0",
         subcommands: [
-            BuildCommand.self, InspectCommand.self, VerifyCommand.self, TestCommand.self, BaseCommand.self,
+            BuildCommand.self, InspectCommand.self, VerifyCommand.self, TestCommand.self,
             BisectCommand.self,
         ]
     )

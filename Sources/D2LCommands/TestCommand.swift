@@ -1,6 +1,130 @@
 import ArgumentParser
+import D2LScenario
+import D2LSupport
+import Foundation
 
+/// `d2l test`: build and verify every scenario, and report like a test suite.
 struct TestCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "test", abstract: "Build and verify scenarios.")
-    func run() async throws { throw ExitCode(1) }
+    static let configuration = CommandConfiguration(
+        commandName: "test",
+        abstract: "Build and boot the distro recipes in Scenarios/ and report like a test suite.",
+        discussion: """
+            Each scenario (a YAML file, see README.md) names a recipe in Images/, a container \
+            archive or a disk; what to pass to d2l build; and what d2l verify must see. Recipes \
+            are built with podman or docker (one engine build at a time, each recipe once); \
+            builds and boots run --jobs at a time, each boot in its own d2l verify process.
+
+            Results go to --output: per scenario its transcript, build and verify logs, and \
+            (when it failed) its disk; for the run results.xml (JUnit), results.json and \
+            report.html (boot timelines, works offline).
+
+            Exit status: 0 when nothing failed (skips allowed), 1 when a scenario failed, \
+            2 when a scenario file is invalid.
+            """)
+
+    @Argument(help: "Scenario files or directories (default: Scenarios/).")
+    var paths: [String] = []
+
+    @Option(help: "Scenarios built and booted at once (default: fits the machine's cores and memory).")
+    var jobs: Int?
+
+    @Option(help: "Only scenarios whose name matches this regular expression.")
+    var filter: String?
+
+    @Option(name: .customLong("tag"), help: "Only scenarios with this tag (repeatable: any of them).")
+    var tags: [String] = []
+
+    @Option(help: "Boot a failed scenario again up to N times; a pass on retry is reported flaky.")
+    var retries: Int = 0
+
+    @Option(name: .shortAndLong, help: "Where results, transcripts and failed disks go.")
+    var output: String = "d2l-test-results"
+
+    @Option(help: "Also write the JUnit XML here.")
+    var junit: String?
+
+    @Flag(help: "Print the results as JSON on stdout.")
+    var json = false
+
+    @Option(help: "Container engine for recipes: podman or docker (default: whichever is installed).")
+    var engine: String?
+
+    @Option(help: "The recipes' directory (default: Images/ beside the scenarios' directory).")
+    var images: String?
+
+    @Flag(help: "Keep the disks of passed scenarios too.")
+    var keepDisks = false
+
+    @Flag(help: "List the scenarios that would run, and exit.")
+    var list = false
+
+    func validate() throws {
+        if let jobs, jobs < 1 { throw ValidationError("--jobs must be at least 1") }
+        if retries < 0 { throw ValidationError("--retries must be 0 or more") }
+        if let engine, !["podman", "docker"].contains(engine) { throw ValidationError("--engine: podman or docker") }
+        if let filter, (try? NSRegularExpression(pattern: filter)) == nil {
+            throw ValidationError("--filter \(filter): not a valid regular expression")
+        }
+    }
+
+    func run() async throws {
+        Cleanup.shared.installSignalHandlers()
+        let inputs = paths.isEmpty ? ["Scenarios"] : paths
+        let scenarios: [Scenario]
+        let imagesDirectory: String
+        do {
+            let files = try ScenarioParser.files(inputs)
+            let firstDir = files.first.map { ($0 as NSString).deletingLastPathComponent } ?? "Scenarios"
+            imagesDirectory = images ?? (((firstDir as NSString).appendingPathComponent("..") as NSString)
+                .appendingPathComponent("Images") as NSString).standardizingPath
+            scenarios = try files.map { try ScenarioParser.parse(file: $0, imagesDirectory: imagesDirectory) }
+        } catch {
+            FileHandle.standardError.write(Data("d2l test: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        let regex = filter.flatMap { try? NSRegularExpression(pattern: $0) }
+        let chosen = scenarios.filter { s in
+            (regex == nil || regex!.firstMatch(in: s.name, range: NSRange(s.name.startIndex..., in: s.name)) != nil)
+                && (tags.isEmpty || !Set(tags).isDisjoint(with: s.tags))
+        }
+        if list {
+            for s in chosen {
+                print("\(s.name)\t\(s.tags.joined(separator: ","))\t\(s.description ?? "")")
+            }
+            return
+        }
+        guard !chosen.isEmpty else {
+            FileHandle.standardError.write(Data("d2l test: no scenario matches\n".utf8))
+            throw ExitCode(2)
+        }
+        let outputDir = URL(fileURLWithPath: output).standardizedFileURL.path
+        try FileManager.default.createDirectory(atPath: outputDir, withIntermediateDirectories: true)
+        let binary = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        let options = MatrixRunner.Options(
+            jobs: jobs ?? MatrixRunner.defaultJobs, retries: retries, outputDirectory: outputDir,
+            repositoryRoot: (imagesDirectory as NSString).deletingLastPathComponent, engine: engine,
+            keepDisks: keepDisks, d2lBinary: binary)
+        let log: @Sendable (String) -> Void = { line in
+            FileHandle.standardError.write(Data("d2l test: \(line)\n".utf8))
+        }
+        log("\(chosen.count) scenario(s), \(options.jobs) at a time, results in \(outputDir)")
+        let started = Date()
+        let results = await MatrixRunner(options: options, log: log).run(chosen)
+        let report = MatrixReport(results: results, seconds: Date().timeIntervalSince(started))
+
+        let junitText = report.junit()
+        try junitText.write(toFile: outputDir + "/results.xml", atomically: true, encoding: .utf8)
+        if let junit { try junitText.write(toFile: junit, atomically: true, encoding: .utf8) }
+        let jsonText = try report.json()
+        try jsonText.write(toFile: outputDir + "/results.json", atomically: true, encoding: .utf8)
+        try report.html(relativeTo: outputDir).write(toFile: outputDir + "/report.html", atomically: true, encoding: .utf8)
+        if json {
+            print(jsonText)
+        } else {
+            print(report.table())
+        }
+        FileHandle.standardError.write(Data("d2l test: report: \(outputDir)/report.html\n".utf8))
+        let c = report.counts
+        if c.failed + c.errors > 0 { throw ExitCode.failure }
+    }
 }

@@ -10,6 +10,12 @@ public struct Scenario: Sendable, Codable, Equatable {
         case archive(String)
         /// A disk image, verified as it is.
         case disk(String)
+
+        /// A disk the scenario names (never deleted by the runner).
+        public var isGivenDisk: Bool {
+            if case .disk = self { return true }
+            return false
+        }
     }
 
     public struct Build: Sendable, Codable, Equatable {

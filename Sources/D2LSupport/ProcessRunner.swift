@@ -32,48 +32,14 @@ public enum ProcessRunner {
 
     /// Runs a program to completion; throws with its stderr when it fails.
     @discardableResult
-    public static func run(
-        _ arguments: [String], environment: [String: String] = [:], stdin: Data? = nil
-    ) throws -> String {
-        guard let executable = which(arguments[0]) else {
-            throw ProcessError(command: arguments, status: 127, stderr: "")
-        }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = Array(arguments.dropFirst())
-        var env = ProcessInfo.processInfo.environment
-        env["LC_ALL"] = "C"
+    public static func run(_ arguments: [String], environment: [String: String] = [:]) throws -> String {
+        var env = ["LC_ALL": "C"]
         for (key, value) in environment { env[key] = value }
-        process.environment = env
-        let out = Pipe()
-        let err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        let input = Pipe()
-        process.standardInput = stdin == nil ? FileHandle.nullDevice : input
-        try process.run()
-        ChildProcesses.shared.add(process.processIdentifier)
-        defer { ChildProcesses.shared.remove(process.processIdentifier) }
-        if let stdin {
-            try input.fileHandleForWriting.write(contentsOf: stdin)
-            try input.fileHandleForWriting.close()
+        let result = captureBlocking(arguments, environment: env, workingDirectory: nil)
+        guard result.status == 0 else {
+            throw ProcessError(command: arguments, status: result.status, stderr: result.stderr)
         }
-        // Read both pipes concurrently so neither fills up and blocks the child.
-        nonisolated(unsafe) var errData = Data()
-        let group = DispatchGroup()
-        group.enter()
-        DispatchQueue.global().async {
-            errData = err.fileHandleForReading.readDataToEndOfFile()
-            group.leave()
-        }
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        group.wait()
-        process.waitUntilExit()
-        let stderr = String(decoding: errData, as: UTF8.self)
-        guard process.terminationReason == .exit, process.terminationStatus == 0 else {
-            throw ProcessError(command: arguments, status: process.terminationStatus, stderr: stderr)
-        }
-        return String(decoding: outData, as: UTF8.self)
+        return result.stdout
     }
 }
 
@@ -88,5 +54,64 @@ public final class ChildProcesses: @unchecked Sendable {
     /// Sends SIGTERM to every child started through ProcessRunner.
     public func terminateAll() {
         for pid in lock.withLock({ pids }) { kill(pid, SIGTERM) }
+    }
+}
+
+/// The outcome of a program run to completion, whatever its status.
+public struct ProcessResult: Sendable {
+    public var status: Int32
+    public var stdout: String
+    public var stderr: String
+}
+
+extension ProcessRunner {
+    /// Runs a program without blocking the caller's thread (the wait happens on a
+    /// Dispatch thread), capturing its output; never throws for a non-zero status.
+    public static func capture(
+        _ arguments: [String], environment: [String: String] = [:], workingDirectory: String? = nil
+    ) async -> ProcessResult {
+        await withCheckedContinuation { continuation in
+            DispatchQueue.global().async {
+                continuation.resume(returning: captureBlocking(arguments, environment: environment, workingDirectory: workingDirectory))
+            }
+        }
+    }
+
+    static func captureBlocking(_ arguments: [String], environment: [String: String], workingDirectory: String?)
+        -> ProcessResult
+    {
+        guard let executable = which(arguments[0]) else {
+            return ProcessResult(status: 127, stdout: "", stderr: "\(arguments[0]): not found")
+        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = Array(arguments.dropFirst())
+        var env = ProcessInfo.processInfo.environment
+        for (key, value) in environment { env[key] = value }
+        process.environment = env
+        if let workingDirectory { process.currentDirectoryURL = URL(fileURLWithPath: workingDirectory) }
+        let out = Pipe()
+        let err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = FileHandle.nullDevice
+        do { try process.run() } catch {
+            return ProcessResult(status: 127, stdout: "", stderr: "\(arguments[0]): \(error)")
+        }
+        ChildProcesses.shared.add(process.processIdentifier)
+        defer { ChildProcesses.shared.remove(process.processIdentifier) }
+        nonisolated(unsafe) var errData = Data()
+        let group = DispatchGroup()
+        group.enter()
+        DispatchQueue.global().async {
+            errData = err.fileHandleForReading.readDataToEndOfFile()
+            group.leave()
+        }
+        let outData = out.fileHandleForReading.readDataToEndOfFile()
+        group.wait()
+        process.waitUntilExit()
+        let status = process.terminationReason == .exit ? process.terminationStatus : 128 + process.terminationStatus
+        return ProcessResult(
+            status: status, stdout: String(decoding: outData, as: UTF8.self), stderr: String(decoding: errData, as: UTF8.self))
     }
 }

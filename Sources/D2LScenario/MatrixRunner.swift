@@ -1,0 +1,254 @@
+import D2LSupport
+import Foundation
+
+/// The result of one scenario: build, boot stages, verdict.
+public struct ScenarioResult: Sendable, Codable {
+    public enum Verdict: String, Sendable, Codable { case passed, failed, flaky, skipped, error }
+
+    public struct Stage: Sendable, Codable {
+        public var name: String
+        public var reached: Bool
+        public var seconds: Double?
+        public var failure: String?
+    }
+
+    public var name: String
+    public var file: String
+    public var tags: [String]
+    public var verdict: Verdict
+    public var reason: String?
+    public var buildSeconds: Double?
+    public var bootSeconds: Double?
+    public var stages: [Stage] = []
+    public var kernelVersion: String?
+    public var attempts: Int = 0
+    public var disk: String?
+    public var transcript: String?
+    public var lastLines: [String] = []
+}
+
+/// Builds and verifies scenarios, several at once, each boot in its own `d2l verify` process.
+public final class MatrixRunner: @unchecked Sendable {
+    public struct Options: Sendable {
+        public var jobs: Int
+        public var retries: Int
+        public var outputDirectory: String
+        public var repositoryRoot: String
+        public var engine: String?
+        public var keepDisks: Bool
+        public var d2lBinary: String
+        public init(
+            jobs: Int, retries: Int, outputDirectory: String, repositoryRoot: String, engine: String?,
+            keepDisks: Bool, d2lBinary: String
+        ) {
+            self.jobs = jobs
+            self.retries = retries
+            self.outputDirectory = outputDirectory
+            self.repositoryRoot = repositoryRoot
+            self.engine = engine
+            self.keepDisks = keepDisks
+            self.d2lBinary = d2lBinary
+        }
+    }
+
+    let options: Options
+    let recipes: RecipeCache
+    let log: @Sendable (String) -> Void
+
+    public init(options: Options, log: @escaping @Sendable (String) -> Void) {
+        self.options = options
+        self.recipes = RecipeCache(repositoryRoot: options.repositoryRoot, engine: options.engine, log: log)
+        self.log = log
+    }
+
+    /// A default job count that fits the machine: one boot per core and per 1.5 GiB free memory.
+    public static var defaultJobs: Int {
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        let memoryGiB = Double(ProcessInfo.processInfo.physicalMemory) / Double(1 << 30)
+        return max(1, min(cores, Int((memoryGiB - 1) / 1.5)))
+    }
+
+    public func run(_ scenarios: [Scenario]) async -> [ScenarioResult] {
+        var results = [ScenarioResult?](repeating: nil, count: scenarios.count)
+        await withTaskGroup(of: (Int, ScenarioResult).self) { group in
+            var next = 0
+            func startNext() {
+                guard next < scenarios.count else { return }
+                let index = next
+                next += 1
+                group.addTask { (index, await self.runOne(scenarios[index])) }
+            }
+            for _ in 0..<max(1, options.jobs) { startNext() }
+            for await (index, result) in group {
+                results[index] = result
+                report(result)
+                startNext()
+            }
+        }
+        return results.compactMap { $0 }
+    }
+
+    private func report(_ r: ScenarioResult) {
+        var line = "\(r.verdict.rawValue.uppercased()) \(r.name)"
+        if let k = r.kernelVersion { line += " (kernel \(k))" }
+        if let b = r.bootSeconds { line += String(format: ", login at %.1f s", b) }
+        if let reason = r.reason { line += ": \(reason)" }
+        log(line)
+        if r.verdict == .failed || r.verdict == .error {
+            if let d = r.disk { log("  disk:       \(d)") }
+            if let t = r.transcript { log("  transcript: \(t)") }
+            for l in r.lastLines.suffix(10) { log("  | \(l)") }
+        }
+    }
+
+    func runOne(_ scenario: Scenario) async -> ScenarioResult {
+        var result = ScenarioResult(name: scenario.name, file: scenario.file, tags: scenario.tags, verdict: .error)
+        let dir = (options.outputDirectory as NSString).appendingPathComponent(scenario.name)
+        try? FileManager.default.removeItem(atPath: dir)
+        do {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        } catch {
+            result.reason = "cannot create \(dir): \(error)"
+            return result
+        }
+
+        // 1. The disk: from a recipe, an archive, or given.
+        let disk: String
+        switch scenario.source {
+        case .disk(let path):
+            disk = path
+        case .recipe, .archive:
+            let archive: String
+            if case .recipe(let name) = scenario.source {
+                switch await recipes.archive(for: name) {
+                case .success(let path): archive = path
+                case .skipped(let why):
+                    result.verdict = .skipped
+                    result.reason = why
+                    return result
+                case .failure(let why):
+                    result.reason = "recipe \(name) did not build: \(why)"
+                    return result
+                }
+            } else if case .archive(let path) = scenario.source {
+                archive = path
+            } else {
+                return result
+            }
+            let ext = scenario.build.format.map { $0 == "raw" ? "img" : ($0 == "vpc" ? "vhd" : $0) } ?? "img"
+            disk = (dir as NSString).appendingPathComponent("disk.\(ext)")
+            log("building \(scenario.name)")
+            let started = Date()
+            let build = await ProcessRunner.capture(
+                [options.d2lBinary, "build", archive, "-o", disk, "--force", "--json", "-q"] + scenario.buildArguments)
+            result.buildSeconds = Date().timeIntervalSince(started)
+            try? build.stderr.write(toFile: (dir as NSString).appendingPathComponent("build.log"), atomically: false, encoding: .utf8)
+            guard build.status == 0 else {
+                result.verdict = .failed
+                result.reason = "d2l build failed: " + (build.stderr.split(separator: "\n").last.map(String.init) ?? "status \(build.status)")
+                return result
+            }
+        }
+        result.disk = disk
+
+        // 2. Boot it, retrying a failed boot up to `retries` times.
+        let transcript = (dir as NSString).appendingPathComponent("transcript.txt")
+        result.transcript = transcript
+        var failures = 0
+        for attempt in 1...(options.retries + 1) {
+            result.attempts = attempt
+            log("booting \(scenario.name)" + (attempt > 1 ? " (attempt \(attempt))" : ""))
+            let verify = await ProcessRunner.capture(
+                [options.d2lBinary, "verify", disk, "--json", "--transcript", transcript,
+                 "--junit", (dir as NSString).appendingPathComponent("verify.junit.xml")] + scenario.verifyArguments)
+            try? verify.stdout.write(toFile: (dir as NSString).appendingPathComponent("verify.json"), atomically: false, encoding: .utf8)
+            try? verify.stderr.write(toFile: (dir as NSString).appendingPathComponent("verify.log"), atomically: false, encoding: .utf8)
+            apply(verifyJSON: verify.stdout, to: &result)
+            switch verify.status {
+            case 0:
+                result.verdict = failures > 0 ? .flaky : .passed
+                if failures > 0 { result.reason = "passed on attempt \(attempt) of \(options.retries + 1)" }
+                if !options.keepDisks, !scenario.source.isGivenDisk {
+                    try? FileManager.default.removeItem(atPath: disk)
+                    result.disk = nil
+                }
+                return result
+            case 1:
+                failures += 1
+                result.verdict = .failed
+                if result.reason == nil { result.reason = "did not boot" }
+            default:
+                result.verdict = .error
+                result.reason = "could not test: "
+                    + (verify.stderr.split(separator: "\n").last.map(String.init) ?? "d2l verify exited \(verify.status)")
+                return result
+            }
+        }
+        return result
+    }
+
+    private func apply(verifyJSON: String, to result: inout ScenarioResult) {
+        guard let data = verifyJSON.data(using: .utf8),
+            let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+        else { return }
+        result.kernelVersion = object["kernelVersion"] as? String ?? result.kernelVersion
+        if let stages = object["stages"] as? [[String: Any]] {
+            result.stages = stages.map {
+                ScenarioResult.Stage(
+                    name: $0["name"] as? String ?? "?", reached: $0["reached"] as? Bool ?? false,
+                    seconds: $0["seconds"] as? Double, failure: $0["failure"] as? String)
+            }
+            result.bootSeconds = result.stages.last(where: { $0.reached })?.seconds
+        }
+        if object["passed"] as? Bool == false {
+            let stage = object["failedStage"] as? String
+            let reason = object["reason"] as? String
+            result.reason = [stage.map { "stage \($0)" }, reason].compactMap { $0 }.joined(separator: ": ")
+        } else {
+            result.reason = nil
+        }
+        result.lastLines = object["lastLines"] as? [String] ?? []
+    }
+}
+
+/// Builds each recipe once (one engine build at a time) and remembers the outcome.
+actor RecipeCache {
+    enum Outcome: Sendable { case success(String), skipped(String), failure(String) }
+    private var tasks: [String: Task<Outcome, Never>] = [:]
+    private var previous: Task<Outcome, Never>?
+    let repositoryRoot: String
+    let engine: String?
+    let log: @Sendable (String) -> Void
+
+    init(repositoryRoot: String, engine: String?, log: @escaping @Sendable (String) -> Void) {
+        self.repositoryRoot = repositoryRoot
+        self.engine = engine
+        self.log = log
+    }
+
+    func archive(for recipe: String) async -> Outcome {
+        if let task = tasks[recipe] { return await task.value }
+        let before = previous
+        let root = repositoryRoot
+        let engine = engine
+        let log = log
+        let task = Task<Outcome, Never> {
+            _ = await before?.value  // engine builds run one after another
+            log("building recipe \(recipe)")
+            var command = [root + "/Scripts/build-recipe"]
+            if let engine { command += ["--engine", engine] }
+            let result = await ProcessRunner.capture(command + [recipe])
+            switch result.status {
+            case 0: return .success(result.stdout.trimmingCharacters(in: .whitespacesAndNewlines))
+            case 3:
+                let why = result.stderr.split(separator: "\n").last { $0.hasPrefix("skipped") }
+                return .skipped(why.map(String.init) ?? "skipped: base image not available")
+            default:
+                return .failure(result.stderr.split(separator: "\n").suffix(5).joined(separator: "\n"))
+            }
+        }
+        tasks[recipe] = task
+        previous = task
+        return await task.value
+    }
+}
