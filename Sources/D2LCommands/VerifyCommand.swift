@@ -17,14 +17,33 @@ struct VerifyCommand: AsyncParsableCommand {
             initramfs shell or a failed systemd unit ends the run at once.
 
             EXIT STATUS
+            With --kernel the disk's root file system boots with an outside kernel (libvirt's \
+            direct kernel boot): no bootloader runs, and the kernel stage passes only on the \
+            `Linux version` line of that very bzImage, so a stale kernel cannot pass. \
+            This makes `git bisect run d2l verify IMAGE --kernel arch/x86/boot/bzImage` work: \
+            a kernel that does not boot is bad, and anything that is not a verdict on the \
+            kernel (no bzImage, unreadable file, libvirt error) is skipped.
+
+            EXIT STATUS
               0    the disk booted (and every --run command passed)
               1    the disk did not boot: the report names the stage and the reason
-              125  could not test: libvirt or QEMU error, missing or unreadable image, bad \
-            options (git bisect run skips the commit)
+              125  could not test: libvirt or QEMU error, missing or unreadable image or \
+            kernel, bad options (git bisect run skips the commit)
             """)
 
     @Argument(help: "The disk image to boot (raw, qcow2, vmdk, vdi, vhdx or vpc).")
     var image: String
+
+    @Option(help: "Boot this x86 bzImage directly instead of the disk's bootloader (direct kernel boot).")
+    var kernel: String?
+
+    @Option(help: "With --kernel: the initrd to load with it (none by default).")
+    var initrd: String?
+
+    @Option(
+        name: .customLong("append"),
+        help: "With --kernel: more kernel command line after root=<the disk's root> ro (the consoles come last).")
+    var appendArguments: String?
 
     @Option(help: "libvirt URI (default: $D2L_LIBVIRT_URI, else qemu:///embed?root=<cache>/libvirt).")
     var connect: String?
@@ -99,7 +118,7 @@ struct VerifyCommand: AsyncParsableCommand {
         }
     }
 
-    private func settings(initSystem: InitSystem) throws -> Settings {
+    private func settings(initSystem: InitSystem, kernel bzImage: KernelImage? = nil) throws -> Settings {
         guard let accelerator = Accelerator(rawValue: accel) else {
             throw VerifyError.badOption("--accel must be auto, kvm or tcg, not '\(accel)'")
         }
@@ -112,10 +131,15 @@ struct VerifyCommand: AsyncParsableCommand {
         guard failedUnits == "fail" || failedUnits == "warn" else {
             throw VerifyError.badOption("--failed-units must be fail or warn")
         }
+        guard kernel != nil || (initrd == nil && appendArguments == nil) else {
+            throw VerifyError.badOption(
+                "--initrd and --append need --kernel: a disk's own command line is in its bootloader configuration")
+        }
         var plan = StagePlan(
             stages: StagePlan.defaultStages(initSystem: initSystem),
             failures: StagePlan.defaultFailures(failedUnitsWarnOnly: failedUnits == "warn"),
             timeout: .seconds(timeout))
+        if let bzImage { plan.bootDirectly(bzImage) }
         for expectation in expectations {
             let (name, value) = try Self.split(expectation, option: "--expect")
             plan.expect(name, try ConsolePattern(value))
@@ -178,13 +202,32 @@ struct VerifyCommand: AsyncParsableCommand {
         }
         let format = try DiskFormat.detect(path: path)
         let guest = GuestInspector.inspect(path: path, format: format)
-        let settings = try settings(initSystem: guest?.initSystem ?? .unknown)
+        let bzImage = try kernel.map { try KernelImage(path: URL(fileURLWithPath: $0).standardizedFileURL.path) }
+        let settings = try settings(initSystem: guest?.initSystem ?? .unknown, kernel: bzImage)
         let progress = ProgressReporter()
+        var directBoot: DirectKernelBoot?
+        if let bzImage {
+            var initrdPath: String?
+            if let initrd {
+                let full = URL(fileURLWithPath: initrd).standardizedFileURL.path
+                guard FileManager.default.isReadableFile(atPath: full) else {
+                    throw VerifyError.unreadableImage(path: full, reason: "the --initrd cannot be read")
+                }
+                initrdPath = full
+            }
+            let root = GuestInspector.rootDevice(path: path, format: format, bus: settings.bus)
+            directBoot = DirectKernelBoot(
+                kernel: bzImage.path, initrd: initrdPath,
+                commandLine: DirectKernelBoot.commandLine(root: root, extra: appendArguments))
+            progress.note("kernel \(bzImage.versionString)")
+            progress.note("initrd \(initrdPath ?? "none")")
+            progress.note("command line \(directBoot?.commandLine ?? "")")
+        }
 
         let hypervisor = try LibvirtHypervisor(uri: connect ?? LibvirtHypervisor.defaultURI())
         var machine = MachineSpec(
             diskPath: path, diskFormat: format, accelerator: .tcg, memoryMiB: memory, cpus: cpus,
-            diskBus: settings.bus)
+            diskBus: settings.bus, directBoot: directBoot)
         let (accelerator, warning) = await AcceleratorProbe.shared.resolve(
             settings.accelerator, hypervisor: hypervisor, probe: machine)
         if let warning { progress.note(warning) }

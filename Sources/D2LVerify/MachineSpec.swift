@@ -19,10 +19,13 @@ public struct MachineSpec: Sendable {
     public var memoryMiB: Int
     public var cpus: Int
     public var diskBus: DiskBus
+    /// Boot this kernel directly (QEMU loads it) instead of the disk's bootloader.
+    public var directBoot: DirectKernelBoot?
 
     public init(
         name: String = MachineSpec.uniqueName(), diskPath: String, diskFormat: DiskFormat = .raw,
-        accelerator: Accelerator = .tcg, memoryMiB: Int = 1024, cpus: Int = 2, diskBus: DiskBus = .virtio
+        accelerator: Accelerator = .tcg, memoryMiB: Int = 1024, cpus: Int = 2, diskBus: DiskBus = .virtio,
+        directBoot: DirectKernelBoot? = nil
     ) {
         self.name = name
         self.diskPath = diskPath
@@ -31,6 +34,7 @@ public struct MachineSpec: Sendable {
         self.memoryMiB = memoryMiB
         self.cpus = cpus
         self.diskBus = diskBus
+        self.directBoot = directBoot
     }
 
     /// A name no other run uses at the same time: pid, time and randomness.
@@ -44,6 +48,12 @@ public struct MachineSpec: Sendable {
         let type = accelerator == .kvm ? "kvm" : "qemu"
         let target = diskBus == .virtio ? "vda" : "sda"
         let cpu = accelerator == .kvm ? "<cpu mode='host-passthrough'/>" : ""
+        var boot = "<boot dev='hd'/>"
+        if let direct = directBoot {
+            boot = "<kernel>\(XMLText.escape(direct.kernel))</kernel>"
+            if let initrd = direct.initrd { boot += "\n    <initrd>\(XMLText.escape(initrd))</initrd>" }
+            boot += "\n    <cmdline>\(XMLText.escape(direct.commandLine))</cmdline>"
+        }
         return """
             <domain type='\(type)'>
               <name>\(XMLText.escape(name))</name>
@@ -51,7 +61,7 @@ public struct MachineSpec: Sendable {
               <vcpu>\(cpus)</vcpu>
               <os>
                 <type arch='x86_64' machine='pc'>hvm</type>
-                <boot dev='hd'/>
+                \(boot)
                 <bios useserial='yes'/>
               </os>
               <features><acpi/><apic/></features>
@@ -74,6 +84,30 @@ public struct MachineSpec: Sendable {
               <seclabel type='none'/>
             </domain>
             """
+    }
+}
+
+/// libvirt's direct kernel boot: QEMU loads the kernel and initrd itself, and no bootloader runs.
+public struct DirectKernelBoot: Sendable, Equatable {
+    public var kernel: String
+    public var initrd: String?
+    public var commandLine: String
+
+    public init(kernel: String, initrd: String?, commandLine: String) {
+        self.kernel = kernel
+        self.initrd = initrd
+        self.commandLine = commandLine
+    }
+
+    /// `root=<root> ro`, then `extra`, then the consoles: the last `console=` gets /dev/console and a getty.
+    ///
+    /// systemd is told not to mount /boot: it holds the disk's own kernel, which a direct boot does not use,
+    /// and an outside kernel seldom finds its vfat module in the root file system's /lib/modules, so the
+    /// mount would fail with a [FAILED] line that says nothing about the kernel under test.
+    public static func commandLine(root: String, extra: String?) -> String {
+        var words = ["root=\(root)", "ro", "systemd.mask=boot.mount"]
+        if let extra, !extra.trimmingCharacters(in: .whitespaces).isEmpty { words.append(extra) }
+        return (words + ["console=tty0", "console=ttyS0,115200"]).joined(separator: " ")
     }
 }
 

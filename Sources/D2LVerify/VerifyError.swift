@@ -4,6 +4,8 @@ public enum VerifyError: Error, CustomStringConvertible, Sendable {
     case unreadableImage(path: String, reason: String)
     case badOption(String)
     case hypervisor(String)
+    /// `--kernel` (or a kernel in a bisection) is not a bzImage that can be booted.
+    case notAKernel(path: String, reason: String)
 
     public var description: String {
         switch self {
@@ -15,6 +17,8 @@ public enum VerifyError: Error, CustomStringConvertible, Sendable {
             return text
         case .hypervisor(let text):
             return text
+        case .notAKernel(let path, let reason):
+            return "\(path): \(reason): pass an x86 bzImage (arch/x86/boot/bzImage, /boot/vmlinuz-*)"
         }
     }
 }
