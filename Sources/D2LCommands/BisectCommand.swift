@@ -1,7 +1,267 @@
 import ArgumentParser
+import D2LSupport
+import D2LVerify
+import Foundation
 
-// Placeholder: the kernel-bisection work replaces this file.
+/// `d2l bisect`: binary-search an ordered list of kernels for the first that does not boot a disk's root.
 struct BisectCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "bisect", abstract: "Find the first kernel that does not boot.")
-    func run() async throws { throw ExitCode(125) }
+    static let configuration = CommandConfiguration(
+        commandName: "bisect",
+        abstract: "Find the first kernel that does not boot.",
+        discussion: """
+            Boots the root file system of --image with one kernel after another (libvirt's direct \\
+            kernel boot, judged as by d2l verify --kernel) and binary-searches the ordered list \\
+            between --good and --bad for the first kernel that does not boot: at most \\
+            ceil(log2(n-1)) boots for n kernels, plus retries. Kernels are ordered by the version \\
+            in their bzImage header unless --order given.
+
+            Each kernel boots with the initrd beside it (vmlinuz-R -> initrd.img-R, initrd-R.img, \\
+            initramfs-R.img, or KERNEL.initrd), or with --initrd FILE, or none with --no-initrd; \\
+            the log says which.
+
+            After every step the state goes to --state, so an interrupted bisection resumes where \\
+            it stopped when run again with the same arguments. Console transcripts go to the \\
+            directory beside it (STATE.transcripts).
+
+            EXIT STATUS
+              0    the first bad kernel is named
+              1    kernels that could not be tested lie between the last good and the first bad: \\
+            the first bad is one of those named
+              125  could not bisect: bad options, no kernels, a state file of another bisection, \\
+            libvirt unusable
+            """)
+
+    @Option(help: "The disk whose root file system every kernel boots (built by d2l build).")
+    var image: String
+
+    @Option(help: "A kernel that boots: a name from the list or a path to a bzImage.")
+    var good: String
+
+    @Option(help: "A kernel that does not boot: a name from the list or a path to a bzImage.")
+    var bad: String
+
+    @Argument(help: "The kernels (bzImage files) to search, besides --good and --bad.")
+    var kernels: [String] = []
+
+    @Option(name: .customLong("kernels"), help: "A directory whose bzImages are the kernels to search.")
+    var kernelDirectory: String?
+
+    @Option(help: "Kernel order: version (by the bzImage header's release, then name) or given (as listed).")
+    var order: String = "version"
+
+    @Option(help: "Boot every kernel with this initrd instead of the one beside it.")
+    var initrd: String?
+
+    @Flag(help: "Boot the kernels without an initrd (disk and file system drivers built in).")
+    var noInitrd = false
+
+    @Option(
+        name: .customLong("append"),
+        help: "More kernel command line after root=<the disk's root> ro (the consoles come last).")
+    var appendArguments: String?
+
+    @Option(help: "Boot a kernel that fails up to this many more times before calling it bad.")
+    var retries: Int = 0
+
+    @Option(help: "The state file that lets an interrupted bisection resume.")
+    var state: String = "d2l-bisect.json"
+
+    @Flag(help: "Start over even when --state holds steps of this bisection.")
+    var restart = false
+
+    @Option(help: "libvirt URI (default: $D2L_LIBVIRT_URI, else qemu:///embed?root=<cache>/libvirt).")
+    var connect: String?
+
+    @Option(help: "Accelerator: auto (KVM if it really runs a guest, else TCG), kvm or tcg.")
+    var accel: String = "auto"
+
+    @Option(help: "Guest memory in MiB.")
+    var memory: Int = 1024
+
+    @Option(help: "Guest CPUs.")
+    var cpus: Int = 2
+
+    @Option(help: "Disk bus: virtio or sata.")
+    var diskBus: String = "virtio"
+
+    @Option(help: "Overall limit in seconds for each boot.")
+    var timeout: Int = 600
+
+    @Flag(help: "Print the result as JSON on stdout.")
+    var json = false
+
+    init() {}
+
+    /// Problems with the options exit 125, like d2l verify's.
+    func validate() throws {
+        var problem: String?
+        if Accelerator(rawValue: accel) == nil { problem = "--accel must be auto, kvm or tcg, not '\(accel)'" }
+        if DiskBus(rawValue: diskBus) == nil { problem = "--disk-bus must be virtio or sata, not '\(diskBus)'" }
+        if order != "version" && order != "given" { problem = "--order must be version or given, not '\(order)'" }
+        if initrd != nil && noInitrd { problem = "--initrd and --no-initrd exclude each other" }
+        if retries < 0 { problem = "--retries must be 0 or more" }
+        if memory < 64 { problem = "--memory is in MiB and must be at least 64" }
+        if !(1...64).contains(cpus) { problem = "--cpus must be between 1 and 64" }
+        if timeout <= 0 { problem = "--timeout must be positive" }
+        if let problem {
+            FileHandle.standardError.write(Data("Error: \(problem)\n".utf8))
+            throw ExitCode(125)
+        }
+    }
+
+    func run() async throws {
+        Cleanup.shared.installSignalHandlers()
+        do {
+            let result = try await bisect()
+            if !result.isExact { throw ExitCode(1) }
+        } catch let error as ExitCode {
+            throw error
+        } catch {
+            FileHandle.standardError.write(Data("d2l bisect: could not bisect: \(error)\n".utf8))
+            throw ExitCode(125)
+        }
+    }
+
+    /// The kernel list in bisection order, with the indexes of --good and --bad.
+    private func kernelList() throws -> (kernels: [BisectKernel], good: Int, bad: Int) {
+        let choice: BisectKernel.InitrdChoice
+        if noInitrd {
+            choice = .none
+        } else if let initrd {
+            guard FileManager.default.isReadableFile(atPath: initrd) else {
+                throw VerifyError.unreadableImage(path: initrd, reason: "the --initrd cannot be read")
+            }
+            choice = .file(initrd)
+        } else {
+            choice = .beside
+        }
+        var list: [BisectKernel] = []
+        if let kernelDirectory { list += try BisectKernel.discover(in: kernelDirectory, initrd: choice) }
+        for path in kernels { list.append(try BisectKernel.load(path: path, initrd: choice)) }
+
+        func find(_ wanted: String) -> Int? {
+            let full = URL(fileURLWithPath: wanted).standardizedFileURL.path
+            return list.firstIndex { $0.name == wanted || $0.kernel == full }
+                ?? list.firstIndex { URL(fileURLWithPath: $0.kernel).lastPathComponent == wanted }
+        }
+        if find(good) == nil { list.insert(try BisectKernel.load(path: good, initrd: choice), at: 0) }
+        if find(bad) == nil { list.append(try BisectKernel.load(path: bad, initrd: choice)) }
+        if order == "version" { list = KernelOrder.sorted(list) }
+        guard let goodIndex = find(good), let badIndex = find(bad) else {
+            throw VerifyError.badOption("--good and --bad must name kernels")
+        }
+        return (list, goodIndex, badIndex)
+    }
+
+    private func bisect() async throws -> BisectResult {
+        let path = URL(fileURLWithPath: image).standardizedFileURL.path
+        guard FileManager.default.fileExists(atPath: path) else { throw VerifyError.missingImage(path: path) }
+        let format = try DiskFormat.detect(path: path)
+        let guest = GuestInspector.inspect(path: path, format: format)
+        let (list, goodIndex, badIndex) = try kernelList()
+        let progress = ProgressReporter()
+        let bus = DiskBus(rawValue: diskBus) ?? .virtio
+        let statePath = URL(fileURLWithPath: state).standardizedFileURL.path
+        let transcripts = statePath + ".transcripts"
+        try FileManager.default.createDirectory(atPath: transcripts, withIntermediateDirectories: true)
+
+        let hypervisor = try LibvirtHypervisor(uri: connect ?? LibvirtHypervisor.defaultURI())
+        var machine = MachineSpec(
+            diskPath: path, diskFormat: format, accelerator: .tcg, memoryMiB: memory, cpus: cpus, diskBus: bus)
+        let root = GuestInspector.rootDevice(path: path, format: format, bus: bus)
+        let plan = StagePlan(
+            stages: StagePlan.defaultStages(initSystem: guest?.initSystem ?? .unknown),
+            failures: StagePlan.defaultFailures(), timeout: .seconds(timeout))
+        // Probe KVM with the good kernel booting the disk, as d2l verify --kernel would.
+        var probe = machine
+        probe.directBoot = DirectKernelBoot(
+            kernel: list[goodIndex].kernel, initrd: list[goodIndex].initrd,
+            commandLine: DirectKernelBoot.commandLine(root: root, extra: appendArguments))
+        let (accelerator, warning) = await AcceleratorProbe.shared.resolve(
+            Accelerator(rawValue: accel) ?? .auto, hypervisor: hypervisor, probe: probe)
+        if let warning { progress.note(warning) }
+        machine.accelerator = accelerator
+        let judge = KernelBootJudge(
+            hypervisor: hypervisor, machine: machine, plan: plan, root: root, append: appendArguments,
+            transcriptDirectory: transcripts)
+
+        progress.note(
+            "\(image): \(format.rawValue), \(bus.rawValue), \(accelerator.rawValue); "
+                + "\(guest?.prettyName ?? "unknown OS"); root=\(root)")
+        for (index, kernel) in list.enumerated() {
+            let mark = index == goodIndex ? "  good" : index == badIndex ? "  bad" : ""
+            progress.note(
+                String(format: "%3d  ", index) + "\(kernel.name)  \(kernel.release)  initrd: "
+                    + (kernel.initrd.map { "\($0) (\(kernel.initrdSource))" } ?? kernel.initrdSource) + mark)
+        }
+
+        let bisector = KernelBisector(stateFile: statePath) { kernel, index, attempt in
+            await judge.judge(kernel, index: index, attempt: attempt)
+        }
+        let fresh = BisectState(image: path, kernels: list, good: goodIndex, bad: badIndex, retries: retries)
+        let initial = try bisector.start(fresh, restart: restart)
+        let total = KernelBisector.maximumSteps(kernels: badIndex - goodIndex + 1)
+        progress.note("bisecting \(badIndex - goodIndex - 1) kernels between good and bad: at most \(total) steps")
+        let result = try await bisector.run(initial) { event in
+            switch event {
+            case .resumed(let steps):
+                progress.note("resuming from \(statePath): \(steps) steps already done")
+            case .booting(let index, let kernel, let attempt, let remaining):
+                let retry = attempt > 1 ? " (attempt \(attempt))" : ""
+                progress.note("booting [\(index)] \(kernel.name) (\(kernel.release))\(retry), at most \(remaining) steps left")
+            case .booted(_, let kernel, let attempt):
+                var line = String(format: "%6.1f s  ", attempt.seconds) + "\(kernel.name): \(attempt.verdict.rawValue)"
+                if let stage = attempt.stageReached { line += ", reached \(stage)" }
+                if let reason = attempt.reason { line += ": \(TerminalSafe.text(reason))" }
+                progress.note(line)
+            case .stepDone(_, let lastGood, let firstBad):
+                progress.note("now: last good \(lastGood.name), first bad \(firstBad.name)")
+            }
+        }
+        report(result)
+        return result
+    }
+
+    private func report(_ result: BisectResult) {
+        var lines: [String] = []
+        if result.isExact {
+            lines.append("first bad kernel: \(result.firstBad.name) (\(result.firstBad.versionString))")
+        } else {
+            lines.append("the first bad kernel is one of (those before the last could not be tested):")
+            lines += result.possiblyFirstBad.map { "  \($0.name) (\($0.release))" }
+        }
+        if let step = result.firstBadStep, let attempt = step.deciding {
+            lines.append("  it did not boot: \(attempt.reason ?? "?")")
+        } else {
+            lines.append("  (given with --bad, not booted in this bisection)")
+        }
+        lines.append("  transcript: \(result.firstBadTranscript ?? "none")")
+        lines.append("last good kernel: \(result.lastGood.name) (\(result.lastGood.versionString))")
+        lines.append("  transcript: \(result.lastGoodTranscript ?? "none (given with --good, not booted)")")
+        lines.append("\(result.steps) steps, \(result.boots) boots")
+        if json {
+            struct Summary: Encodable {
+                var exact: Bool
+                var firstBad: BisectKernel
+                var lastGood: BisectKernel
+                var possiblyFirstBad: [String]
+                var firstBadTranscript: String?
+                var lastGoodTranscript: String?
+                var steps: Int
+                var boots: Int
+            }
+            let summary = Summary(
+                exact: result.isExact, firstBad: result.firstBad, lastGood: result.lastGood,
+                possiblyFirstBad: result.possiblyFirstBad.map(\.name), firstBadTranscript: result.firstBadTranscript,
+                lastGoodTranscript: result.lastGoodTranscript, steps: result.steps, boots: result.boots)
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            if let data = try? encoder.encode(summary) {
+                FileHandle.standardOutput.write(data + Data("\n".utf8))
+            }
+            FileHandle.standardError.write(Data((lines.joined(separator: "\n") + "\n").utf8))
+        } else {
+            FileHandle.standardOutput.write(Data((lines.joined(separator: "\n") + "\n").utf8))
+        }
+    }
 }

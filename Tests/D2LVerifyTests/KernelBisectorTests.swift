@@ -1,0 +1,191 @@
+import Foundation
+import Testing
+@testable import D2LVerify
+
+/// Kernels k0...k(n-1) whose releases sort in list order.
+func fakeKernels(_ count: Int) -> [BisectKernel] {
+    (0..<count).map {
+        BisectKernel(
+            name: "k\($0)", kernel: "/kernels/vmlinuz-6.\($0)", initrd: nil, initrdSource: "none", release: "6.\($0).0",
+            versionString: "6.\($0).0 (t@h) #1")
+    }
+}
+
+/// A verdict function that counts its boots: kernels from `firstBad` on fail, `skip` cannot be tested,
+/// and `flaky` fail their first `flakyFailures` boots.
+final class FakeJudge: @unchecked Sendable {
+    let firstBad: Int
+    let skip: Set<Int>
+    let flaky: Set<Int>
+    let flakyFailures: Int
+    private let lock = NSLock()
+    private var _booted: [Int] = []
+
+    init(firstBad: Int, skip: Set<Int> = [], flaky: Set<Int> = [], flakyFailures: Int = 1) {
+        self.firstBad = firstBad
+        self.skip = skip
+        self.flaky = flaky
+        self.flakyFailures = flakyFailures
+    }
+
+    var booted: [Int] { lock.withLock { _booted } }
+
+    func verdict(_ kernel: BisectKernel, _ index: Int, _ attempt: Int) -> BootAttempt {
+        lock.withLock { _booted.append(index) }
+        if skip.contains(index) { return BootAttempt(verdict: .skip, reason: "libvirt said no") }
+        if flaky.contains(index), attempt <= flakyFailures {
+            return BootAttempt(verdict: .bad, stageReached: "kernel", reason: "deadline", transcript: "/t/\(index)-\(attempt)")
+        }
+        if index >= firstBad {
+            return BootAttempt(verdict: .bad, stageReached: "kernel", reason: "kernel panic", transcript: "/t/\(index)")
+        }
+        return BootAttempt(verdict: .good, stageReached: "login", transcript: "/t/\(index)")
+    }
+
+    var bisector: KernelBisector { bisector(stateFile: nil) }
+
+    func bisector(stateFile: String?) -> KernelBisector {
+        KernelBisector(stateFile: stateFile) { kernel, index, attempt in self.verdict(kernel, index, attempt) }
+    }
+}
+
+func ceilLog2(_ n: Int) -> Int { Int(ceil(log2(Double(n)))) }
+
+@Suite struct KernelBisectorTests {
+    @Test(arguments: [2, 3, 4, 5, 6, 9, 16, 17, 33])
+    func namesTheFirstBadInCeilLog2Boots(count: Int) async throws {
+        for firstBad in 1..<count {
+            let judge = FakeJudge(firstBad: firstBad)
+            let state = BisectState(image: "/d.img", kernels: fakeKernels(count), good: 0, bad: count - 1, retries: 0)
+            let result = try await judge.bisector.run(state)
+            #expect(result.firstBad.name == "k\(firstBad)", "n=\(count)")
+            #expect(result.lastGood.name == "k\(firstBad - 1)")
+            #expect(result.isExact)
+            #expect(result.boots <= ceilLog2(count), "n=\(count) first bad \(firstBad): \(judge.booted)")
+            #expect(result.boots <= KernelBisector.maximumSteps(kernels: count))
+            // The ends were given, never booted.
+            #expect(!judge.booted.contains(0) && !judge.booted.contains(count - 1))
+        }
+    }
+
+    @Test func transcriptsOfBothEndsComeFromTheirBoots() async throws {
+        let judge = FakeJudge(firstBad: 3)
+        let state = BisectState(image: "/d.img", kernels: fakeKernels(6), good: 0, bad: 5, retries: 0)
+        let result = try await judge.bisector.run(state)
+        #expect(result.firstBadTranscript == "/t/3")
+        #expect(result.lastGoodTranscript == "/t/2")
+        #expect(result.firstBadStep?.deciding?.reason == "kernel panic")
+    }
+
+    @Test func skippedKernelIsNeverBlamedAndTheSearchGoesAroundIt() async throws {
+        // k3 cannot be tested; the first bad is k4: k3 is then one of the possible first bad kernels.
+        let judge = FakeJudge(firstBad: 4, skip: [3])
+        let state = BisectState(image: "/d.img", kernels: fakeKernels(6), good: 0, bad: 5, retries: 0)
+        let result = try await judge.bisector.run(state)
+        #expect(!result.isExact)
+        #expect(result.possiblyFirstBad.map(\.name) == ["k3", "k4"])
+        #expect(result.firstBad.name == "k4")
+        #expect(result.lastGood.name == "k2")
+        // A skipped kernel outside the final range does not matter.
+        let judge2 = FakeJudge(firstBad: 2, skip: [3])
+        let result2 = try await judge2.bisector.run(
+            BisectState(image: "/d.img", kernels: fakeKernels(6), good: 0, bad: 5, retries: 0))
+        #expect(result2.isExact)
+        #expect(result2.firstBad.name == "k2")
+        #expect(judge2.booted.filter { $0 == 3 }.count <= 1)
+    }
+
+    @Test func retriesKeepAFlakyBootFromMakingAGoodKernelBad() async throws {
+        // k2 is good but fails its first boot.
+        let flaky = FakeJudge(firstBad: 3, flaky: [2])
+        let noRetry = try await flaky.bisector.run(
+            BisectState(image: "/d.img", kernels: fakeKernels(6), good: 0, bad: 5, retries: 0))
+        #expect(noRetry.firstBad.name == "k2")  // fooled, as expected without retries
+
+        let flaky2 = FakeJudge(firstBad: 3, flaky: [2])
+        let withRetry = try await flaky2.bisector.run(
+            BisectState(image: "/d.img", kernels: fakeKernels(6), good: 0, bad: 5, retries: 1))
+        #expect(withRetry.firstBad.name == "k3")
+        #expect(flaky2.booted.filter { $0 == 2 }.count == 2)
+        // A really bad kernel is booted 1 + retries times.
+        #expect(flaky2.booted.filter { $0 == 3 }.count == 2)
+    }
+
+    @Test func resumesFromTheStateFileWithoutBootingAgain() async throws {
+        let file = NSTemporaryDirectory() + "d2l-bisect-state-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).json"
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let kernels = fakeKernels(9)
+        let fresh = BisectState(image: "/d.img", kernels: kernels, good: 0, bad: 8, retries: 0)
+
+        // Interrupted after its first step: the judge cancels the task during the second boot.
+        let first = FakeJudge(firstBad: 6)
+        let task = Task {
+            let bisector = KernelBisector(stateFile: file) { kernel, index, attempt in
+                if first.booted.count == 1 { withUnsafeCurrentTask { $0?.cancel() } }
+                return first.verdict(kernel, index, attempt)
+            }
+            return try await bisector.run(try bisector.start(fresh))
+        }
+        await #expect(throws: CancellationError.self) { try await task.value }
+        let saved = try JSONDecoder().decode(BisectState.self, from: Data(contentsOf: URL(fileURLWithPath: file)))
+        #expect(saved.steps.count == 1)
+        #expect(saved.steps[0].index == 4)
+
+        let second = FakeJudge(firstBad: 6)
+        let bisector = second.bisector(stateFile: file)
+        let resumed = try bisector.start(fresh)
+        #expect(resumed.steps.count == 1)
+        let result = try await bisector.run(resumed)
+        #expect(result.firstBad.name == "k6")
+        #expect(!second.booted.contains(4))
+        #expect(first.booted.count + second.booted.count - 1 <= ceilLog2(9))
+
+        // Run again: the state already holds the answer, and nothing boots.
+        let third = FakeJudge(firstBad: 6)
+        let again = try await third.bisector(stateFile: file).run(try third.bisector(stateFile: file).start(fresh))
+        #expect(again.firstBad.name == "k6")
+        #expect(third.booted.isEmpty)
+
+        // Another bisection refuses the file, unless told to restart.
+        var other = fresh
+        other.bad = 7
+        #expect(throws: VerifyError.self) { try third.bisector(stateFile: file).start(other) }
+        #expect(try third.bisector(stateFile: file).start(other, restart: true).steps.isEmpty)
+    }
+
+    @Test func goodMustComeBeforeBad() throws {
+        let judge = FakeJudge(firstBad: 1)
+        #expect(throws: VerifyError.self) {
+            try judge.bisector.start(BisectState(image: "/d", kernels: fakeKernels(4), good: 3, bad: 1, retries: 0))
+        }
+    }
+
+    @Test func versionOrderComparesNumbersAsNumbers() {
+        let releases = ["6.12.117+deb13-amd64", "5.10.0-32-amd64", "6.1.0-50-amd64", "6.1.0-9-amd64", "6.10.0-rc2"]
+        let kernels = releases.map {
+            BisectKernel(name: $0, kernel: "/\($0)", initrd: nil, initrdSource: "", release: $0, versionString: $0)
+        }
+        #expect(KernelOrder.sorted(kernels).map(\.release) == [
+            "5.10.0-32-amd64", "6.1.0-9-amd64", "6.1.0-50-amd64", "6.10.0-rc2", "6.12.117+deb13-amd64",
+        ])
+    }
+
+    @Test func initrdBesideTheKernelFollowsDebianNames() throws {
+        let dir = NSTemporaryDirectory() + "d2l-beside-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let header = Data(bzImageHeader(version: bookwormVersion))
+        FileManager.default.createFile(atPath: dir + "/vmlinuz-6.1.0-50-amd64", contents: header)
+        FileManager.default.createFile(atPath: dir + "/initrd.img-6.1.0-50-amd64", contents: Data("cpio".utf8))
+        FileManager.default.createFile(atPath: dir + "/bzImage-custom", contents: header)
+        FileManager.default.createFile(atPath: dir + "/README", contents: Data("not a kernel".utf8))
+        let found = try BisectKernel.discover(in: dir, initrd: .beside)
+        #expect(found.map(\.name) == ["bzImage-custom", "vmlinuz-6.1.0-50-amd64"])
+        #expect(found[1].initrd == dir + "/initrd.img-6.1.0-50-amd64")
+        #expect(found[1].initrdSource == "beside the kernel")
+        #expect(found[0].initrd == nil)
+        #expect(found[0].initrdSource.hasPrefix("none"))
+        #expect(try BisectKernel.load(path: dir + "/bzImage-custom", initrd: .file("/x")).initrd == "/x")
+        #expect(throws: VerifyError.self) { try BisectKernel.load(path: dir + "/README", initrd: .beside) }
+    }
+}
