@@ -156,7 +156,7 @@ public final class DiskBuilder {
         // 3. Sizes.
         let kernelFromBoot = kernel.kernelPath.starts(with: ImagePath("boot/"))
         let bootBytes = Self.bootContentBytes(tree) + (kernelFromBoot ? 0 : kernel.kernelSize + kernel.initrdSize)
-        let bootSize = Self.roundUp(max(32 << 20, bootBytes + bootBytes / 8 + (8 << 20)), to: 1 << 20)
+        let bootSize = Self.roundUp(max(16 << 20, bootBytes + bootBytes / 8 + (8 << 20)), to: 1 << 20)
         let stats = tree.stats
         let inodes = UInt64(stats.inodes) + UInt64(stats.inodes) / 4 + 1024
         let contentBytes = stats.dataBlocks4K * 4096 + UInt64(stats.directories + stats.longSymlinks) * 4096
