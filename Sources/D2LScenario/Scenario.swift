@@ -225,8 +225,9 @@ public enum ScenarioParser {
                 guard let list = r as? [Any] else { throw fail("verify.run: expected a list of {command, expect}") }
                 for (i, item) in list.enumerated() {
                     let at = "verify.run[\(i)]"
-                    if let command = item as? String {
-                        verify.run.append(.init(command: command, expect: nil))
+                    if !(item is [String: Any]) {
+                        // A bare command; YAML reads `true` or `42` as non-text, which is still the command.
+                        verify.run.append(.init(command: try string(item, at, fail), expect: nil))
                         continue
                     }
                     guard let body = item as? [String: Any] else { throw fail("\(at): expected a command or {command, expect}") }
@@ -257,6 +258,7 @@ public enum ScenarioParser {
     private static func string(_ value: Any?, _ at: String, _ fail: (String) -> ScenarioError) throws -> String {
         switch value {
         case let s as String: return s
+        case let b as Bool: return b ? "true" : "false"
         case let i as Int: return String(i)
         case let d as Double: return String(d)
         default: throw fail("\(at): expected text")

@@ -1,0 +1,141 @@
+import Foundation
+#if canImport(FoundationXML)
+import FoundationXML
+#endif
+import Testing
+
+@testable import D2LScenario
+
+@Suite("Scenario files")
+struct ScenarioParserTests {
+    let images: String = {
+        let dir = NSTemporaryDirectory() + "d2l-scenario-\(getpid())"
+        try? FileManager.default.createDirectory(atPath: dir + "/Images/demo", withIntermediateDirectories: true)
+        FileManager.default.createFile(atPath: dir + "/Images/demo/Dockerfile", contents: Data("FROM debian:bookworm\n".utf8))
+        return dir + "/Images"
+    }()
+
+    func parse(_ yaml: String) throws -> Scenario {
+        try ScenarioParser.parse(yaml, file: "/s/demo.yaml", imagesDirectory: images)
+    }
+
+    func error(_ yaml: String) -> String {
+        do {
+            _ = try parse(yaml)
+            return ""
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    @Test func fullScenarioBecomesBuildAndVerifyArguments() throws {
+        let s = try parse(
+            """
+            description: demo
+            recipe: demo
+            tags: [a, b]
+            build:
+              format: qcow2
+              headroom: 16M
+              append: quiet
+            verify:
+              timeout: 300
+              stages:
+                init:
+                  pattern: "ready"
+                  deadline: 90
+              run:
+                - command: uname -r
+                  expect: "^6\\\\."
+                - true
+            """)
+        #expect(s.name == "demo")
+        #expect(s.source == .recipe("demo"))
+        #expect(s.tags == ["a", "b"])
+        #expect(s.buildArguments == ["--format", "qcow2", "--headroom", "16M", "--append", "quiet", "--root-password-empty"])
+        #expect(
+            s.verifyArguments == [
+                "--timeout", "300", "--expect", "init=ready", "--deadline", "init=90", "--login", "root",
+                "--run", "uname -r", "--expect-output", "^6\\.", "--run", "true",
+            ])
+    }
+
+    @Test func unknownKeyIsNamedWithASuggestion() {
+        let e = error("recipe: demo\nverfy:\n  timeout: 3\n")
+        #expect(e.contains("unknown key verfy"))
+        #expect(e.contains("did you mean verify?"))
+        #expect(error("recipe: demo\nbuild:\n  sise: 2G\n").contains("unknown key build.sise"))
+    }
+
+    @Test func badRegularExpressionGivesItsPosition() {
+        let e = error("recipe: demo\nverify:\n  stages:\n    login:\n      pattern: \"a)b\"\n")
+        #expect(e.contains("verify.stages.login.pattern: bad regular expression at position 2"))
+    }
+
+    @Test func missingRecipeAndSourceRules() {
+        #expect(error("recipe: nosuch\n").contains("nosuch/Dockerfile does not exist"))
+        #expect(error("tags: [x]\n").contains("give exactly one of recipe, archive or disk"))
+        #expect(error("recipe: demo\ndisk: x.img\n").contains("found: recipe, disk"))
+        #expect(error("recipe: demo\nbuild:\n  format: iso\n").contains("not one of"))
+        #expect(error("recipe: demo\nverify:\n  timeout: -1\n").contains("positive whole number"))
+        #expect(error("- a\n- b\n").contains("expected a mapping"))
+    }
+
+    @Test func relativeDiskPathsAreFromTheScenarioFile() throws {
+        let s = try parse("disk: ../out/x.img\n")
+        #expect(s.source == .disk("/s/../out/x.img"))
+        #expect(s.source.isGivenDisk)
+    }
+}
+
+@Suite("Matrix reports")
+struct MatrixReportTests {
+    func sample() -> MatrixReport {
+        var passed = ScenarioResult(name: "debian", file: "d.yaml", tags: [], verdict: .passed)
+        passed.buildSeconds = 4.2
+        passed.kernelVersion = "6.1.0-9-amd64"
+        passed.stages = [
+            .init(name: "bootloader", reached: true, seconds: 0.3),
+            .init(name: "kernel", reached: true, seconds: 5),
+            .init(name: "init", reached: true, seconds: 13),
+            .init(name: "login", reached: true, seconds: 20),
+        ]
+        var failed = ScenarioResult(name: "panic<&>", file: "p.yaml", tags: [], verdict: .failed)
+        failed.stages = [
+            .init(name: "bootloader", reached: true, seconds: 0.3),
+            .init(name: "kernel", reached: true, seconds: 5),
+            .init(name: "init", reached: false, seconds: nil, failure: "Kernel panic - not syncing"),
+        ]
+        failed.reason = "stage init: Kernel panic"
+        failed.lastLines = ["\u{1b}[0mKernel panic - not syncing"]
+        let skipped = ScenarioResult(name: "alpine", file: "a.yaml", tags: [], verdict: .skipped, reason: "skipped: base image alpine:3.20 not available")
+        return MatrixReport(results: [passed, failed, skipped], seconds: 42)
+    }
+
+    @Test func tableHasStageTimesAndCounts() {
+        let table = sample().table()
+        #expect(table.contains("20.0s"))
+        #expect(table.contains("6.1.0-9-amd64"))
+        #expect(table.contains("1 passed, 1 failed, 1 skipped"))
+    }
+
+    @Test func junitIsWellFormedWithOneCasePerStage() throws {
+        let xml = sample().junit()
+        let doc = try XMLDocument(xmlString: xml)
+        let cases = try doc.nodes(forXPath: "//testcase").count
+        let failures = try doc.nodes(forXPath: "//failure").count
+        let skips = try doc.nodes(forXPath: "//skipped").count
+        #expect(cases == 1 + 4 + 3 + 1)
+        #expect(failures == 1)
+        #expect(skips == 1)
+        #expect(!xml.contains("\u{1b}"))
+    }
+
+    @Test func htmlDrawsATimelinePerScenario() {
+        let html = sample().html(relativeTo: "/r")
+        #expect(html.contains("<svg"))
+        #expect(html.contains("#93c47d"))  // the login segment
+        #expect(html.contains("panic&lt;&amp;&gt;"))
+        #expect(html.contains("#cc0000"))  // the failure marker
+    }
+}
