@@ -208,7 +208,7 @@ struct BisectCommand: AsyncParsableCommand {
                 progress.note("resuming from \(statePath): \(steps) steps already done")
             case .booting(let index, let kernel, let attempt, let remaining):
                 let retry = attempt > 1 ? " (attempt \(attempt))" : ""
-                progress.note("booting [\(index)] \(kernel.name) (\(kernel.release))\(retry), at most \(remaining) steps left")
+                progress.note("booting [\(index)] \(kernel.name) (\(kernel.release))\(retry), at most \(remaining) more step\(remaining == 1 ? "" : "s")")
             case .booted(_, let kernel, let attempt):
                 var line = String(format: "%6.1f s  ", attempt.seconds) + "\(kernel.name): \(attempt.verdict.rawValue)"
                 if let stage = attempt.stageReached { line += ", reached \(stage)" }

@@ -116,6 +116,7 @@ struct BuildCommand: AsyncParsableCommand {
         do {
             progress.begin("reading \(input)")
             let image = try ImageReader.open(input, platform: platform)
+            defer { image.removeOwnedFiles() }
             let summary = try DiskBuilder(image: image, options: options, progress: progress).build()
             if json {
                 let encoder = JSONEncoder()

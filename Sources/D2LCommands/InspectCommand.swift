@@ -46,6 +46,7 @@ struct InspectCommand: AsyncParsableCommand {
         let report: Report
         do {
             let image = try ImageReader.open(input, platform: platform)
+            defer { image.removeOwnedFiles() }
             let tree = try LayerFlattener(capturePaths: BootFacts.capturePaths, headNames: BootFacts.headNames)
                 .scan(image.layers)
             let facts = BootFacts.examine(tree, architecture: image.architecture, initOverride: initPath)

@@ -134,6 +134,16 @@ public struct ContainerImage: Sendable {
     public var os: String?
     /// Content digest of the input (config or manifest digest, or of the bytes), when known up front.
     public var digest: String?
-    /// Environment from the image config (informational).
+    /// Repository tags from the archive (informational).
     public var tags: [String] = []
+    /// Files made to read this image (an engine's saved archive), removed by `removeOwnedFiles`.
+    public var ownedFiles: [String] = []
+
+    /// Deletes the files made to read this image; call when done with it.
+    public func removeOwnedFiles() {
+        for file in ownedFiles {
+            try? FileManager.default.removeItem(atPath: file)
+            Cleanup.shared.remove(file)
+        }
+    }
 }

@@ -271,9 +271,16 @@ public enum ImageReader {
             Cleanup.shared.remove(file)
             throw ImageError.engine("\(engine) save \(name) failed: \(error)")
         }
-        var image = try open(file, platform: platform)
-        image.path = "\(engine):\(name)"
-        return image
+        do {
+            var image = try open(file, platform: platform)
+            image.path = "\(engine):\(name)"
+            image.ownedFiles.append(file)
+            return image
+        } catch {
+            try? FileManager.default.removeItem(atPath: file)
+            Cleanup.shared.remove(file)
+            throw error
+        }
     }
 }
 
