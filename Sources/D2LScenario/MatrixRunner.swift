@@ -53,12 +53,25 @@ public final class MatrixRunner: @unchecked Sendable {
 
     let options: Options
     let recipes: RecipeCache
+    private let slotLock = NSLock()
+    private var freeSlots: [Int]
     let log: @Sendable (String) -> Void
 
     public init(options: Options, log: @escaping @Sendable (String) -> Void) {
         self.options = options
         self.recipes = RecipeCache(repositoryRoot: options.repositoryRoot, engine: options.engine, log: log)
         self.log = log
+        freeSlots = Array((1...max(1, options.jobs)).reversed())
+    }
+
+    /// Each concurrent boot gets its own embedded libvirt root, kept between boots, so
+    /// that no boot waits on another's lock or pays for a fresh root's QEMU probe.
+    private func takeSlot() -> Int { slotLock.withLock { freeSlots.popLast() ?? 1 } }
+    private func giveBack(_ slot: Int) { slotLock.withLock { freeSlots.append(slot) } }
+
+    private func connectArguments(slot: Int) -> [String] {
+        if ProcessInfo.processInfo.environment["D2L_LIBVIRT_URI"] != nil { return [] }
+        return ["--connect", "qemu:///embed?root=\(CacheDirectory.path)/libvirt-slot\(slot)"]
     }
 
     /// A default job count that fits the machine: one boot per core and per 1.5 GiB free memory.
@@ -158,9 +171,12 @@ public final class MatrixRunner: @unchecked Sendable {
         for attempt in 1...(options.retries + 1) {
             result.attempts = attempt
             log("booting \(scenario.name)" + (attempt > 1 ? " (attempt \(attempt))" : ""))
+            let slot = takeSlot()
             let verify = await ProcessRunner.capture(
                 [options.d2lBinary, "verify", disk, "--json", "--transcript", transcript,
-                 "--junit", (dir as NSString).appendingPathComponent("verify.junit.xml")] + scenario.verifyArguments)
+                 "--junit", (dir as NSString).appendingPathComponent("verify.junit.xml")]
+                    + connectArguments(slot: slot) + scenario.verifyArguments)
+            giveBack(slot)
             try? verify.stdout.write(toFile: (dir as NSString).appendingPathComponent("verify.json"), atomically: false, encoding: .utf8)
             try? verify.stderr.write(toFile: (dir as NSString).appendingPathComponent("verify.log"), atomically: false, encoding: .utf8)
             apply(verifyJSON: verify.stdout, to: &result)
