@@ -35,7 +35,7 @@ public enum ProcessRunner {
     public static func run(_ arguments: [String], environment: [String: String] = [:]) throws -> String {
         var env = ["LC_ALL": "C"]
         for (key, value) in environment { env[key] = value }
-        let result = captureBlocking(arguments, environment: env, workingDirectory: nil)
+        let result = captureSync(arguments, environment: env, workingDirectory: nil)
         guard result.status == 0 else {
             throw ProcessError(command: arguments, status: result.status, stderr: result.stderr)
         }
@@ -72,12 +72,15 @@ extension ProcessRunner {
     ) async -> ProcessResult {
         await withCheckedContinuation { continuation in
             DispatchQueue.global().async {
-                continuation.resume(returning: captureBlocking(arguments, environment: environment, workingDirectory: workingDirectory))
+                continuation.resume(returning: captureSync(arguments, environment: environment, workingDirectory: workingDirectory))
             }
         }
     }
 
-    static func captureBlocking(_ arguments: [String], environment: [String: String], workingDirectory: String?)
+    /// Runs a program to completion on this thread, capturing its output; never throws for a non-zero status.
+    public static func captureSync(
+        _ arguments: [String], environment: [String: String] = [:], workingDirectory: String? = nil
+    )
         -> ProcessResult
     {
         guard let executable = which(arguments[0]) else {
