@@ -124,7 +124,15 @@ public final class DiskBuilder {
         let flattener = LayerFlattener(
             capturePaths: BootFacts.capturePaths, headNames: BootFacts.headNames,
             captureTree: (ImagePath("boot"), scratch + "/scan"))
-        let tree = try flattener.scan(image.layers, progress: progress)
+        // Blob digests are checked on the other core from now on, while the layers are scanned and written.
+        let digests = LayerDigests(image.layers)
+        let tree: FileTree
+        do {
+            tree = try flattener.scan(image.layers, progress: progress)
+        } catch {
+            _ = try? digests.wait()
+            throw error
+        }
         try Self.placeCapturedBootFiles(tree, in: scratch + "/boot")
         try? FileManager.default.removeItem(atPath: scratch + "/scan")
         for warning in tree.warnings.prefix(20) { progress.note("warning: \(warning)") }
@@ -242,7 +250,7 @@ public final class DiskBuilder {
         do {
             let ext4 = try Ext4Writer(path: temp, offset: rootPart.byteOffset, timestamp: epoch)
             let writer = TreeWriter(bootDirectory: scratch + "/boot", extraCaptures: extraCaptures)
-            written = try writer.write(tree: tree, layers: layers, to: ext4, progress: progress)
+            written = try writer.write(tree: tree, layers: layers, to: ext4, progress: progress, digests: digests)
             try ext4.close()
         } catch {
             _ = try? bootJob.wait()

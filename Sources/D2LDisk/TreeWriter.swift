@@ -26,8 +26,11 @@ public struct TreeWriter {
         public var bootFiles: [String] = []
     }
 
+    /// Writes the tree. `digests` checks the layers' blob digests; pass one started
+    /// earlier to overlap the hashing with other work (it is waited for at the end).
     public func write(
-        tree: FileTree, layers: [LayerSource], to ext4: Ext4Writer, progress: ProgressReporter?
+        tree: FileTree, layers: [LayerSource], to ext4: Ext4Writer, progress: ProgressReporter?,
+        digests: LayerDigests? = nil
     ) throws -> Result {
         var result = Result()
         var directoryInodes: [ImagePath: ext2_ino_t] = [[]: Ext4Writer.rootInode]
@@ -51,7 +54,7 @@ public struct TreeWriter {
 
         var linkInodes: [EntryRef: ext2_ino_t] = [:]
         let total = tree.stats.dataBytes
-        let digests = LayerDigests(layers)
+        let digests = digests ?? LayerDigests(layers)
         for (index, layer) in layers.enumerated() {
             let stream = try layer.open(verify: false)
             var ordinal = 0
