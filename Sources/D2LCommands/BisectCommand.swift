@@ -1,4 +1,5 @@
 import ArgumentParser
+import D2LImage
 import D2LSupport
 import D2LVerify
 import Foundation
@@ -9,25 +10,27 @@ struct BisectCommand: AsyncParsableCommand {
         commandName: "bisect",
         abstract: "Find the first kernel that does not boot.",
         discussion: """
-            Boots the root file system of --image with one kernel after another (libvirt's direct \\
-            kernel boot, judged as by d2l verify --kernel) and binary-searches the ordered list \\
-            between --good and --bad for the first kernel that does not boot: at most \\
-            ceil(log2(n-1)) boots for n kernels, plus retries. Kernels are ordered by the version \\
+            Boots the root file system of --image with one kernel after another (libvirt's direct \
+            kernel boot, judged as by d2l verify --kernel) and binary-searches the ordered list \
+            between --good and --bad for the first kernel that does not boot: at most \
+            ceil(log2(n-1)) boots for n kernels, plus retries. Kernels are ordered by the version \
             in their bzImage header unless --order given.
 
-            Each kernel boots with the initrd beside it (vmlinuz-R -> initrd.img-R, initrd-R.img, \\
-            initramfs-R.img, or KERNEL.initrd), or with --initrd FILE, or none with --no-initrd; \\
-            the log says which.
+            Each kernel boots with the initrd beside it (vmlinuz-R -> initrd.img-R, initrd-R.img, \
+            initramfs-R.img, or KERNEL.initrd), or with --initrd FILE, or none with --no-initrd; \
+            the log says which. A linux-image .deb gives its boot/vmlinuz-R (read in place with \
+            libarchive, saved beside the state file); its initrd is initrd.img-R or PACKAGE.initrd \
+            beside the .deb, since Debian makes initrds on the installed system.
 
-            After every step the state goes to --state, so an interrupted bisection resumes where \\
-            it stopped when run again with the same arguments. Console transcripts go to the \\
+            After every step the state goes to --state, so an interrupted bisection resumes where \
+            it stopped when run again with the same arguments. Console transcripts go to the \
             directory beside it (STATE.transcripts).
 
             EXIT STATUS
               0    the first bad kernel is named
-              1    kernels that could not be tested lie between the last good and the first bad: \\
+              1    kernels that could not be tested lie between the last good and the first bad: \
             the first bad is one of those named
-              125  could not bisect: bad options, no kernels, a state file of another bisection, \\
+              125  could not bisect: bad options, no kernels, a state file of another bisection, \
             libvirt unusable
             """)
 
@@ -40,10 +43,10 @@ struct BisectCommand: AsyncParsableCommand {
     @Option(help: "A kernel that does not boot: a name from the list or a path to a bzImage.")
     var bad: String
 
-    @Argument(help: "The kernels (bzImage files) to search, besides --good and --bad.")
+    @Argument(help: "The kernels (bzImage files or linux-image .deb packages) to search, besides --good and --bad.")
     var kernels: [String] = []
 
-    @Option(name: .customLong("kernels"), help: "A directory whose bzImages are the kernels to search.")
+    @Option(name: .customLong("kernels"), help: "A directory whose bzImages and .deb packages are the kernels to search.")
     var kernelDirectory: String?
 
     @Option(help: "Kernel order: version (by the bzImage header's release, then name) or given (as listed).")
@@ -135,22 +138,61 @@ struct BisectCommand: AsyncParsableCommand {
         } else {
             choice = .beside
         }
+        let packages = URL(fileURLWithPath: state).standardizedFileURL.path + ".kernels"
+        func load(_ path: String, name: String? = nil) throws -> BisectKernel {
+            guard DebianPackage.isPackage(path: path) else { return try BisectKernel.load(path: path, name: name, initrd: choice) }
+            let extracted = try Self.extractKernel(fromPackage: path, into: packages)
+            var kernel = try BisectKernel.load(path: extracted, name: name ?? path, initrd: choice == .beside ? .none : choice)
+            if choice == .beside {
+                let full = URL(fileURLWithPath: path).standardizedFileURL
+                let found = BisectKernel.besideInitrd(kernel: full.deletingLastPathComponent().path + "/vmlinuz-" + kernel.release)
+                    ?? (FileManager.default.fileExists(atPath: full.path + ".initrd") ? full.path + ".initrd" : nil)
+                kernel.initrd = found
+                kernel.initrdSource = found == nil ? "none: no initrd beside the .deb" : "beside the .deb"
+            }
+            return kernel
+        }
         var list: [BisectKernel] = []
-        if let kernelDirectory { list += try BisectKernel.discover(in: kernelDirectory, initrd: choice) }
-        for path in kernels { list.append(try BisectKernel.load(path: path, initrd: choice)) }
+        if let kernelDirectory {
+            list += try BisectKernel.discover(in: kernelDirectory, initrd: choice) { try load($0, name: $1) }
+        }
+        for path in kernels { list.append(try load(path)) }
 
         func find(_ wanted: String) -> Int? {
             let full = URL(fileURLWithPath: wanted).standardizedFileURL.path
             return list.firstIndex { $0.name == wanted || $0.kernel == full }
+                ?? list.firstIndex { URL(fileURLWithPath: $0.name).standardizedFileURL.path == full }
                 ?? list.firstIndex { URL(fileURLWithPath: $0.kernel).lastPathComponent == wanted }
         }
-        if find(good) == nil { list.insert(try BisectKernel.load(path: good, initrd: choice), at: 0) }
-        if find(bad) == nil { list.append(try BisectKernel.load(path: bad, initrd: choice)) }
+        if find(good) == nil { list.insert(try load(good), at: 0) }
+        if find(bad) == nil { list.append(try load(bad)) }
         if order == "version" { list = KernelOrder.sorted(list) }
         guard let goodIndex = find(good), let badIndex = find(bad) else {
             throw VerifyError.badOption("--good and --bad must name kernels")
         }
         return (list, goodIndex, badIndex)
+    }
+
+    /// Takes boot/vmlinuz-* out of a linux-image .deb into `directory`/<package>/; libarchive reads the
+    /// package's data.tar in place, as a byte range of the .deb.
+    static func extractKernel(fromPackage deb: String, into directory: String) throws -> String {
+        let member = try DebianPackage.dataMember(path: deb)
+        let source = LayerSource(
+            location: .range(deb, offset: member.offset, length: member.size), hasWhiteouts: false, size: member.size,
+            description: "\(deb) \(member.name)")
+        let stream = try source.open(verify: false)
+        defer { _ = try? stream.finish() }
+        while let entry = try stream.next() {
+            let path = String(decoding: entry.path, as: UTF8.self)
+            guard DebianPackage.isKernelPath(path), case .regular = entry.kind else { continue }
+            let target = URL(fileURLWithPath: directory)
+                .appendingPathComponent(URL(fileURLWithPath: deb).deletingPathExtension().lastPathComponent)
+            try FileManager.default.createDirectory(at: target, withIntermediateDirectories: true)
+            let file = target.appendingPathComponent(URL(fileURLWithPath: path).lastPathComponent)
+            try Data(try stream.readAll(limit: 256 << 20)).write(to: file, options: .atomic)
+            return file.path
+        }
+        throw VerifyError.notAKernel(path: deb, reason: "the package has no boot/vmlinuz-*: not a linux-image package")
     }
 
     private func bisect() async throws -> BisectResult {
@@ -201,7 +243,10 @@ struct BisectCommand: AsyncParsableCommand {
         let fresh = BisectState(image: path, kernels: list, good: goodIndex, bad: badIndex, retries: retries)
         let initial = try bisector.start(fresh, restart: restart)
         let total = KernelBisector.maximumSteps(kernels: badIndex - goodIndex + 1)
-        progress.note("bisecting \(badIndex - goodIndex - 1) kernels between good and bad: at most \(total) steps")
+        let between = badIndex - goodIndex - 1
+        progress.note(
+            "bisecting \(between) kernel\(between == 1 ? "" : "s") between good and bad: "
+                + "at most \(total) step\(total == 1 ? "" : "s")")
         let result = try await bisector.run(initial) { event in
             switch event {
             case .resumed(let steps):

@@ -175,10 +175,10 @@ func ceilLog2(_ n: Int) -> Int { Int(ceil(log2(Double(n)))) }
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let header = Data(bzImageHeader(version: bookwormVersion))
-        FileManager.default.createFile(atPath: dir + "/vmlinuz-6.1.0-50-amd64", contents: header)
-        FileManager.default.createFile(atPath: dir + "/initrd.img-6.1.0-50-amd64", contents: Data("cpio".utf8))
-        FileManager.default.createFile(atPath: dir + "/bzImage-custom", contents: header)
-        FileManager.default.createFile(atPath: dir + "/README", contents: Data("not a kernel".utf8))
+        _ = FileManager.default.createFile(atPath: dir + "/vmlinuz-6.1.0-50-amd64", contents: header)
+        _ = FileManager.default.createFile(atPath: dir + "/initrd.img-6.1.0-50-amd64", contents: Data("cpio".utf8))
+        _ = FileManager.default.createFile(atPath: dir + "/bzImage-custom", contents: header)
+        _ = FileManager.default.createFile(atPath: dir + "/README", contents: Data("not a kernel".utf8))
         let found = try BisectKernel.discover(in: dir, initrd: .beside)
         #expect(found.map(\.name) == ["bzImage-custom", "vmlinuz-6.1.0-50-amd64"])
         #expect(found[1].initrd == dir + "/initrd.img-6.1.0-50-amd64")
@@ -187,5 +187,56 @@ func ceilLog2(_ n: Int) -> Int { Int(ceil(log2(Double(n)))) }
         #expect(found[0].initrdSource.hasPrefix("none"))
         #expect(try BisectKernel.load(path: dir + "/bzImage-custom", initrd: .file("/x")).initrd == "/x")
         #expect(throws: VerifyError.self) { try BisectKernel.load(path: dir + "/README", initrd: .beside) }
+        // Packages are handed to the loader given, in name order with the bzImages.
+        _ = FileManager.default.createFile(atPath: dir + "/linux-image-6.2.deb", contents: Data("!<arch>\n".utf8))
+        let withPackages = try BisectKernel.discover(in: dir, initrd: .beside) { path, name in
+            BisectKernel(name: name, kernel: path, initrd: nil, initrdSource: "", release: "6.2", versionString: "6.2")
+        }
+        #expect(withPackages.map(\.name) == ["bzImage-custom", "linux-image-6.2.deb", "vmlinuz-6.1.0-50-amd64"])
+    }
+}
+
+@Suite struct DebianPackageTests {
+    /// An ar archive as dpkg-deb writes it: "!<arch>\n", then 60-byte headers, members 2-byte aligned.
+    func arArchive(_ members: [(String, [UInt8])]) -> [UInt8] {
+        var bytes = Array("!<arch>\n".utf8)
+        func field(_ text: String, _ width: Int) -> [UInt8] {
+            Array(text.utf8) + [UInt8](repeating: 0x20, count: width - text.utf8.count)
+        }
+        for (name, data) in members {
+            bytes += field(name, 16) + field("0", 12) + field("0", 6) + field("0", 6) + field("100644", 8)
+            bytes += field(String(data.count), 10) + [0x60, 0x0A] + data
+            if data.count % 2 == 1 { bytes.append(0x0A) }
+        }
+        return bytes
+    }
+
+    @Test func findsTheDataMemberPastOddSizedMembers() throws {
+        let path = NSTemporaryDirectory() + "d2l-deb-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).deb"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let data = Array("tar bytes".utf8)
+        let archive = arArchive([
+            ("debian-binary", Array("2.0\n".utf8)), ("control.tar.xz", [1, 2, 3]), ("data.tar.xz/", data),
+        ])
+        try Data(archive).write(to: URL(fileURLWithPath: path))
+        #expect(DebianPackage.isPackage(path: path))
+        let members = try DebianPackage.members(path: path)
+        #expect(members.map(\.name) == ["debian-binary", "control.tar.xz", "data.tar.xz"])
+        let member = try DebianPackage.dataMember(path: path)
+        #expect(Array(archive[Int(member.offset)..<Int(member.offset + member.size)]) == data)
+
+        try Data(arArchive([("debian-binary", Array("2.0\n".utf8))])).write(to: URL(fileURLWithPath: path))
+        #expect(throws: VerifyError.self) { try DebianPackage.dataMember(path: path) }
+        try Data(bzImageHeader(version: bookwormVersion)).write(to: URL(fileURLWithPath: path))
+        #expect(!DebianPackage.isPackage(path: path))
+        #expect(throws: VerifyError.self) { try DebianPackage.members(path: path) }
+    }
+
+    @Test func kernelPathsInsideAPackage() {
+        #expect(DebianPackage.isKernelPath("./boot/vmlinuz-6.1.0-50-amd64"))
+        #expect(DebianPackage.isKernelPath("boot/vmlinuz-6.1.0-50-amd64"))
+        #expect(!DebianPackage.isKernelPath("./boot/config-6.1.0-50-amd64"))
+        #expect(!DebianPackage.isKernelPath("./usr/lib/linux/boot/vmlinuz-6.1"))
+        #expect(!DebianPackage.isKernelPath("./boot/vmlinuz-6.1/extra"))
     }
 }

@@ -51,7 +51,7 @@ let bookwormBanner = "[    0.000000] Linux version 6.1.0-50-amd64 (debian-kernel
 
     @Test func fileThatIsNotAKernelIsAnErrorNamingIt() throws {
         let path = NSTemporaryDirectory() + "d2l-not-a-kernel-\(getpid())"
-        FileManager.default.createFile(atPath: path, contents: Data("just text\n".utf8))
+        _ = FileManager.default.createFile(atPath: path, contents: Data("just text\n".utf8))
         defer { try? FileManager.default.removeItem(atPath: path) }
         do {
             _ = try KernelImage(path: path)
@@ -61,7 +61,7 @@ let bookwormBanner = "[    0.000000] Linux version 6.1.0-50-amd64 (debian-kernel
             #expect(named == path)
         }
         let kernelPath = path + ".bz"
-        FileManager.default.createFile(atPath: kernelPath, contents: Data(bzImageHeader(version: bookwormVersion)))
+        _ = FileManager.default.createFile(atPath: kernelPath, contents: Data(bzImageHeader(version: bookwormVersion)))
         defer { try? FileManager.default.removeItem(atPath: kernelPath) }
         #expect(try KernelImage(path: kernelPath).release == "6.1.0-50-amd64")
         #expect(throws: VerifyError.self) { try KernelImage(path: path + ".missing") }

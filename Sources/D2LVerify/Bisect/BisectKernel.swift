@@ -68,7 +68,8 @@ public struct BisectKernel: Sendable, Codable, Equatable {
         return names
     }
 
-    static func besideInitrd(kernel: String) -> String? {
+    /// The initrd beside `kernel`, or nil.
+    public static func besideInitrd(kernel: String) -> String? {
         let url = URL(fileURLWithPath: kernel)
         let directory = url.deletingLastPathComponent()
         for name in besideInitrdNames(kernelFile: url.lastPathComponent) {
@@ -78,8 +79,12 @@ public struct BisectKernel: Sendable, Codable, Equatable {
         return nil
     }
 
-    /// The bzImages directly inside `directory` (initrds and other files are passed over), by file name.
-    public static func discover(in directory: String, initrd choice: InitrdChoice) throws -> [BisectKernel] {
+    /// The bzImages directly inside `directory` (initrds and other files are passed over), by file name;
+    /// `package` loads the .deb files among them (path, name), when given.
+    public static func discover(
+        in directory: String, initrd choice: InitrdChoice,
+        package: ((_ path: String, _ name: String) throws -> BisectKernel)? = nil
+    ) throws -> [BisectKernel] {
         let names: [String]
         do {
             names = try FileManager.default.contentsOfDirectory(atPath: directory)
@@ -93,7 +98,11 @@ public struct BisectKernel: Sendable, Codable, Equatable {
             guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue else {
                 continue
             }
-            if let kernel = try? load(path: path, name: name, initrd: choice) { kernels.append(kernel) }
+            if let package, name.hasSuffix(".deb") {
+                kernels.append(try package(path, name))
+            } else if let kernel = try? load(path: path, name: name, initrd: choice) {
+                kernels.append(kernel)
+            }
         }
         return kernels
     }

@@ -53,7 +53,7 @@ public struct KernelBootJudge: Sendable {
         var kernelPlan = plan
         kernelPlan.bootDirectly(image)
         let transcriptPath = transcriptDirectory.map { directory in
-            let safe = String(kernel.name.map { $0.isLetter || $0.isNumber || "._-+".contains($0) ? $0 : "_" })
+            let safe = String(URL(fileURLWithPath: kernel.name).lastPathComponent.map { $0.isLetter || $0.isNumber || "._-+".contains($0) ? $0 : "_" })
             return URL(fileURLWithPath: directory)
                 .appendingPathComponent(String(format: "%02d-%@-%d.log", index, safe, attempt)).path
         }

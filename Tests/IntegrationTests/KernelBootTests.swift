@@ -1,0 +1,235 @@
+import D2LSupport
+import Foundation
+import Testing
+
+/// Real direct kernel boots: Debian's bullseye, bookworm and trixie kernels booting the bookworm disk's
+/// root file system, `d2l bisect`, and `git bisect run d2l verify`. TCG here: 20-35 s to login per boot.
+@Suite(.serialized) struct KernelBootTests {
+    struct Report: Decodable {
+        struct Stage: Decodable {
+            var name: String
+            var reached: Bool
+        }
+        struct Command: Decodable {
+            var output: String
+            var passed: Bool
+        }
+        var passed: Bool
+        var kernelVersion: String?
+        var stages: [Stage]
+        var failedStage: String?
+        var reason: String?
+        var commands: [Command]
+    }
+
+    /// QEMU processes of d2l domains whose d2l process is gone: left behind. Domains of d2l runs that
+    /// other tests on this machine have going at the same time are not counted.
+    static func orphanedQEMUProcesses() -> Set<Int32> {
+        var pids: Set<Int32> = []
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = Int32(entry),
+                let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline")
+            else { continue }
+            let cmdline = String(decoding: data, as: UTF8.self)
+            // The domain is named d2l-verify[-kind]-<pid of d2l>-<random>.
+            guard cmdline.contains("qemu-system"), let range = cmdline.range(of: "guest=d2l-verify-") else { continue }
+            let name = cmdline[range.upperBound...].prefix { $0 != "," && $0 != "\0" }
+            let owner = name.split(separator: "-").compactMap { Int32($0) }.first
+            if let owner, kill(owner, 0) == 0 { continue }
+            pids.insert(pid)
+        }
+        return pids
+    }
+
+    static func verify(_ arguments: [String]) throws -> (status: Int32, report: Report?, stderr: String) {
+        let before = orphanedQEMUProcesses()
+        let result = try Fixtures.d2l(["verify"] + arguments)
+        // The domain goes down right after the verdict; give QEMU a moment to exit.
+        var leftover = orphanedQEMUProcesses().subtracting(before)
+        for _ in 0..<20 where !leftover.isEmpty {
+            usleep(250_000)
+            leftover = orphanedQEMUProcesses().subtracting(before)
+        }
+        #expect(leftover.isEmpty, "QEMU processes left running: \(leftover)")
+        return (result.status, try? JSONDecoder().decode(Report.self, from: Data(result.stdout.utf8)), result.stderr)
+    }
+
+    @Test(.timeLimit(.minutes(10)), arguments: ["bullseye", "bookworm", "trixie"])
+    func debianKernelBootsTheBookwormRootFileSystem(suite: String) async throws {
+        let kernel = try KernelFixtures.debian(suite)
+        let disk = try await Fixtures.debianDisk()
+        let (status, report, stderr) = try Self.verify([
+            disk, "--kernel", kernel.kernel, "--initrd", kernel.initrd, "--timeout", "900",
+            "--login", "root", "--run", "uname -r", "--expect-output", "^" + NSRegularExpression.escapedPattern(for: kernel.release) + "$",
+            "--json",
+        ])
+        #expect(status == 0, "\(stderr)")
+        let parsed = try #require(report, "no JSON report; stderr:\n\(stderr)")
+        // No bootloader ran: QEMU loaded the kernel itself.
+        #expect(parsed.stages.map(\.name) == ["kernel", "init", "login"])
+        #expect(parsed.stages.allSatisfy { $0.reached })
+        #expect(parsed.kernelVersion == kernel.release)
+        // The kernel that ran is the one given, seen from inside the guest too.
+        #expect(parsed.commands.first?.passed == true)
+        #expect(parsed.commands.first?.output.contains(kernel.release) == true)
+        #expect(stderr.contains("initrd \(kernel.initrd)"))
+    }
+
+    @Test(.timeLimit(.minutes(10))) func staleKernelFailsAtTheKernelStage() async throws {
+        let kernel = try KernelFixtures.debian("trixie")
+        let disk = try await Fixtures.debianDisk()
+        let dir = try Fixtures.scratchDirectory("kernel-stale")
+        let stale = dir + "/bzImage"
+        try KernelFixtures.staleCopy(of: kernel.kernel, to: stale)
+        let (status, report, stderr) = try Self.verify([disk, "--kernel", stale, "--initrd", kernel.initrd, "--json"])
+        #expect(status == 1, "\(stderr)")
+        let parsed = try #require(report, "no JSON report; stderr:\n\(stderr)")
+        #expect(parsed.failedStage == "kernel")
+        #expect(parsed.reason?.hasPrefix("another kernel booted") == true)
+        #expect(parsed.stages.allSatisfy { !$0.reached })
+    }
+
+    @Test func whatIsNotAVerdictOnTheKernelIsSkipped() async throws {
+        let disk = try await Fixtures.debianDisk()
+        let dir = try Fixtures.scratchDirectory("kernel-skip")
+        let truncated = dir + "/bzImage"
+        _ = FileManager.default.createFile(atPath: truncated, contents: Data("#!/bin/sh\nnot a kernel\n".utf8))
+        let notKernel = try Self.verify([disk, "--kernel", truncated])
+        #expect(notKernel.status == 125)
+        #expect(notKernel.stderr.contains("not an x86 bzImage") || notKernel.stderr.contains("too short"))
+        let missing = try Self.verify([disk, "--kernel", dir + "/missing"])
+        #expect(missing.status == 125)
+        #expect(missing.stderr.contains("does not exist"))
+        let kernel = try KernelFixtures.debian("bookworm")
+        let noInitrd = try Self.verify([disk, "--kernel", kernel.kernel, "--initrd", dir + "/missing.img"])
+        #expect(noInitrd.status == 125)
+        let appendAlone = try Self.verify([disk, "--append", "quiet"])
+        #expect(appendAlone.status == 125)
+        #expect(appendAlone.stderr.contains("need --kernel"))
+    }
+
+    /// Five kernels, the fourth and fifth booting with a garbage initrd: d2l bisect names the fourth.
+    /// The third is a linux-image .deb, with its initrd beside it.
+    @Test(.timeLimit(.minutes(15))) func bisectNamesTheFirstBadKernelInCeilLog2Boots() async throws {
+        let disk = try await Fixtures.debianDisk()
+        let dir = try Fixtures.scratchDirectory("kernel-bisect")
+        let kernels = dir + "/kernels"
+        try FileManager.default.createDirectory(atPath: kernels, withIntermediateDirectories: true)
+        let bullseye = try KernelFixtures.debian("bullseye")
+        let bookworm = try KernelFixtures.debian("bookworm")
+        let trixie = try KernelFixtures.debian("trixie")
+        let list: [(String, KernelFixtures.Kernel, Bool)] = [
+            ("1-bullseye", bullseye, true), ("2-bookworm", bookworm, true), ("3-trixie", trixie, true),
+            ("4-trixie", trixie, false), ("5-trixie", trixie, false),
+        ]
+        for (name, kernel, good) in list where name == "3-trixie" {
+            try KernelFixtures.linuxImagePackage(kernel, at: "\(kernels)/linux-image-\(name).deb")
+            try FileManager.default.createSymbolicLink(
+                atPath: "\(kernels)/initrd.img-\(kernel.release)", withDestinationPath: kernel.initrd)
+            #expect(good)
+        }
+        for (name, kernel, good) in list where name != "3-trixie" {
+            try FileManager.default.createSymbolicLink(atPath: "\(kernels)/vmlinuz-\(name)", withDestinationPath: kernel.kernel)
+            if good {
+                try FileManager.default.createSymbolicLink(
+                    atPath: "\(kernels)/initrd.img-\(name)", withDestinationPath: kernel.initrd)
+            } else {
+                try KernelFixtures.garbageInitrd(at: "\(kernels)/initrd.img-\(name)")
+            }
+        }
+        let state = dir + "/bisect.json"
+        let arguments = [
+            // By version: 5.10, 6.1, then the three 6.12 kernels by name (the .deb's first).
+            "bisect", "--image", disk, "--kernels", kernels,
+            "--good", "vmlinuz-1-bullseye", "--bad", "vmlinuz-5-trixie", "--state", state, "--json",
+        ]
+        struct Summary: Decodable {
+            struct Kernel: Decodable { var name: String }
+            var exact: Bool
+            var firstBad: Kernel
+            var lastGood: Kernel
+            var firstBadTranscript: String?
+            var lastGoodTranscript: String?
+            var boots: Int
+        }
+        let before = Self.orphanedQEMUProcesses()
+        let start = Date()
+        let result = try Fixtures.d2l(arguments)
+        let wall = Date().timeIntervalSince(start)
+        #expect(Self.orphanedQEMUProcesses().subtracting(before).isEmpty)
+        #expect(result.status == 0, "\(result.stderr)")
+        let summary = try #require(try? JSONDecoder().decode(Summary.self, from: Data(result.stdout.utf8)), "\(result.stderr)")
+        #expect(summary.exact)
+        #expect(summary.firstBad.name == "vmlinuz-4-trixie")
+        #expect(summary.lastGood.name == "linux-image-3-trixie.deb")
+        #expect(summary.boots <= KernelFixtures.ceilLog2(list.count))
+        // Every step is logged with its verdict and the stage it reached, and each initrd's origin is said.
+        #expect(result.stderr.contains("vmlinuz-4-trixie: bad, reached kernel"))
+        #expect(result.stderr.contains("beside the kernel"))
+        #expect(result.stderr.contains("initrd.img-\(trixie.release) (beside the .deb)"))
+        let badTranscript = try String(contentsOfFile: try #require(summary.firstBadTranscript), encoding: .utf8)
+        #expect(badTranscript.contains("Kernel panic - not syncing"))
+        let goodTranscript = try String(contentsOfFile: try #require(summary.lastGoodTranscript), encoding: .utf8)
+        #expect(goodTranscript.contains("login:"))
+
+        // Run again: the state file already holds every step; nothing boots.
+        let again = try Fixtures.d2l(arguments)
+        #expect(again.status == 0, "\(again.stderr)")
+        #expect(again.stderr.contains("resuming from"))
+        #expect(!again.stderr.contains("booting ["))
+        let summary2 = try #require(try? JSONDecoder().decode(Summary.self, from: Data(again.stdout.utf8)))
+        #expect(summary2.firstBad.name == "vmlinuz-4-trixie")
+        print("d2l bisect: \(summary.boots) boots in \(String(format: "%.1f", wall)) s")
+    }
+
+    /// `git bisect run d2l verify` over commits that each select a kernel; one names a file that is not a bzImage.
+    @Test(.timeLimit(.minutes(15))) func gitBisectRunEndsOnTheRightCommitAndSkipsTheUnreadableKernel() async throws {
+        let disk = try await Fixtures.debianDisk()
+        let dir = try Fixtures.scratchDirectory("kernel-git-bisect")
+        let bookworm = try KernelFixtures.debian("bookworm")
+        let trixie = try KernelFixtures.debian("trixie")
+        let garbage = dir + "/garbage.initrd"
+        try KernelFixtures.garbageInitrd(at: garbage)
+        let truncated = dir + "/truncated-bzImage"
+        try Data(try Data(contentsOf: URL(fileURLWithPath: trixie.kernel)).prefix(300)).write(to: URL(fileURLWithPath: truncated))
+        let repo = dir + "/repo"
+        try FileManager.default.createDirectory(atPath: repo, withIntermediateDirectories: true)
+        func git(_ arguments: String...) throws -> String {
+            let result = try Fixtures.run(["git", "-C", repo] + arguments, environment: [
+                "GIT_AUTHOR_NAME": "d2l", "GIT_AUTHOR_EMAIL": "d2l@example.org",
+                "GIT_COMMITTER_NAME": "d2l", "GIT_COMMITTER_EMAIL": "d2l@example.org",
+            ])
+            guard result.status == 0 else { throw FixtureError("git \(arguments.joined(separator: " ")):\n\(result.stderr)") }
+            return result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        _ = try git("init", "-q")
+        // c0 and c1 boot, c2's kernel is not a bzImage (a broken build), c3 boots, c4 and c5 panic.
+        let commits: [(String, String, String)] = [
+            ("c0 bookworm", bookworm.kernel, bookworm.initrd), ("c1 trixie", trixie.kernel, trixie.initrd),
+            ("c2 truncated kernel", truncated, trixie.initrd), ("c3 bookworm", bookworm.kernel, bookworm.initrd),
+            ("c4 trixie, initrd garbage", trixie.kernel, garbage), ("c5 bookworm, initrd garbage", bookworm.kernel, garbage),
+        ]
+        var hashes: [String] = []
+        for (message, kernel, initrd) in commits {
+            try "\(kernel)\n".write(toFile: repo + "/kernel", atomically: true, encoding: .utf8)
+            try "\(initrd)\n".write(toFile: repo + "/initrd", atomically: true, encoding: .utf8)
+            _ = try git("add", "kernel", "initrd")
+            _ = try git("commit", "-q", "-m", message)
+            hashes.append(try git("rev-parse", "HEAD"))
+        }
+        _ = try git("bisect", "start", hashes[5], hashes[0])
+        let start = Date()
+        let run = try Fixtures.run(
+            ["git", "-C", repo, "bisect", "run", "sh", "-c",
+             #"exec "$D2L" verify "$DISK" --kernel "$(cat kernel)" --initrd "$(cat initrd)" --timeout 900"#],
+            environment: ["D2L": try Fixtures.d2lBinary(), "DISK": disk])
+        let wall = Date().timeIntervalSince(start)
+        let log = try git("bisect", "log")
+        _ = try git("bisect", "reset")
+        #expect(run.stdout.contains("\(hashes[4]) is the first bad commit"), "\(run.stdout)\n\(run.stderr)")
+        // The truncated kernel exited 125: skipped, never called good or bad.
+        #expect(log.contains("git bisect skip \(hashes[2])"), "\(log)")
+        #expect(!log.contains("git bisect bad \(hashes[2])") && !log.contains("git bisect good \(hashes[2])"))
+        print("git bisect run: \(String(format: "%.1f", wall)) s\n\(log)")
+    }
+}
