@@ -210,7 +210,9 @@ struct BisectCommand: AsyncParsableCommand {
         let hypervisor = try LibvirtHypervisor(uri: connect ?? LibvirtHypervisor.defaultURI())
         var machine = MachineSpec(
             diskPath: path, diskFormat: format, accelerator: .tcg, memoryMiB: memory, cpus: cpus, diskBus: bus)
-        let root = GuestInspector.rootDevice(path: path, format: format, bus: bus)
+        let root = (
+            withInitrd: GuestInspector.rootDevice(path: path, format: format, bus: bus),
+            withoutInitrd: GuestInspector.rootDevice(path: path, format: format, bus: bus, initrd: false))
         let plan = StagePlan(
             stages: StagePlan.defaultStages(initSystem: guest?.initSystem ?? .unknown),
             failures: StagePlan.defaultFailures(), timeout: .seconds(timeout))
@@ -218,7 +220,8 @@ struct BisectCommand: AsyncParsableCommand {
         var probe = machine
         probe.directBoot = DirectKernelBoot(
             kernel: list[goodIndex].kernel, initrd: list[goodIndex].initrd,
-            commandLine: DirectKernelBoot.commandLine(root: root, extra: appendArguments))
+            commandLine: DirectKernelBoot.commandLine(
+                root: list[goodIndex].initrd == nil ? root.withoutInitrd : root.withInitrd, extra: appendArguments))
         let (accelerator, warning) = await AcceleratorProbe.shared.resolve(
             Accelerator(rawValue: accel) ?? .auto, hypervisor: hypervisor, probe: probe)
         if let warning { progress.note(warning) }
@@ -229,7 +232,7 @@ struct BisectCommand: AsyncParsableCommand {
 
         progress.note(
             "\(image): \(format.rawValue), \(bus.rawValue), \(accelerator.rawValue); "
-                + "\(guest?.prettyName ?? "unknown OS"); root=\(root)")
+                + "\(guest?.prettyName ?? "unknown OS"); root=\(root.withInitrd) (\(root.withoutInitrd) without an initrd)")
         for (index, kernel) in list.enumerated() {
             let mark = index == goodIndex ? "  good" : index == badIndex ? "  bad" : ""
             progress.note(

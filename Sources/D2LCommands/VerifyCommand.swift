@@ -16,7 +16,6 @@ struct VerifyCommand: AsyncParsableCommand {
             /etc/os-release and /sbin/init) and login. A kernel panic, emergency mode, an \
             initramfs shell or a failed systemd unit ends the run at once.
 
-            EXIT STATUS
             With --kernel the disk's root file system boots with an outside kernel (libvirt's \
             direct kernel boot): no bootloader runs, and the kernel stage passes only on the \
             `Linux version` line of that very bzImage, so a stale kernel cannot pass. \
@@ -215,7 +214,7 @@ struct VerifyCommand: AsyncParsableCommand {
                 }
                 initrdPath = full
             }
-            let root = GuestInspector.rootDevice(path: path, format: format, bus: settings.bus)
+            let root = GuestInspector.rootDevice(path: path, format: format, bus: settings.bus, initrd: initrdPath != nil)
             directBoot = DirectKernelBoot(
                 kernel: bzImage.path, initrd: initrdPath,
                 commandLine: DirectKernelBoot.commandLine(root: root, extra: appendArguments))

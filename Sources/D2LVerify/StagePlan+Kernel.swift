@@ -20,11 +20,25 @@ extension StagePlan {
 }
 
 extension GuestInspector {
-    /// The `root=` for booting `path` with an outside kernel: the ext4 root's UUID when it can be read
-    /// (raw disks), else the second partition of the disk bus that d2l build's layout puts it on.
-    public static func rootDevice(path: String, format: DiskFormat, bus: DiskBus) -> String {
-        if format == .raw, let uuid = rootUUID(path: path) { return "UUID=\(uuid)" }
-        return bus == .virtio ? "/dev/vda2" : "/dev/sda2"
+    /// The `root=` for booting `path` with an outside kernel.
+    ///
+    /// With an initrd, the ext4 root's UUID when it can be read (raw disks). Without one the kernel
+    /// itself must find the root, and it knows no UUID=: then the device name, from the partition
+    /// d2l build's layout (or the disk's own MBR) puts the root on.
+    public static func rootDevice(path: String, format: DiskFormat, bus: DiskBus, initrd: Bool = true) -> String {
+        if initrd, format == .raw, let uuid = rootUUID(path: path) { return "UUID=\(uuid)" }
+        let number = format == .raw ? linuxPartitionNumber(path: path) ?? 2 : 2
+        return (bus == .virtio ? "/dev/vda" : "/dev/sda") + String(number)
+    }
+
+    /// 1-4: the MBR entry of the first Linux partition.
+    static func linuxPartitionNumber(path: String) -> Int? {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
+        defer { try? handle.close() }
+        guard let data = try? handle.read(upToCount: 512), data.count == 512 else { return nil }
+        let sector = [UInt8](data)
+        guard sector[510] == 0x55, sector[511] == 0xAA else { return nil }
+        return (0..<4).first { sector[446 + $0 * 16 + 4] == 0x83 }.map { $0 + 1 }
     }
 
     /// The UUID in the ext2/3/4 superblock of the disk's Linux partition.

@@ -7,14 +7,15 @@ public struct KernelBootJudge: Sendable {
     /// The machine every kernel boots in; its `directBoot` is filled in per kernel.
     public let machine: MachineSpec
     public let plan: StagePlan
-    /// Root device for the kernel command line (`UUID=...`).
-    public let root: String
+    /// Root device for the kernel command line of a kernel with an initrd (`UUID=...`), and of one without.
+    public let root: (withInitrd: String, withoutInitrd: String)
     public let append: String?
     /// Where each boot's raw console goes; nil keeps none.
     public let transcriptDirectory: String?
 
     public init(
-        hypervisor: any Hypervisor, machine: MachineSpec, plan: StagePlan, root: String, append: String?,
+        hypervisor: any Hypervisor, machine: MachineSpec, plan: StagePlan,
+        root: (withInitrd: String, withoutInitrd: String), append: String?,
         transcriptDirectory: String?
     ) {
         self.hypervisor = hypervisor
@@ -49,7 +50,9 @@ public struct KernelBootJudge: Sendable {
         var spec = machine
         spec.name = MachineSpec.uniqueName(prefix: "d2l-verify-bisect")
         spec.directBoot = DirectKernelBoot(
-            kernel: kernel.kernel, initrd: kernel.initrd, commandLine: DirectKernelBoot.commandLine(root: root, extra: append))
+            kernel: kernel.kernel, initrd: kernel.initrd,
+            commandLine: DirectKernelBoot.commandLine(
+                root: kernel.initrd == nil ? root.withoutInitrd : root.withInitrd, extra: append))
         var kernelPlan = plan
         kernelPlan.bootDirectly(image)
         let transcriptPath = transcriptDirectory.map { directory in
