@@ -34,6 +34,8 @@ let package = Package(
         .target(name: "D2LDisk", dependencies: ["CExt2fs", "D2LImage", "D2LSupport"]),
         // Booting a disk through libvirt and judging its serial transcript.
         .target(name: "D2LVerify", dependencies: ["CLibvirt", "CExt2fs", "D2LSupport"]),
+        // Kernel bisection: kernel lists (bzImage, linux-image .deb), the search and its resumable state.
+        .target(name: "D2LBisect", dependencies: ["D2LVerify", "D2LImage", "D2LSupport"]),
         // Scenarios, recipes and the regression matrix of `d2l test`.
         .target(
             name: "D2LScenario",
@@ -41,7 +43,7 @@ let package = Package(
         .target(
             name: "D2LCommands",
             dependencies: [
-                "D2LImage", "D2LDisk", "D2LVerify", "D2LSupport", "D2LScenario",
+                "D2LImage", "D2LDisk", "D2LVerify", "D2LSupport", "D2LScenario", "D2LBisect",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(
@@ -52,6 +54,7 @@ let package = Package(
         .testTarget(name: "D2LDiskTests", dependencies: ["D2LDisk", "D2LImage", "CArchive", "CExt2fs"]),
         .testTarget(name: "D2LVerifyTests", dependencies: ["D2LVerify"], exclude: ["Transcripts"]),
         .testTarget(name: "D2LScenarioTests", dependencies: ["D2LScenario"]),
+        .testTarget(name: "D2LBisectTests", dependencies: ["D2LBisect", "D2LVerify"]),
         .testTarget(name: "IntegrationTests", dependencies: ["D2LSupport", "d2l"]),
     ]
 )

@@ -1,4 +1,5 @@
 import ArgumentParser
+import D2LBisect
 import D2LImage
 import D2LSupport
 import D2LVerify

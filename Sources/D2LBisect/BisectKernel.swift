@@ -1,3 +1,4 @@
+import D2LVerify
 import Foundation
 
 /// One kernel in a bisection: the bzImage, the initrd it boots with, and where that initrd came from.

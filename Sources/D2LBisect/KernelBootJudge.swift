@@ -1,3 +1,4 @@
+import D2LVerify
 import Foundation
 
 /// The real verdict function of a bisection: boots the disk's root file system with each kernel

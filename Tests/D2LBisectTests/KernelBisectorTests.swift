@@ -1,6 +1,24 @@
+import D2LVerify
 import Foundation
 import Testing
-@testable import D2LVerify
+
+@testable import D2LBisect
+
+/// A bzImage's setup header whose version pointer (0x20E) names `version`: enough for KernelImage.
+func bzImageHeader(version: String) -> [UInt8] {
+    var bytes = [UInt8](repeating: 0, count: 0x4000)
+    bytes[0x1FE] = 0x55
+    bytes[0x1FF] = 0xAA
+    bytes.replaceSubrange(0x202..<0x206, with: Array("HdrS".utf8))
+    bytes[0x206] = 0x0F
+    bytes[0x207] = 0x02
+    bytes.replaceSubrange(0x3000..<0x3000 + version.utf8.count, with: Array(version.utf8))
+    bytes[0x20E] = 0x00
+    bytes[0x20F] = 0x2E  // 0x3000 - 0x200
+    return bytes
+}
+
+let bookwormVersion = "6.1.0-50-amd64 (debian-kernel@lists.debian.org) #1 SMP PREEMPT_DYNAMIC Debian 6.1.176-1 (2026-07-02)"
 
 /// Kernels k0...k(n-1) whose releases sort in list order.
 func fakeKernels(_ count: Int) -> [BisectKernel] {

@@ -1,3 +1,4 @@
+import D2LVerify
 import Foundation
 
 /// A Debian binary package: an ar archive holding debian-binary, control.tar.* and data.tar.*.

@@ -1,3 +1,4 @@
+import D2LVerify
 import Foundation
 
 /// What one boot says about a kernel, in `git bisect run`'s terms.
