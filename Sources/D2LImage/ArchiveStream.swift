@@ -10,12 +10,17 @@ final class ByteSource {
     let length: Int64
     var position: Int64 = 0
     let buffer: UnsafeMutableRawPointer
-    static let bufferSize = 1 << 20
+    /// Bytes per read: large when data is wanted, small when mostly headers are (so that
+    /// file data is skipped with a seek instead of being read and thrown away).
+    let bufferSize: Int
     /// Hashes every byte read; nil once a skip jumped over bytes.
     var hasher: SHA256Hasher?
     let allowSeek: Bool
 
-    init(path: String, start: Int64 = 0, length: Int64? = nil, hash: Bool, allowSeek: Bool) throws {
+    init(
+        path: String, start: Int64 = 0, length: Int64? = nil, hash: Bool, allowSeek: Bool, bufferSize: Int = 1 << 20
+    ) throws {
+        self.bufferSize = bufferSize
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
             throw ImageError.archive(path, message: String(cString: strerror(errno)))
@@ -32,7 +37,7 @@ final class ByteSource {
         }
         self.hasher = hash ? SHA256Hasher() : nil
         self.allowSeek = allowSeek && !hash
-        buffer = UnsafeMutableRawPointer.allocate(byteCount: Self.bufferSize, alignment: 4096)
+        buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: 4096)
     }
 
     deinit {
@@ -41,7 +46,7 @@ final class ByteSource {
     }
 
     func read() -> Int {
-        let want = Int(min(Int64(Self.bufferSize), length - position))
+        let want = Int(min(Int64(bufferSize), length - position))
         guard want > 0 else { return 0 }
         let n = pread(fd, buffer, want, off_t(start + position))
         guard n > 0 else { return n < 0 ? -1 : 0 }

@@ -38,7 +38,7 @@ public struct LayerFlattener {
         let tree = FileTree()
         var bytesSeen: UInt64 = 0
         for (index, layer) in layers.enumerated() {
-            let stream = try layer.open(verify: false)
+            let stream = try layer.open(verify: false, headersOnly: true)
             var ordinal = 0
             while let entry = try stream.next() {
                 ordinal += 1
