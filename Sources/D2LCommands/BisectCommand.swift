@@ -73,20 +73,8 @@ struct BisectCommand: AsyncParsableCommand {
     @Flag(help: "Start over even when --state holds steps of this bisection.")
     var restart = false
 
-    @Option(help: "libvirt URI (default: $D2L_LIBVIRT_URI, else qemu:///embed?root=<cache>/libvirt).")
-    var connect: String?
-
-    @Option(help: "Accelerator: auto (KVM if it really runs a guest, else TCG), kvm or tcg.")
-    var accel: String = "auto"
-
-    @Option(help: "Guest memory in MiB.")
-    var memory: Int = 1024
-
-    @Option(help: "Guest CPUs.")
-    var cpus: Int = 2
-
-    @Option(help: "Disk bus: virtio or sata.")
-    var diskBus: String = "virtio"
+    @OptionGroup(title: "Machine")
+    var machine: MachineOptions
 
     @Option(help: "Overall limit in seconds for each boot.")
     var timeout: Int = 600
@@ -99,13 +87,10 @@ struct BisectCommand: AsyncParsableCommand {
     /// Problems with the options exit 125, like d2l verify's.
     func validate() throws {
         var problem: String?
-        if Accelerator(rawValue: accel) == nil { problem = "--accel must be auto, kvm or tcg, not '\(accel)'" }
-        if DiskBus(rawValue: diskBus) == nil { problem = "--disk-bus must be virtio or sata, not '\(diskBus)'" }
+        do { _ = try machine.checked() } catch { problem = "\(error)" }
         if order != "version" && order != "given" { problem = "--order must be version or given, not '\(order)'" }
         if initrd != nil && noInitrd { problem = "--initrd and --no-initrd exclude each other" }
         if retries < 0 { problem = "--retries must be 0 or more" }
-        if memory < 64 { problem = "--memory is in MiB and must be at least 64" }
-        if !(1...64).contains(cpus) { problem = "--cpus must be between 1 and 64" }
         if timeout <= 0 { problem = "--timeout must be positive" }
         if let problem {
             FileHandle.standardError.write(Data("Error: \(problem)\n".utf8))
@@ -203,14 +188,14 @@ struct BisectCommand: AsyncParsableCommand {
         let guest = GuestInspector.inspect(path: path, format: format)
         let (list, goodIndex, badIndex) = try kernelList()
         let progress = ProgressReporter()
-        let bus = DiskBus(rawValue: diskBus) ?? .virtio
+        let bus = DiskBus(rawValue: machine.diskBus) ?? .virtio
         let statePath = URL(fileURLWithPath: state).standardizedFileURL.path
         let transcripts = statePath + ".transcripts"
         try FileManager.default.createDirectory(atPath: transcripts, withIntermediateDirectories: true)
 
-        let hypervisor = try LibvirtHypervisor(uri: connect ?? LibvirtHypervisor.defaultURI())
-        var machine = MachineSpec(
-            diskPath: path, diskFormat: format, accelerator: .tcg, memoryMiB: memory, cpus: cpus, diskBus: bus)
+        let hypervisor = try LibvirtHypervisor(uri: machine.connect ?? LibvirtHypervisor.defaultURI())
+        var spec = MachineSpec(
+            diskPath: path, diskFormat: format, accelerator: .tcg, memoryMiB: machine.memory, cpus: machine.cpus, diskBus: bus)
         let root = (
             withInitrd: GuestInspector.rootDevice(path: path, format: format, bus: bus),
             withoutInitrd: GuestInspector.rootDevice(path: path, format: format, bus: bus, initrd: false))
@@ -218,17 +203,17 @@ struct BisectCommand: AsyncParsableCommand {
             stages: StagePlan.defaultStages(initSystem: guest?.initSystem ?? .unknown),
             failures: StagePlan.defaultFailures(), timeout: .seconds(timeout))
         // Probe KVM with the good kernel booting the disk, as d2l verify --kernel would.
-        var probe = machine
+        var probe = spec
         probe.directBoot = DirectKernelBoot(
             kernel: list[goodIndex].kernel, initrd: list[goodIndex].initrd,
             commandLine: DirectKernelBoot.commandLine(
                 root: list[goodIndex].initrd == nil ? root.withoutInitrd : root.withInitrd, extra: appendArguments))
         let (accelerator, warning) = await AcceleratorProbe.shared.resolve(
-            Accelerator(rawValue: accel) ?? .auto, hypervisor: hypervisor, probe: probe)
+            Accelerator(rawValue: machine.accel) ?? .auto, hypervisor: hypervisor, probe: probe)
         if let warning { progress.note(warning) }
-        machine.accelerator = accelerator
+        spec.accelerator = accelerator
         let judge = KernelBootJudge(
-            hypervisor: hypervisor, machine: machine, plan: plan, root: root, append: appendArguments,
+            hypervisor: hypervisor, machine: spec, plan: plan, root: root, append: appendArguments,
             transcriptDirectory: transcripts)
 
         progress.note(

@@ -44,20 +44,8 @@ struct VerifyCommand: AsyncParsableCommand {
         help: "With --kernel: more kernel command line after root=<the disk's root> ro (the consoles come last).")
     var appendArguments: String?
 
-    @Option(help: "libvirt URI (default: $D2L_LIBVIRT_URI, else qemu:///embed?root=<cache>/libvirt).")
-    var connect: String?
-
-    @Option(help: "Accelerator: auto (KVM if it really runs a guest, else TCG), kvm or tcg.")
-    var accel: String = "auto"
-
-    @Option(help: "Guest memory in MiB.")
-    var memory: Int = 1024
-
-    @Option(help: "Guest CPUs.")
-    var cpus: Int = 2
-
-    @Option(help: "Disk bus: virtio or sata.")
-    var diskBus: String = "virtio"
+    @OptionGroup(title: "Machine")
+    var machine: MachineOptions
 
     @Option(help: "Overall limit in seconds for the whole run.")
     var timeout: Int = 600
@@ -118,14 +106,7 @@ struct VerifyCommand: AsyncParsableCommand {
     }
 
     private func settings(initSystem: InitSystem, kernel bzImage: KernelImage? = nil) throws -> Settings {
-        guard let accelerator = Accelerator(rawValue: accel) else {
-            throw VerifyError.badOption("--accel must be auto, kvm or tcg, not '\(accel)'")
-        }
-        guard let bus = DiskBus(rawValue: diskBus) else {
-            throw VerifyError.badOption("--disk-bus must be virtio or sata, not '\(diskBus)'")
-        }
-        guard memory >= 64 else { throw VerifyError.badOption("--memory is in MiB and must be at least 64") }
-        guard (1...64).contains(cpus) else { throw VerifyError.badOption("--cpus must be between 1 and 64") }
+        let (accelerator, bus) = try machine.checked()
         guard timeout > 0 else { throw VerifyError.badOption("--timeout must be positive") }
         guard failedUnits == "fail" || failedUnits == "warn" else {
             throw VerifyError.badOption("--failed-units must be fail or warn")
@@ -223,16 +204,16 @@ struct VerifyCommand: AsyncParsableCommand {
             progress.note("command line \(directBoot?.commandLine ?? "")")
         }
 
-        let hypervisor = try LibvirtHypervisor(uri: connect ?? LibvirtHypervisor.defaultURI())
-        var machine = MachineSpec(
-            diskPath: path, diskFormat: format, accelerator: .tcg, memoryMiB: memory, cpus: cpus,
+        let hypervisor = try LibvirtHypervisor(uri: machine.connect ?? LibvirtHypervisor.defaultURI())
+        var spec = MachineSpec(
+            diskPath: path, diskFormat: format, accelerator: .tcg, memoryMiB: machine.memory, cpus: machine.cpus,
             diskBus: settings.bus, directBoot: directBoot)
         let (accelerator, warning) = await AcceleratorProbe.shared.resolve(
-            settings.accelerator, hypervisor: hypervisor, probe: machine)
+            settings.accelerator, hypervisor: hypervisor, probe: spec)
         if let warning { progress.note(warning) }
-        machine.accelerator = accelerator
+        spec.accelerator = accelerator
         var about = "\(image): \(format.rawValue), \(settings.bus.rawValue), \(accelerator.rawValue)"
-        about += ", \(memory) MiB, \(cpus) CPUs"
+        about += ", \(machine.memory) MiB, \(machine.cpus) CPUs"
         if let guest {
             about += "; \(guest.prettyName ?? "unknown OS"), init \(guest.initSystem.rawValue)"
         } else {
@@ -245,7 +226,7 @@ struct VerifyCommand: AsyncParsableCommand {
             options: VerifyOptions(plan: settings.plan, login: settings.login, commands: settings.commands))
         let transcriptPath = transcript
         return try await verifier.verify(
-            machine, guest: guest,
+            spec, guest: guest,
             transcript: { bytes in
                 if let transcriptPath { _ = FileManager.default.createFile(atPath: transcriptPath, contents: Data(bytes)) }
             },
