@@ -75,7 +75,7 @@ public struct MachineSpec: Sendable {
                   <driver name='qemu' type='\(diskFormat.rawValue)'/>
                   <source file='\(XMLText.escape(diskPath))'/>
                   <target dev='\(target)' bus='\(diskBus.rawValue)'/>
-                  <transient/>
+                  <transient shareBacking='yes'/>
                 </disk>
                 <serial type='pty'><target port='0'/></serial>
                 <console type='pty'><target type='serial' port='0'/></console>
