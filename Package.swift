@@ -48,7 +48,9 @@ let package = Package(
             ]),
         .executableTarget(
             name: "d2l",
-            dependencies: ["D2LCommands", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: [
+                "D2LCommands", "D2LScenario", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
 
         .testTarget(name: "D2LImageTests", dependencies: ["D2LImage", "CArchive"]),
         .testTarget(name: "D2LDiskTests", dependencies: ["D2LDisk", "D2LImage", "CArchive", "CExt2fs"]),

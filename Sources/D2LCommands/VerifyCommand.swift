@@ -33,6 +33,10 @@ struct VerifyCommand: AsyncParsableCommand {
     @Argument(help: "The disk image to boot (raw, qcow2, vmdk, vdi, vhdx or vpc).")
     var image: String
 
+    // Expanded before parsing (ScenarioArguments); declared so that --help lists it.
+    @Option(help: "A scenario file (YAML, see README) whose verify section gives the defaults; options given here win.")
+    var scenario: String?
+
     @Option(help: "Boot this x86 bzImage directly instead of the disk's bootloader (direct kernel boot).")
     var kernel: String?
 

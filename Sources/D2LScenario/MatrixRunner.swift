@@ -83,22 +83,54 @@ public final class MatrixRunner: @unchecked Sendable {
 
     public func run(_ scenarios: [Scenario]) async -> [ScenarioResult] {
         var results = [ScenarioResult?](repeating: nil, count: scenarios.count)
-        await withTaskGroup(of: (Int, ScenarioResult).self) { group in
+        var seconds = [Double](repeating: 0, count: scenarios.count)
+        // Longest first (by the last run's times; unknown ones first of all), so that a
+        // slow boot does not start last and leave the other slots idle at the end.
+        let known = Self.loadDurations()
+        let order = scenarios.indices.sorted {
+            (known[scenarios[$0].name] ?? .infinity) > (known[scenarios[$1].name] ?? .infinity)
+        }
+        await withTaskGroup(of: (Int, ScenarioResult, Double).self) { group in
             var next = 0
             func startNext() {
-                guard next < scenarios.count else { return }
-                let index = next
+                guard next < order.count else { return }
+                let index = order[next]
                 next += 1
-                group.addTask { (index, await self.runOne(scenarios[index])) }
+                group.addTask {
+                    let started = Date()
+                    let result = await self.runOne(scenarios[index])
+                    return (index, result, Date().timeIntervalSince(started))
+                }
             }
             for _ in 0..<max(1, options.jobs) { startNext() }
-            for await (index, result) in group {
+            for await (index, result, elapsed) in group {
                 results[index] = result
+                seconds[index] = elapsed
                 report(result)
                 startNext()
             }
         }
+        var durations = known
+        for (i, r) in results.enumerated() where r?.verdict == .passed || r?.verdict == .flaky {
+            durations[scenarios[i].name] = seconds[i]
+        }
+        Self.saveDurations(durations)
         return results.compactMap { $0 }
+    }
+
+    static var durationsFile: String { CacheDirectory.path + "/test-durations.json" }
+
+    static func loadDurations() -> [String: Double] {
+        guard let data = FileManager.default.contents(atPath: durationsFile),
+            let map = try? JSONDecoder().decode([String: Double].self, from: data)
+        else { return [:] }
+        return map
+    }
+
+    static func saveDurations(_ map: [String: Double]) {
+        guard let data = try? JSONEncoder().encode(map) else { return }
+        try? FileManager.default.createDirectory(atPath: CacheDirectory.path, withIntermediateDirectories: true)
+        try? data.write(to: URL(fileURLWithPath: durationsFile), options: .atomic)
     }
 
     private func report(_ r: ScenarioResult) {

@@ -130,15 +130,15 @@ public enum ScenarioParser {
         return out
     }
 
-    /// Parses one file; `imagesDirectory` is where recipes live (to check they exist).
-    public static func parse(file: String, imagesDirectory: String) throws -> Scenario {
+    /// Parses one file; `imagesDirectory` is where recipes live (to check they exist; nil: not checked).
+    public static func parse(file: String, imagesDirectory: String?) throws -> Scenario {
         guard let data = FileManager.default.contents(atPath: file) else {
             throw ScenarioError(file: file, message: "cannot read")
         }
         return try parse(String(decoding: data, as: UTF8.self), file: file, imagesDirectory: imagesDirectory)
     }
 
-    public static func parse(_ text: String, file: String, imagesDirectory: String) throws -> Scenario {
+    public static func parse(_ text: String, file: String, imagesDirectory: String?) throws -> Scenario {
         func fail(_ message: String) -> ScenarioError { ScenarioError(file: file, message: message) }
         let loaded: Any?
         do { loaded = try Yams.load(yaml: text) } catch { throw fail("not valid YAML: \(error)") }
@@ -156,9 +156,11 @@ public enum ScenarioParser {
         switch sources[0] {
         case "recipe":
             let recipe = try string(top["recipe"], "recipe", fail)
-            let dockerfile = (imagesDirectory as NSString).appendingPathComponent(recipe + "/Dockerfile")
-            guard FileManager.default.fileExists(atPath: dockerfile) else {
-                throw fail("recipe \(recipe): \(dockerfile) does not exist")
+            if let imagesDirectory {
+                let dockerfile = (imagesDirectory as NSString).appendingPathComponent(recipe + "/Dockerfile")
+                guard FileManager.default.fileExists(atPath: dockerfile) else {
+                    throw fail("recipe \(recipe): \(dockerfile) does not exist")
+                }
             }
             source = .recipe(recipe)
         case "archive": source = .archive(resolve(try string(top["archive"], "archive", fail)))

@@ -1,12 +1,21 @@
 import ArgumentParser
 import D2LCommands
+import D2LScenario
 import Foundation
 
 @main
 struct D2L {
     static func main() async {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        let expanded: [String]
         do {
-            var command = try D2LCommand.parseAsRoot()
+            expanded = try ScenarioArguments.expand(arguments)
+        } catch {
+            FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
+            exit(125)  // only `d2l verify` takes --scenario: "could not test"
+        }
+        do {
+            var command = try D2LCommand.parseAsRoot(expanded)
             if var asyncCommand = command as? AsyncParsableCommand {
                 try await asyncCommand.run()
             } else {

@@ -139,3 +139,20 @@ struct MatrixReportTests {
         #expect(html.contains("#cc0000"))  // the failure marker
     }
 }
+
+@Suite("d2l verify --scenario")
+struct ScenarioArgumentsTests {
+    @Test func scenarioOptionsComeFirstSoTheCommandLineWins() throws {
+        let file = NSTemporaryDirectory() + "d2l-scenario-args-\(getpid()).yaml"
+        try Data("recipe: anything\nverify:\n  timeout: 300\n  login: root\n".utf8).write(to: URL(fileURLWithPath: file))
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let expanded = try ScenarioArguments.expand(["verify", "disk.img", "--scenario", file, "--timeout", "60"])
+        #expect(expanded == ["verify", "--timeout", "300", "--login", "root", "disk.img", "--timeout", "60"])
+        #expect(try ScenarioArguments.expand(["verify", "--scenario=\(file)", "x"]).count == 6)
+        #expect(try ScenarioArguments.expand(["build", "--scenario", file]) == ["build", "--scenario", file])
+    }
+
+    @Test func aMissingScenarioIsAnError() {
+        #expect(throws: ScenarioError.self) { try ScenarioArguments.expand(["verify", "x", "--scenario", "/nonexistent.yaml"]) }
+    }
+}
