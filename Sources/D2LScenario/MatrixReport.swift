@@ -1,3 +1,4 @@
+import D2LSupport
 import Foundation
 
 /// Renders matrix results: a summary table, JUnit XML, JSON, and an offline HTML report.
@@ -184,20 +185,7 @@ public struct MatrixReport: Sendable {
     private func fmt(_ v: Double) -> String { String(format: "%.1f", v) }
 
     private func xml(_ s: String) -> String {
-        var out = ""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "&": out += "&amp;"
-            case "<": out += "&lt;"
-            case ">": out += "&gt;"
-            case "\"": out += "&quot;"
-            case "'": out += "&apos;"
-            default:
-                // XML 1.0 forbids most control characters: drop them (guest consoles print escapes).
-                if scalar.value < 0x20 && scalar != "\n" && scalar != "\t" { continue }
-                out.unicodeScalars.append(scalar)
-            }
-        }
-        return out
+        // XML 1.0 forbids most control characters: drop them (guest consoles print escapes).
+        XMLText.escape(String(s.unicodeScalars.filter { $0.value >= 0x20 || $0 == "\n" || $0 == "\t" }.map(Character.init)))
     }
 }

@@ -1,3 +1,4 @@
+import D2LSupport
 import Foundation
 
 /// One stage's outcome.

@@ -1,3 +1,4 @@
+import D2LSupport
 import Foundation
 
 /// How the guest's CPU is provided.
@@ -108,22 +109,5 @@ public struct DirectKernelBoot: Sendable, Equatable {
         var words = ["root=\(root)", "ro", "systemd.mask=boot.mount"]
         if let extra, !extra.trimmingCharacters(in: .whitespaces).isEmpty { words.append(extra) }
         return (words + ["console=tty0", "console=ttyS0,115200"]).joined(separator: " ")
-    }
-}
-
-enum XMLText {
-    static func escape(_ text: String) -> String {
-        var out = ""
-        for character in text {
-            switch character {
-            case "&": out += "&amp;"
-            case "<": out += "&lt;"
-            case ">": out += "&gt;"
-            case "'": out += "&apos;"
-            case "\"": out += "&quot;"
-            default: out.append(character)
-            }
-        }
-        return out
     }
 }

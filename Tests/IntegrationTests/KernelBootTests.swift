@@ -22,33 +22,15 @@ import Testing
         var commands: [Command]
     }
 
-    /// QEMU processes of d2l domains whose d2l process is gone: left behind. Domains of d2l runs that
-    /// other tests on this machine have going at the same time are not counted.
-    static func orphanedQEMUProcesses() -> Set<Int32> {
-        var pids: Set<Int32> = []
-        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
-            guard let pid = Int32(entry),
-                let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline")
-            else { continue }
-            let cmdline = String(decoding: data, as: UTF8.self)
-            // The domain is named d2l-verify[-kind]-<pid of d2l>-<random>.
-            guard cmdline.contains("qemu-system"), let range = cmdline.range(of: "guest=d2l-verify-") else { continue }
-            let name = cmdline[range.upperBound...].prefix { $0 != "," && $0 != "\0" }
-            let owner = name.split(separator: "-").compactMap { Int32($0) }.first
-            if let owner, kill(owner, 0) == 0 { continue }
-            pids.insert(pid)
-        }
-        return pids
-    }
 
     static func verify(_ arguments: [String]) throws -> (status: Int32, report: Report?, stderr: String) {
-        let before = orphanedQEMUProcesses()
+        let before = Fixtures.orphanedQEMUProcesses()
         let result = try Fixtures.d2l(["verify"] + arguments)
         // The domain goes down right after the verdict; give QEMU a moment to exit.
-        var leftover = orphanedQEMUProcesses().subtracting(before)
+        var leftover = Fixtures.orphanedQEMUProcesses().subtracting(before)
         for _ in 0..<20 where !leftover.isEmpty {
             usleep(250_000)
-            leftover = orphanedQEMUProcesses().subtracting(before)
+            leftover = Fixtures.orphanedQEMUProcesses().subtracting(before)
         }
         #expect(leftover.isEmpty, "QEMU processes left running: \(leftover)")
         return (result.status, try? JSONDecoder().decode(Report.self, from: Data(result.stdout.utf8)), result.stderr)
@@ -152,11 +134,11 @@ import Testing
             var lastGoodTranscript: String?
             var boots: Int
         }
-        let before = Self.orphanedQEMUProcesses()
+        let before = Fixtures.orphanedQEMUProcesses()
         let start = Date()
         let result = try Fixtures.d2l(arguments)
         let wall = Date().timeIntervalSince(start)
-        #expect(Self.orphanedQEMUProcesses().subtracting(before).isEmpty)
+        #expect(Fixtures.orphanedQEMUProcesses().subtracting(before).isEmpty)
         #expect(result.status == 0, "\(result.stderr)")
         let summary = try #require(try? JSONDecoder().decode(Summary.self, from: Data(result.stdout.utf8)), "\(result.stderr)")
         #expect(summary.exact)

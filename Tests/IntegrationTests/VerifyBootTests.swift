@@ -27,26 +27,13 @@ import Testing
         var lastLines: [String]
     }
 
-    /// QEMU processes running a domain that d2l verify created.
-    static func verifyQEMUProcesses() -> Set<Int32> {
-        var pids: Set<Int32> = []
-        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
-            guard let pid = Int32(entry),
-                let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline")
-            else { continue }
-            let cmdline = String(decoding: data, as: UTF8.self)
-            if cmdline.contains("qemu-system"), cmdline.contains("guest=d2l-verify-") { pids.insert(pid) }
-        }
-        return pids
-    }
-
     /// Runs `d2l verify` and checks that it left no QEMU process behind.
     static func verify(_ arguments: [String]) throws -> (status: Int32, report: Report?, stderr: String, wall: Double) {
-        let before = verifyQEMUProcesses()
+        let before = Fixtures.orphanedQEMUProcesses()
         let start = Date()
         let result = try Fixtures.d2l(["verify"] + arguments)
         let wall = Date().timeIntervalSince(start)
-        let leftover = verifyQEMUProcesses().subtracting(before)
+        let leftover = Fixtures.orphanedQEMUProcesses().subtracting(before)
         #expect(leftover.isEmpty, "QEMU processes left running: \(leftover)")
         let report = try? JSONDecoder().decode(Report.self, from: Data(result.stdout.utf8))
         return (result.status, report, result.stderr, wall)
