@@ -88,9 +88,45 @@ public actor AcceleratorProbe {
         case .kvm, .tcg: return (requested, nil)
         case .auto: break
         }
-        if kvmWorks == nil { kvmWorks = await probe(hypervisor: hypervisor, machine: machine, deadline: deadline) }
+        if kvmWorks == nil { kvmWorks = Self.remembered() }
+        if kvmWorks == nil {
+            let works = await probe(hypervisor: hypervisor, machine: machine, deadline: deadline)
+            kvmWorks = works
+            Self.remember(works)
+        }
         if kvmWorks == true { return (.kvm, nil) }
         return (.tcg, "warning: KVM is missing or does not run guests here; using TCG (slower)")
+    }
+
+    /// The probe's answer is kept for the host's current boot (and a day at most), so that a run
+    /// of many `d2l verify` processes (d2l test, git bisect run) pays for it once.
+    private struct Remembered: Codable {
+        var bootID: String
+        var kvmWorks: Bool
+        var time: Double
+    }
+
+    static var rememberedFile: String { CacheDirectory.path + "/kvm-probe.json" }
+
+    static var bootID: String? {
+        guard let data = FileManager.default.contents(atPath: "/proc/sys/kernel/random/boot_id") else { return nil }
+        return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    static func remembered() -> Bool? {
+        guard let bootID, let data = FileManager.default.contents(atPath: rememberedFile),
+            let r = try? JSONDecoder().decode(Remembered.self, from: data), r.bootID == bootID,
+            Date().timeIntervalSince1970 - r.time < 86_400
+        else { return nil }
+        return r.kvmWorks
+    }
+
+    static func remember(_ works: Bool) {
+        guard let bootID,
+            let data = try? JSONEncoder().encode(Remembered(bootID: bootID, kvmWorks: works, time: Date().timeIntervalSince1970))
+        else { return }
+        try? FileManager.default.createDirectory(atPath: CacheDirectory.path, withIntermediateDirectories: true)
+        try? data.write(to: URL(fileURLWithPath: rememberedFile), options: .atomic)
     }
 
     /// Boots the disk under KVM and waits for the kernel's banner.
