@@ -69,6 +69,14 @@ public final class MatrixRunner: @unchecked Sendable {
     private func takeSlot() -> Int { slotLock.withLock { freeSlots.popLast() ?? 1 } }
     private func giveBack(_ slot: Int) { slotLock.withLock { freeSlots.append(slot) } }
 
+    /// Guests that run side by side share the cores instead of each asking for all of them
+    /// (TCG runs a thread per virtual CPU); a scenario's own `cpus` wins.
+    private func cpuArguments(_ scenario: Scenario) -> [String] {
+        guard scenario.verify.cpus == nil else { return [] }
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        return ["--cpus", String(max(1, min(2, cores / max(1, options.jobs))))]
+    }
+
     private func connectArguments(slot: Int) -> [String] {
         if ProcessInfo.processInfo.environment["D2L_LIBVIRT_URI"] != nil { return [] }
         return ["--connect", "qemu:///embed?root=\(CacheDirectory.path)/libvirt-slot\(slot)"]
@@ -207,7 +215,7 @@ public final class MatrixRunner: @unchecked Sendable {
             let verify = await ProcessRunner.capture(
                 [options.d2lBinary, "verify", disk, "--json", "--transcript", transcript,
                  "--junit", (dir as NSString).appendingPathComponent("verify.junit.xml")]
-                    + connectArguments(slot: slot) + scenario.verifyArguments)
+                    + connectArguments(slot: slot) + cpuArguments(scenario) + scenario.verifyArguments)
             giveBack(slot)
             try? verify.stdout.write(toFile: (dir as NSString).appendingPathComponent("verify.json"), atomically: false, encoding: .utf8)
             try? verify.stderr.write(toFile: (dir as NSString).appendingPathComponent("verify.log"), atomically: false, encoding: .utf8)
