@@ -42,6 +42,15 @@ public struct UserlandSetup: Sendable {
             tree.resolve(ImagePath(path)).flatMap { $0.1.content }.map { String(decoding: $0, as: UTF8.self) }
         }
 
+        // A root directory others cannot enter (debootstrap into `mktemp -d` leaves it 0700) locks every
+        // service that drops root out of the whole system: open it up as any installed system has it.
+        let rootMode = tree.root.metadata.permissions
+        if rootMode & 0o055 != 0o055 {
+            var root = SyntheticFile(path: "", content: .directory, permissions: rootMode | 0o755)
+            root.metadata = tree.root.metadata
+            root.metadata.permissions = rootMode | 0o755
+            files.append(root)
+        }
         if tree.lookup(ImagePath("etc")) == nil {
             files.append(SyntheticFile(path: "etc", content: .directory, permissions: 0o755, mtime: mtime))
         }

@@ -106,4 +106,22 @@ struct UserlandSetupTests {
         #expect(text("etc/hosts") == nil)  // a real hosts file stays
         #expect(files.contains { $0.path == ImagePath(".dockerenv") && { if case .whiteout = $0.content { true } else { false } }($0) })
     }
+
+    @Test("a root directory left 0700 (debootstrap into mktemp -d) is opened to 0755; a 0755 one is left alone")
+    func rootDirectoryMode() throws {
+        let fixture = try Ext4Fixture()
+        defer { fixture.remove() }
+        let setup = UserlandSetup(
+            hostname: "box", rootUUID: "0a1b2c3d-0000-4000-8000-000000000001", bootVolumeID: 1,
+            rootPassword: nil, passwordSalt: "saltsalt", mtime: 0)
+        for (mode, expected) in [(UInt16(0o700), UInt16?(0o755)), (0o755, nil)] {
+            let layers = try fixture.layers([
+                [TarEntry("./", .directory, mode: mode), TarEntry("sbin/init", .file(Array("init".utf8)), mode: 0o755)]
+            ])
+            let tree = try LayerFlattener(capturePaths: BootFacts.capturePaths, headNames: BootFacts.headNames).scan(layers)
+            #expect(tree.root.metadata.permissions == mode)
+            let files = try setup.files(for: tree, facts: BootFacts.examine(tree, architecture: "amd64"))
+            #expect(files.first { $0.path.isEmpty }?.metadata.permissions == expected)
+        }
+    }
 }
