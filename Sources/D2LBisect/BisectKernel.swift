@@ -13,6 +13,15 @@ public struct BisectKernel: Sendable, Codable, Equatable {
     public var release: String
     /// The whole header version string.
     public var versionString: String
+    /// Set when `initrd` is made with the image's own initramfs tools just before the kernel first boots.
+    public var initrdBuild: InitrdBuild?
+
+    /// How to make a kernel's initrd with the image's tools: its modules come from `package` (a linux-image
+    /// .deb), or from the image itself when nil.
+    public struct InitrdBuild: Sendable, Codable, Equatable {
+        public var package: String?
+        public init(package: String?) { self.package = package }
+    }
 
     public init(
         name: String, kernel: String, initrd: String?, initrdSource: String, release: String, versionString: String

@@ -51,6 +51,8 @@ public struct BisectState: Sendable, Codable, Equatable {
     public var bad: Int
     public var retries: Int
     public var steps: [BisectStep] = []
+    /// Boots of --good or --bad made after the search only to record their transcripts (and to check them).
+    public var endSteps: [BisectStep]? = nil
 
     public init(image: String, kernels: [BisectKernel], good: Int, bad: Int, retries: Int) {
         self.image = image
@@ -93,12 +95,30 @@ public struct BisectState: Sendable, Codable, Equatable {
     /// What the steps so far show; meaningful once `nextIndex` is nil.
     public var result: BisectResult {
         let (low, high, skipped) = range
-        let step = { (index: Int) in self.steps.last { $0.index == index && $0.verdict != .skip } }
+        let step = { (index: Int) in
+            (self.steps + (self.endSteps ?? [])).last { $0.index == index && $0.verdict != .skip }
+        }
+        var disagreements: [String] = []
+        if let end = endSteps?.last(where: { $0.index == low }), end.verdict == .bad {
+            disagreements.append("--good \(kernels[low].name) did not boot when booted to record its transcript")
+        }
+        if let end = endSteps?.last(where: { $0.index == high }), end.verdict == .good {
+            disagreements.append("--bad \(kernels[high].name) booted when booted to record its transcript")
+        }
         return BisectResult(
             lastGood: kernels[low], firstBad: kernels[high],
             lastGoodTranscript: step(low)?.deciding?.transcript, firstBadTranscript: step(high)?.deciding?.transcript,
             firstBadStep: step(high), possiblyFirstBad: skipped.map { kernels[$0] } + [kernels[high]],
-            boots: steps.reduce(0) { $0 + $1.attempts.count }, steps: steps.count)
+            boots: steps.reduce(0) { $0 + $1.attempts.count }, steps: steps.count,
+            endBoots: (endSteps ?? []).reduce(0) { $0 + $1.attempts.count }, disagreements: disagreements)
+    }
+
+    /// The ends of the final range that were given, not booted by the search: they have no transcript yet.
+    public var unbootedEnds: [Int] {
+        let (low, high, _) = range
+        return [low, high].filter { index in
+            !steps.contains { $0.index == index && $0.verdict != .skip } && !(endSteps ?? []).contains { $0.index == index }
+        }
     }
 }
 
@@ -112,15 +132,22 @@ public struct BisectResult: Sendable {
     public var firstBadStep: BisectStep?
     /// More than one when kernels that could not be tested lie between the last good and the first bad.
     public var possiblyFirstBad: [BisectKernel]
+    /// Boots of the search itself (at most ceil(log2(n-1)) steps, plus retries).
     public var boots: Int
     public var steps: Int
-    public var isExact: Bool { possiblyFirstBad.count == 1 }
+    /// Boots of --good/--bad after the search, to record their transcripts.
+    public var endBoots: Int = 0
+    /// A given end that booted against its label: the bisection's premise does not hold.
+    public var disagreements: [String] = []
+    public var isExact: Bool { possiblyFirstBad.count == 1 && disagreements.isEmpty }
 }
 
 /// What the bisector tells its caller while it runs.
 public enum BisectProgress: Sendable {
     case resumed(steps: Int)
     case booting(index: Int, kernel: BisectKernel, attempt: Int, remaining: Int)
+    /// Booting a given end (--good or --bad) that the search did not need, to record its transcript.
+    case recordingEnd(index: Int, kernel: BisectKernel)
     case booted(index: Int, kernel: BisectKernel, attempt: BootAttempt)
     case stepDone(BisectStep, lastGood: BisectKernel, firstBad: BisectKernel)
 }
@@ -134,9 +161,12 @@ public struct KernelBisector: Sendable {
 
     public let stateFile: String?
     public let judge: Judge
+    /// After the search, boot --good and --bad when the search did not, so that both ends have a transcript.
+    public let recordEnds: Bool
 
-    public init(stateFile: String?, judge: @escaping Judge) {
+    public init(stateFile: String?, recordEnds: Bool = false, judge: @escaping Judge) {
         self.stateFile = stateFile
+        self.recordEnds = recordEnds
         self.judge = judge
     }
 
@@ -179,31 +209,49 @@ public struct KernelBisector: Sendable {
         if !state.steps.isEmpty { progress(.resumed(steps: state.steps.count)) }
         while let index = state.nextIndex {
             try Task.checkCancellation()
-            let kernel = state.kernels[index]
             let (low, high, _) = state.range
             let remaining = Self.maximumSteps(kernels: high - low + 1)
-            var attempts: [BootAttempt] = []
-            for attempt in 1...(state.retries + 1) {
-                progress(.booting(index: index, kernel: kernel, attempt: attempt, remaining: remaining))
-                let outcome = await judge(kernel, index, attempt)
-                // An interrupted boot says nothing about the kernel: it is not recorded.
-                try Task.checkCancellation()
-                attempts.append(outcome)
-                progress(.booted(index: index, kernel: kernel, attempt: outcome))
-                if outcome.verdict == .good { break }
-            }
-            // One boot is enough to call a kernel good; bad needs every retry to fail.
-            let verdict: KernelVerdict =
-                attempts.contains { $0.verdict == .good } ? .good
-                : attempts.contains { $0.verdict == .bad } ? .bad : .skip
-            let step = BisectStep(index: index, name: kernel.name, verdict: verdict, attempts: attempts)
+            let step = try await boot(state, index: index) { attempt in
+                progress(.booting(index: index, kernel: state.kernels[index], attempt: attempt, remaining: remaining))
+            } booted: { progress(.booted(index: index, kernel: state.kernels[index], attempt: $0)) }
             state.steps.append(step)
             try save(state)
             let range = state.range
             progress(.stepDone(step, lastGood: state.kernels[range.lastGood], firstBad: state.kernels[range.firstBad]))
         }
+        while recordEnds, let index = state.unbootedEnds.first {
+            try Task.checkCancellation()
+            progress(.recordingEnd(index: index, kernel: state.kernels[index]))
+            let step = try await boot(state, index: index) { _ in } booted: {
+                progress(.booted(index: index, kernel: state.kernels[index], attempt: $0))
+            }
+            state.endSteps = (state.endSteps ?? []) + [step]
+            try save(state)
+        }
         try save(state)
         return state.result
+    }
+
+    /// Boots one kernel, again after a failure up to the retries: one good boot calls it good, bad needs every
+    /// attempt to fail.
+    private func boot(
+        _ state: BisectState, index: Int, booting: (Int) -> Void, booted: (BootAttempt) -> Void
+    ) async throws -> BisectStep {
+        let kernel = state.kernels[index]
+        var attempts: [BootAttempt] = []
+        for attempt in 1...(state.retries + 1) {
+            booting(attempt)
+            let outcome = await judge(kernel, index, attempt)
+            // An interrupted boot says nothing about the kernel: it is not recorded.
+            try Task.checkCancellation()
+            attempts.append(outcome)
+            booted(outcome)
+            if outcome.verdict == .good { break }
+        }
+        let verdict: KernelVerdict =
+            attempts.contains { $0.verdict == .good } ? .good
+            : attempts.contains { $0.verdict == .bad } ? .bad : .skip
+        return BisectStep(index: index, name: kernel.name, verdict: verdict, attempts: attempts)
     }
 
     func save(_ state: BisectState) throws {

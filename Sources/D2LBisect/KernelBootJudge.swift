@@ -13,12 +13,16 @@ public struct KernelBootJudge: Sendable {
     public let append: String?
     /// Where each boot's raw console goes; nil keeps none.
     public let transcriptDirectory: String?
+    /// Makes the initrd of a kernel whose `initrdBuild` is set, when the file is not there yet.
+    public typealias InitrdMaker = @Sendable (BisectKernel) async throws -> Void
+    public let makeInitrd: InitrdMaker?
 
     public init(
         hypervisor: any Hypervisor, machine: MachineSpec, plan: StagePlan,
         root: (withInitrd: String, withoutInitrd: String), append: String?,
-        transcriptDirectory: String?
+        transcriptDirectory: String?, makeInitrd: InitrdMaker? = nil
     ) {
+        self.makeInitrd = makeInitrd
         self.hypervisor = hypervisor
         self.machine = machine
         self.plan = plan
@@ -44,6 +48,15 @@ public struct KernelBootJudge: Sendable {
         }
         guard image.versionString == kernel.versionString else {
             return skip("\(kernel.kernel) changed since the bisection started: it is now \(image.versionString)")
+        }
+        if let initrd = kernel.initrd, kernel.initrdBuild != nil, !FileManager.default.fileExists(atPath: initrd) {
+            guard let makeInitrd else { return skip("\(initrd): no initrd, and nothing to make one with") }
+            do {
+                try await makeInitrd(kernel)
+            } catch {
+                // Not a verdict on the kernel: the image's tools could not make its initrd.
+                return skip("\(error)")
+            }
         }
         if let initrd = kernel.initrd, !FileManager.default.isReadableFile(atPath: initrd) {
             return skip("\(initrd): the initrd cannot be read")

@@ -21,7 +21,16 @@ struct BisectCommand: AsyncParsableCommand {
             initramfs-R.img, or KERNEL.initrd), or with --initrd FILE, or none with --no-initrd; \
             the log says which. A linux-image .deb gives its boot/vmlinuz-R (read in place with \
             libarchive, saved beside the state file); its initrd is initrd.img-R or PACKAGE.initrd \
-            beside the .deb, since Debian makes initrds on the installed system.
+            beside the .deb when there is one. Otherwise d2l makes it the way Debian does on an \
+            installed system: with the image's own initramfs tools (mkinitramfs or dracut), run \
+            chrooted in a copy of the disk's root (debugfs rdump) inside a user namespace, with \
+            the .deb's modules added; it is made just before the kernel first boots and kept \
+            beside the state file. --make-initrd does the same for bzImages with nothing beside \
+            them, whose modules must then be in the image.
+
+            When the search has not booted --good or --bad, each is booted once at the end so \
+            that both ends have a transcript (and are checked: an end that boots against its \
+            label makes the result inexact); --trust-ends saves those boots.
 
             After every step the state goes to --state, so an interrupted bisection resumes where \
             it stopped when run again with the same arguments. Console transcripts go to the \
@@ -59,6 +68,16 @@ struct BisectCommand: AsyncParsableCommand {
     @Flag(help: "Boot the kernels without an initrd (disk and file system drivers built in).")
     var noInitrd = false
 
+    @Flag(
+        help: """
+            Make an initrd with the image's initramfs tools for bzImages with none beside them (their \
+            modules must be in the image); always done for .deb kernels with none beside them.
+            """)
+    var makeInitrd = false
+
+    @Flag(help: "Do not boot --good and --bad at the end when the search did not (their transcripts are then missing).")
+    var trustEnds = false
+
     @Option(
         name: .customLong("append"),
         help: "More kernel command line after root=<the disk's root> ro (the consoles come last).")
@@ -90,6 +109,7 @@ struct BisectCommand: AsyncParsableCommand {
         do { _ = try machine.checked() } catch { problem = "\(error)" }
         if order != "version" && order != "given" { problem = "--order must be version or given, not '\(order)'" }
         if initrd != nil && noInitrd { problem = "--initrd and --no-initrd exclude each other" }
+        if makeInitrd && (initrd != nil || noInitrd) { problem = "--make-initrd goes with neither --initrd nor --no-initrd" }
         if retries < 0 { problem = "--retries must be 0 or more" }
         if timeout <= 0 { problem = "--timeout must be positive" }
         if let problem {
@@ -125,8 +145,22 @@ struct BisectCommand: AsyncParsableCommand {
             choice = .beside
         }
         let packages = URL(fileURLWithPath: state).standardizedFileURL.path + ".kernels"
+        /// The initrd made with the image's tools, when it comes to boot: beside the kernel's copy in `packages`.
+        func planBuild(_ kernel: inout BisectKernel, package: String?) {
+            // A package's own folder; for a bzImage, one per release (its modules come from the image).
+            let folder = URL(fileURLWithPath: packages).appendingPathComponent(
+                package.map { URL(fileURLWithPath: $0).deletingPathExtension().lastPathComponent } ?? "initrd-" + kernel.release)
+            kernel.initrd = folder.appendingPathComponent("initrd.img-" + kernel.release).path
+            kernel.initrdBuild = .init(package: package.map { URL(fileURLWithPath: $0).standardizedFileURL.path })
+            kernel.initrdSource = "made with the image's initramfs tools, modules from "
+                + (package == nil ? "the image" : "the .deb")
+        }
         func load(_ path: String, name: String? = nil) throws -> BisectKernel {
-            guard DebianPackage.isPackage(path: path) else { return try BisectKernel.load(path: path, name: name, initrd: choice) }
+            guard DebianPackage.isPackage(path: path) else {
+                var kernel = try BisectKernel.load(path: path, name: name, initrd: choice)
+                if makeInitrd, kernel.initrd == nil { planBuild(&kernel, package: nil) }
+                return kernel
+            }
             let extracted = try Self.extractKernel(fromPackage: path, into: packages)
             var kernel = try BisectKernel.load(path: extracted, name: name ?? path, initrd: choice == .beside ? .none : choice)
             if choice == .beside {
@@ -134,7 +168,8 @@ struct BisectCommand: AsyncParsableCommand {
                 let found = BisectKernel.besideInitrd(kernel: full.deletingLastPathComponent().path + "/vmlinuz-" + kernel.release)
                     ?? (FileManager.default.fileExists(atPath: full.path + ".initrd") ? full.path + ".initrd" : nil)
                 kernel.initrd = found
-                kernel.initrdSource = found == nil ? "none: no initrd beside the .deb" : "beside the .deb"
+                kernel.initrdSource = "beside the .deb"
+                if found == nil { planBuild(&kernel, package: path) }
             }
             return kernel
         }
@@ -212,9 +247,30 @@ struct BisectCommand: AsyncParsableCommand {
             Accelerator(rawValue: machine.accel) ?? .auto, hypervisor: hypervisor, probe: probe)
         if let warning { progress.note(warning) }
         spec.accelerator = accelerator
+        let initramfs = ImageInitramfs(image: path, format: format, workDirectory: statePath + ".initramfs-root")
+        let cleanupToken = Cleanup.shared.addAction { initramfs.removeWorkTree() }
+        defer {
+            initramfs.removeWorkTree()
+            Cleanup.shared.removeAction(cleanupToken)
+        }
         let judge = KernelBootJudge(
             hypervisor: hypervisor, machine: spec, plan: plan, root: root, append: appendArguments,
-            transcriptDirectory: transcripts)
+            transcriptDirectory: transcripts
+        ) { kernel in
+            guard let build = kernel.initrdBuild, let output = kernel.initrd else { return }
+            // Tens of seconds of subprocesses: off the cooperative threads.
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                DispatchQueue.global().async {
+                    continuation.resume(with: Result {
+                        try initramfs.build(
+                            release: kernel.release, package: build.package, kernel: kernel.kernel, output: output
+                        ) {
+                            progress.note($0)
+                        }
+                    })
+                }
+            }
+        }
 
         progress.note(
             "\(image): \(format.rawValue), \(bus.rawValue), \(accelerator.rawValue); "
@@ -226,11 +282,17 @@ struct BisectCommand: AsyncParsableCommand {
                     + (kernel.initrd.map { "\($0) (\(kernel.initrdSource))" } ?? kernel.initrdSource) + mark)
         }
 
-        let bisector = KernelBisector(stateFile: statePath) { kernel, index, attempt in
+        let bisector = KernelBisector(stateFile: statePath, recordEnds: !trustEnds) { kernel, index, attempt in
             await judge.judge(kernel, index: index, attempt: attempt)
         }
         let fresh = BisectState(image: path, kernels: list, good: goodIndex, bad: badIndex, retries: retries)
         let initial = try bisector.start(fresh, restart: restart)
+        if initial.steps.isEmpty {
+            // A new bisection makes its initrds anew: the image may have changed since the last one.
+            for kernel in list where kernel.initrdBuild != nil {
+                if let initrd = kernel.initrd { try? FileManager.default.removeItem(atPath: initrd) }
+            }
+        }
         let total = KernelBisector.maximumSteps(kernels: badIndex - goodIndex + 1)
         let between = badIndex - goodIndex - 1
         progress.note(
@@ -248,6 +310,9 @@ struct BisectCommand: AsyncParsableCommand {
                 if let stage = attempt.stageReached { line += ", reached \(stage)" }
                 if let reason = attempt.reason { line += ": \(TerminalSafe.text(reason))" }
                 progress.note(line)
+            case .recordingEnd(let index, let kernel):
+                let end = index == goodIndex ? "--good" : "--bad"
+                progress.note("booting [\(index)] \(kernel.name) (\(end), not booted by the search) to record its transcript")
             case .stepDone(_, let lastGood, let firstBad):
                 progress.note("now: last good \(lastGood.name), first bad \(firstBad.name)")
             }
@@ -258,21 +323,31 @@ struct BisectCommand: AsyncParsableCommand {
 
     private func report(_ result: BisectResult) {
         var lines: [String] = []
-        if result.isExact {
+        if !result.disagreements.isEmpty {
+            lines.append("first bad kernel, unconfirmed: \(result.firstBad.name) (\(result.firstBad.versionString))")
+        } else if result.isExact {
             lines.append("first bad kernel: \(result.firstBad.name) (\(result.firstBad.versionString))")
         } else {
             lines.append("the first bad kernel is one of (those before the last could not be tested):")
             lines += result.possiblyFirstBad.map { "  \($0.name) (\($0.release))" }
         }
         if let step = result.firstBadStep, let attempt = step.deciding {
-            lines.append("  it did not boot: \(attempt.reason ?? "?")")
+            lines.append(
+                attempt.verdict == .good
+                    ? "  it booted when booted to record its transcript"
+                    : "  it did not boot: \(attempt.reason ?? "?")")
         } else {
             lines.append("  (given with --bad, not booted in this bisection)")
         }
         lines.append("  transcript: \(result.firstBadTranscript ?? "none")")
         lines.append("last good kernel: \(result.lastGood.name) (\(result.lastGood.versionString))")
         lines.append("  transcript: \(result.lastGoodTranscript ?? "none (given with --good, not booted)")")
-        lines.append("\(result.steps) steps, \(result.boots) boots")
+        for disagreement in result.disagreements {
+            lines.append("warning: \(disagreement): the result cannot be trusted (a flaky boot, or a wrong end?)")
+        }
+        lines.append(
+            "\(result.steps) steps, \(result.boots) boots"
+                + (result.endBoots > 0 ? " (+\(result.endBoots) to record the transcripts of the given ends)" : ""))
         if json {
             struct Summary: Encodable {
                 var exact: Bool
@@ -283,11 +358,14 @@ struct BisectCommand: AsyncParsableCommand {
                 var lastGoodTranscript: String?
                 var steps: Int
                 var boots: Int
+                var endBoots: Int
+                var disagreements: [String]
             }
             let summary = Summary(
                 exact: result.isExact, firstBad: result.firstBad, lastGood: result.lastGood,
                 possiblyFirstBad: result.possiblyFirstBad.map(\.name), firstBadTranscript: result.firstBadTranscript,
-                lastGoodTranscript: result.lastGoodTranscript, steps: result.steps, boots: result.boots)
+                lastGoodTranscript: result.lastGoodTranscript, steps: result.steps, boots: result.boots,
+                endBoots: result.endBoots, disagreements: result.disagreements)
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             if let data = try? encoder.encode(summary) {

@@ -94,7 +94,7 @@ public enum GuestInspector {
     }
 
     /// The byte offset of the first Linux partition of an MBR disk, or 0 for a bare file system.
-    static func linuxPartitionOffset(path: String) -> UInt64? {
+    public static func linuxPartitionOffset(path: String) -> UInt64? {
         guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
         defer { try? handle.close() }
         guard let data = try? handle.read(upToCount: 2048), data.count == 2048 else { return nil }

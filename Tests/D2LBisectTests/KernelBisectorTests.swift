@@ -258,3 +258,88 @@ func ceilLog2(_ n: Int) -> Int { Int(ceil(log2(Double(n)))) }
         #expect(!DebianPackage.isKernelPath("./boot/vmlinuz-6.1/extra"))
     }
 }
+
+@Suite struct BisectEndTranscriptTests {
+    @Test("ends the search did not boot are booted once at the end, for their transcripts; a state file keeps them")
+    func unbootedEndsAreBootedForTheirTranscripts() async throws {
+        // First bad is the --bad end itself: the search never boots it.
+        let judge = FakeJudge(firstBad: 4)
+        let state = BisectState(image: "/disk.img", kernels: fakeKernels(5), good: 0, bad: 4, retries: 0)
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("ends-\(UUID().uuidString).json").path
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let bisector = KernelBisector(stateFile: file, recordEnds: true) { judge.verdict($0, $1, $2) }
+        let result = try await bisector.run(state)
+        #expect(result.isExact)
+        #expect(result.firstBad.name == "k4")
+        #expect(result.lastGood.name == "k3")
+        #expect(result.boots <= ceilLog2(5))
+        #expect(result.endBoots == 1)
+        #expect(judge.booted.last == 4)
+        #expect(result.firstBadTranscript == "/t/4")
+        #expect(result.firstBadStep?.deciding?.reason == "kernel panic")
+        // Resumed: nothing boots again.
+        let again = FakeJudge(firstBad: 4)
+        let resumed = KernelBisector(stateFile: file, recordEnds: true) { again.verdict($0, $1, $2) }
+        let second = try await resumed.run(try resumed.start(state))
+        #expect(again.booted.isEmpty)
+        #expect(second.firstBadTranscript == "/t/4")
+    }
+
+    @Test("without recordEnds the given ends are trusted and not booted")
+    func trustedEndsAreNotBooted() async throws {
+        let judge = FakeJudge(firstBad: 4)
+        let result = try await judge.bisector.run(
+            BisectState(image: "/disk.img", kernels: fakeKernels(5), good: 0, bad: 4, retries: 0))
+        #expect(!judge.booted.contains(4) && !judge.booted.contains(0))
+        #expect(result.endBoots == 0)
+        #expect(result.firstBadTranscript == nil)
+    }
+
+    @Test("an end that boots against its label makes the result inexact")
+    func contradictingEndIsReported() async throws {
+        // Every kernel boots: --bad is wrong.
+        let judge = FakeJudge(firstBad: 99)
+        let bisector = KernelBisector(stateFile: nil, recordEnds: true) { judge.verdict($0, $1, $2) }
+        let result = try await bisector.run(
+            BisectState(image: "/disk.img", kernels: fakeKernels(3), good: 0, bad: 2, retries: 0))
+        #expect(!result.isExact)
+        #expect(result.disagreements.count == 1)
+        #expect(result.disagreements.first?.contains("--bad k2") == true)
+    }
+}
+
+@Suite struct ImageInitramfsTests {
+    @Test func modulePathsOfALinuxImagePackage() {
+        let release = "6.12.117+deb13-amd64"
+        #expect(ImageInitramfs.relativeModulePath("usr/lib/modules/\(release)/kernel/fs/ext4/ext4.ko.xz", release: release)
+            == "kernel/fs/ext4/ext4.ko.xz")
+        #expect(ImageInitramfs.relativeModulePath("lib/modules/\(release)", release: release) == "")
+        #expect(ImageInitramfs.relativeModulePath("lib/modules/\(release)x/a.ko", release: release) == nil)
+        #expect(ImageInitramfs.relativeModulePath("lib/modules/\(release)/../../etc/passwd", release: release) == nil)
+        #expect(ImageInitramfs.relativeModulePath("boot/vmlinuz-\(release)", release: release) == nil)
+    }
+
+    @Test func symlinkTargetFromDebugfsStat() {
+        let stat = """
+            Inode: 7689   Type: symlink    Mode:  0777   Flags: 0x0
+            Size: 7
+            Fast link dest: "usr/bin"
+            """
+        #expect(ImageInitramfs.fastLinkTarget(statOutput: stat) == "usr/bin")
+        #expect(ImageInitramfs.fastLinkTarget(statOutput: "Inode: 2 Type: directory") == nil)
+    }
+
+    @Test func bootPartitionOfAnMBRDisk() throws {
+        var sector = [UInt8](repeating: 0, count: 512)
+        sector[510] = 0x55
+        sector[511] = 0xAA
+        sector[446 + 4] = 0x0E  // FAT16 LBA
+        sector[446 + 8] = 0x00
+        sector[446 + 9] = 0x08  // LBA 2048
+        sector[462 + 4] = 0x83
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("mbr-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try Data(sector).write(to: URL(fileURLWithPath: path))
+        #expect(ImageInitramfs.bootPartitionOffset(path: path) == 2048 * 512)
+    }
+}

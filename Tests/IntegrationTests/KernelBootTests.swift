@@ -164,6 +164,65 @@ import Testing
         print("d2l bisect: \(summary.boots) boots in \(String(format: "%.1f", wall)) s")
     }
 
+    /// A linux-image .deb with no initrd anywhere boots with one that the image's own mkinitramfs makes, with the
+    /// .deb's modules; the --bad end, never booted by the search, is booted at the end for its transcript.
+    @Test(.timeLimit(.minutes(15))) func debWithoutInitrdBootsWithOneMadeByTheImagesOwnTools() async throws {
+        let disk = try await Fixtures.debianDisk()
+        let dir = try Fixtures.scratchDirectory("kernel-make-initrd")
+        let bullseye = try KernelFixtures.debian("bullseye")
+        let bookworm = try KernelFixtures.debian("bookworm")
+        let package = dir + "/linux-image-trixie.deb"
+        let trixie = try KernelFixtures.realLinuxImagePackage("trixie", at: package)
+        try FileManager.default.createSymbolicLink(atPath: dir + "/vmlinuz-1-bullseye", withDestinationPath: bullseye.kernel)
+        try FileManager.default.createSymbolicLink(atPath: dir + "/initrd.img-1-bullseye", withDestinationPath: bullseye.initrd)
+        try FileManager.default.createSymbolicLink(atPath: dir + "/vmlinuz-3-bookworm", withDestinationPath: bookworm.kernel)
+        try KernelFixtures.garbageInitrd(at: dir + "/initrd.img-3-bookworm")
+        let state = dir + "/bisect.json"
+        struct Summary: Decodable {
+            struct Kernel: Decodable {
+                var name: String
+                var initrd: String?
+                var initrdSource: String
+            }
+            var exact: Bool
+            var firstBad: Kernel
+            var lastGood: Kernel
+            var firstBadTranscript: String?
+            var lastGoodTranscript: String?
+            var boots: Int
+            var endBoots: Int
+        }
+        let before = Fixtures.orphanedQEMUProcesses()
+        let result = try Fixtures.d2l([
+            "bisect", "--image", disk, "--order", "given", "--good", dir + "/vmlinuz-1-bullseye",
+            "--bad", dir + "/vmlinuz-3-bookworm", package, "--state", state, "--json",
+        ])
+        #expect(Fixtures.orphanedQEMUProcesses().subtracting(before).isEmpty)
+        #expect(result.status == 0, "\(result.stderr)")
+        let summary = try #require(try? JSONDecoder().decode(Summary.self, from: Data(result.stdout.utf8)), "\(result.stderr)")
+        #expect(summary.exact)
+        #expect(summary.lastGood.name == package)
+        #expect(summary.firstBad.name == dir + "/vmlinuz-3-bookworm")
+        // The log says where the initrd came from and how it was made.
+        #expect(summary.lastGood.initrdSource.contains("image's initramfs tools"))
+        #expect(result.stderr.contains("taking its modules from \(package)"))
+        #expect(result.stderr.contains("running the image's mkinitramfs"))
+        let initrd = try #require(summary.lastGood.initrd)
+        let size = try FileManager.default.attributesOfItem(atPath: initrd)[.size] as? Int ?? 0
+        #expect(size > 1 << 20, "initrd \(initrd): \(size) bytes")
+        // The trixie kernel, with the initrd made by bookworm's tools, reached the login prompt.
+        let good = try String(contentsOfFile: try #require(summary.lastGoodTranscript), encoding: .utf8)
+        #expect(good.contains("Linux version \(trixie.release)"))
+        #expect(good.contains("login:"))
+        // One search boot; the --bad end was booted once more for its transcript.
+        #expect(summary.boots == 1)
+        #expect(summary.endBoots == 1)
+        let bad = try String(contentsOfFile: try #require(summary.firstBadTranscript), encoding: .utf8)
+        #expect(bad.contains("Kernel panic - not syncing"))
+        // The copy of the root file system the tools ran in is gone.
+        #expect(!FileManager.default.fileExists(atPath: state + ".initramfs-root"))
+    }
+
     /// `git bisect run d2l verify` over commits that each select a kernel; one names a file that is not a bzImage.
     @Test(.timeLimit(.minutes(15))) func gitBisectRunEndsOnTheRightCommitAndSkipsTheUnreadableKernel() async throws {
         let disk = try await Fixtures.debianDisk()

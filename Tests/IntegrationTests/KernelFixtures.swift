@@ -109,5 +109,40 @@ enum KernelFixtures {
         try? FileManager.default.removeItem(atPath: root)
     }
 
+    /// A linux-image .deb as Debian ships it, with the SUITE recipe's real kernel, config and modules (no initrd:
+    /// Debian makes that on the installed system), packed with dpkg-deb.
+    static func realLinuxImagePackage(_ suite: String, at path: String) throws -> Kernel {
+        let kernel = try debian(suite)
+        let recipe = try Fixtures.run([Fixtures.repositoryRoot + "/Scripts/build-recipe", "debian-\(suite)"])
+        guard recipe.status == 0 else { throw FixtureError("Scripts/build-recipe debian-\(suite) failed:\n\(recipe.stderr)") }
+        let exported = String(recipe.stdout.trimmingCharacters(in: .whitespacesAndNewlines).dropLast(".docker.tar".count)) + ".export.tar"
+        let root = path + ".root"
+        try? FileManager.default.removeItem(atPath: root)
+        try FileManager.default.createDirectory(atPath: root + "/DEBIAN", withIntermediateDirectories: true)
+        let tar = try Fixtures.run([
+            "tar", "-xf", exported, "-C", root, "--no-same-owner", "--wildcards", "--no-wildcards-match-slash",
+            "boot/vmlinuz-\(kernel.release)", "boot/config-\(kernel.release)", "usr/lib/modules/\(kernel.release)",
+        ])
+        guard tar.status == 0 else { throw FixtureError("tar on \(exported) failed:\n\(tar.stderr)") }
+        // depmod's indexes are made by the package's postinst, not shipped.
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: root + "/usr/lib/modules/\(kernel.release)")) ?? []
+        where name.hasPrefix("modules.") && name != "modules.order" && name != "modules.builtin" && name != "modules.builtin.modinfo" {
+            try FileManager.default.removeItem(atPath: root + "/usr/lib/modules/\(kernel.release)/" + name)
+        }
+        let control = """
+            Package: linux-image-\(kernel.release)
+            Version: 1
+            Architecture: amd64
+            Maintainer: d2l <d2l@example.org>
+            Description: \(suite) kernel for d2l tests, with its modules
+
+            """
+        try control.write(toFile: root + "/DEBIAN/control", atomically: true, encoding: .utf8)
+        let result = try Fixtures.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "--build", root, path])
+        guard result.status == 0 else { throw FixtureError("dpkg-deb failed:\n\(result.stderr)") }
+        try? FileManager.default.removeItem(atPath: root)
+        return kernel
+    }
+
     static func ceilLog2(_ n: Int) -> Int { Int(ceil(log2(Double(n)))) }
 }
