@@ -11,7 +11,7 @@ struct TestCommand: AsyncParsableCommand {
         discussion: """
             Each scenario (a YAML file, see README.md) names a recipe in Images/, a container \
             archive or a disk; what to pass to d2l build; and what d2l verify must see. Recipes \
-            are built with podman or docker (one engine build at a time, each recipe once); \
+            are built with podman, docker or buildah (one engine build at a time, each recipe once); \
             builds and boots run --jobs at a time, each boot in its own d2l verify process.
 
             Results go to --output: per scenario its transcript, build and verify logs, and \
@@ -46,7 +46,7 @@ struct TestCommand: AsyncParsableCommand {
     @Flag(help: "Print the results as JSON on stdout.")
     var json = false
 
-    @Option(help: "Container engine for recipes: podman or docker (default: whichever is installed).")
+    @Option(help: "Container engine for recipes: podman, docker or buildah (default: the first installed, in that order).")
     var engine: String?
 
     @Option(help: "The recipes' directory (default: Images/ beside the scenarios' directory).")
@@ -61,7 +61,9 @@ struct TestCommand: AsyncParsableCommand {
     func validate() throws {
         if let jobs, jobs < 1 { throw ValidationError("--jobs must be at least 1") }
         if retries < 0 { throw ValidationError("--retries must be 0 or more") }
-        if let engine, !["podman", "docker"].contains(engine) { throw ValidationError("--engine: podman or docker") }
+        if let engine, !["podman", "docker", "buildah"].contains(engine) {
+            throw ValidationError("--engine must be podman, docker or buildah, not '\(engine)'")
+        }
         if let filter, (try? NSRegularExpression(pattern: filter)) == nil {
             throw ValidationError("--filter \(filter): not a valid regular expression")
         }
