@@ -244,7 +244,7 @@ public final class ImageInitramfs: @unchecked Sendable {
         let source = LayerSource(
             location: .range(package, offset: member.offset, length: member.size), hasWhiteouts: false,
             size: member.size, description: "\(package) \(member.name)")
-        let stream = try source.open(verify: false)
+        let stream = try source.open()
         defer { _ = try? stream.finish() }
         var count = 0
         while let entry = try stream.next() {

@@ -201,7 +201,7 @@ struct BisectCommand: AsyncParsableCommand {
         let source = LayerSource(
             location: .range(deb, offset: member.offset, length: member.size), hasWhiteouts: false, size: member.size,
             description: "\(deb) \(member.name)")
-        let stream = try source.open(verify: false)
+        let stream = try source.open()
         defer { _ = try? stream.finish() }
         while let entry = try stream.next() {
             let path = String(decoding: entry.path, as: UTF8.self)

@@ -23,7 +23,6 @@ public struct TreeWriter {
     public struct Result: Sendable {
         public var bytesWritten: UInt64 = 0
         public var filesWritten = 0
-        public var bootFiles: [String] = []
     }
 
     /// Writes the tree. `digests` checks the layers' blob digests; pass one started
@@ -56,7 +55,7 @@ public struct TreeWriter {
         let total = tree.stats.dataBytes
         let digests = digests ?? LayerDigests(layers)
         for (index, layer) in layers.enumerated() {
-            let stream = try layer.open(verify: false)
+            let stream = try layer.open()
             var ordinal = 0
             while let entry = try stream.next() {
                 ordinal += 1
@@ -71,7 +70,6 @@ public struct TreeWriter {
                     if let node = final, isBoot(entry.path), let dir = bootDirectory {
                         if node.capturedFile != nil { continue }  // saved while scanning
                         try capture(stream, to: dir + "/" + relativeBoot(entry.path))
-                        result.bootFiles.append(relativeBoot(entry.path))
                         continue
                     }
                     // A link source whose directory is gone gets an inode with no name of its own;

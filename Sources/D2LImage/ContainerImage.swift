@@ -56,19 +56,18 @@ public struct LayerSource: Sendable {
         self.description = description
     }
 
-    /// Opens the layer; `verify` reads every byte through SHA-256 and disables seeking;
-    /// `headersOnly` reads in small pieces, for a caller that skips most data.
-    public func open(verify: Bool, headersOnly: Bool = false) throws -> EntryStream {
+    /// Opens the layer (its digest is checked apart, by LayerDigests); `headersOnly` reads in small
+    /// pieces, for a caller that skips most data.
+    public func open(headersOnly: Bool = false) throws -> EntryStream {
         let chunk = headersOnly ? 64 << 10 : 1 << 20
         switch location {
         case .file(let path):
             let source = try ByteSource(
-                path: path, hash: verify && expectedDigest != nil, allowSeek: true, bufferSize: chunk)
+                path: path, hash: false, allowSeek: true, bufferSize: chunk)
             return try ArchiveStream(source: source, description: description)
         case .range(let path, let offset, let length):
             let source = try ByteSource(
-                path: path, start: offset, length: length, hash: verify && expectedDigest != nil,
-                allowSeek: true, bufferSize: chunk)
+                path: path, start: offset, length: length, hash: false, allowSeek: true, bufferSize: chunk)
             return try ArchiveStream(source: source, description: description)
         case .directory(let path):
             return try ArchiveStream(directory: path)

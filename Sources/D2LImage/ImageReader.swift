@@ -69,7 +69,7 @@ public enum ImageReader {
     private static func compressedLooksLikeImageArchive(_ path: String) throws -> Bool {
         let stream = try LayerSource(
             location: .file(path), hasWhiteouts: false, size: 0, description: path
-        ).open(verify: false)
+        ).open()
         for _ in 0..<8 {
             guard let entry = try stream.next() else { break }
             let name = String(decoding: entry.path, as: UTF8.self)

@@ -38,7 +38,7 @@ public struct LayerFlattener {
         let tree = FileTree()
         var bytesSeen: UInt64 = 0
         for (index, layer) in layers.enumerated() {
-            let stream = try layer.open(verify: false, headersOnly: true)
+            let stream = try layer.open(headersOnly: true)
             var ordinal = 0
             while let entry = try stream.next() {
                 ordinal += 1
@@ -58,7 +58,7 @@ public struct LayerFlattener {
 
     /// Lays one more layer (files the builder generates) on a scanned tree.
     public func overlay(_ layer: LayerSource, index: Int, on tree: FileTree) throws {
-        let stream = try layer.open(verify: false)
+        let stream = try layer.open()
         var ordinal = 0
         while let entry = try stream.next() {
             ordinal += 1

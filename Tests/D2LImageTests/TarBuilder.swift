@@ -192,7 +192,7 @@ func flatten(_ layers: [LayerSource]) throws -> FileTree {
 
 /// The data of every entry in a layer, by path (for checking what a stream delivers).
 func contents(of layer: LayerSource) throws -> [String: [UInt8]] {
-    let stream = try layer.open(verify: false)
+    let stream = try layer.open()
     var out: [String: [UInt8]] = [:]
     while let entry = try stream.next() {
         if case .regular = entry.kind {
