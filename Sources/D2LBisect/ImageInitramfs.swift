@@ -6,11 +6,12 @@ import Foundation
 /// Makes an initrd for an outside kernel with the disk's own initramfs tools: initramfs-tools'
 /// `mkinitramfs` (Debian, Ubuntu) or `dracut`, whichever the image has.
 ///
-/// The disk's root file system is copied out once with `debugfs rdump` (no mount, no loop device);
-/// the kernel's modules go into that copy from its linux-image .deb (or are already there for the
-/// image's own kernel release); then the tool runs chrooted in the copy inside a user and mount
-/// namespace of its own (`unshare --map-root-user`), so nothing on the host is mounted or changed and
-/// no root is needed where unprivileged user namespaces are allowed.
+/// What the tools need of the disk's root file system (/etc, /usr and the merged-/usr links) is copied
+/// out once with `debugfs rdump` (no mount, no loop device); the kernel's modules go into that copy
+/// from its linux-image .deb (or are already there for the image's own kernel release); then the tool
+/// runs chrooted in the copy inside user, mount and PID namespaces of its own (`unshare
+/// --map-root-user`), so nothing on the host is mounted or changed and no root is needed where
+/// unprivileged user namespaces are allowed.
 public final class ImageInitramfs: @unchecked Sendable {
     public enum Tool: String, Sendable, Codable {
         case mkinitramfs, dracut
@@ -22,6 +23,10 @@ public final class ImageInitramfs: @unchecked Sendable {
     public let workDirectory: String
     private let lock = NSLock()
     private var extractedRoot: String?
+    private var rootFailure: Error?
+    /// Set by `stop()`: a build in progress gives up at its next step.
+    private let stopLock = NSLock()
+    private var stopping = false
 
     public init(image: String, format: DiskFormat, workDirectory: String) {
         self.image = image
@@ -29,76 +34,123 @@ public final class ImageInitramfs: @unchecked Sendable {
         self.workDirectory = workDirectory
     }
 
-    deinit { removeWorkTree() }
+    deinit { removeTree() }
 
-    /// Writes an initrd for kernel `release` to `output`; its modules come from `package` (a linux-image
-    /// .deb) or, when nil, must be in the image already. `note` hears what is going on (this takes tens
-    /// of seconds). Returns a description of what made the initrd, for the log.
-    @discardableResult
+    /// Ends a build in progress (its tools are killed, its copy writing stops) and deletes the copied root:
+    /// for a signal handler.
+    public func stop() {
+        stopLock.withLock { stopping = true }
+        ChildProcesses.shared.killAll()  // unshare ignores SIGTERM while it waits; SIGKILL ends its namespace
+        removeWorkTree()
+    }
+
+    private func checkStopping() throws {
+        if stopLock.withLock({ stopping }) { throw BisectError.stopped }
+    }
+
+    /// Checks once, before any kernel boots, what every initrd build needs: user namespaces, the disk's
+    /// root file system and an initramfs tool in it. Throws what is missing (a problem of the setup,
+    /// not of any kernel).
+    public func preflight(note: (String) -> Void) throws {
+        try lock.withLock {
+            let probe = ProcessRunner.captureSync(
+                ["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--kill-child", "true"])
+            guard probe.status == 0 else {
+                throw BisectError.initrd(
+                    "unshare cannot make a user namespace here (\(probe.stderr.trimmingCharacters(in: .whitespacesAndNewlines))); "
+                        + "allow them (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces) "
+                        + "or give initrds with --initrd")
+            }
+            let root = try ensureRoot(note: note)
+            _ = try Self.tool(in: root)
+        }
+    }
+
+    /// Writes an initrd for kernel `release` to `output`. Its modules come from `package` (a linux-image
+    /// .deb, with the linux-modules-RELEASE .debs beside it, as Ubuntu splits them) or, when nil, must be
+    /// in the image already. `kernel` is the bzImage, whose folder may hold its config. `note` hears what
+    /// is going on (this takes tens of seconds).
     public func build(
         release: String, package: String?, kernel: String? = nil, output: String, note: (String) -> Void
-    ) throws -> String {
+    ) throws {
         try lock.withLock {
+            guard Self.isSafeRelease(release) else {
+                throw BisectError.initrd("'\(release)' is not a kernel release d2l can use as a file name")
+            }
             let root = try ensureRoot(note: note)
+            try checkStopping()
             let tool = try Self.tool(in: root)
             let modules = try Self.modulesDirectory(in: root)
             let installed = modules + "/" + release
-            var added = false
+            let aside = modules + "/.d2l-image-" + release
+            // Everything added to the copy is taken out again, so the next kernel finds the image as it was.
+            var added: [String] = []
+            var movedAside = false
             defer {
-                if added { try? FileManager.default.removeItem(atPath: installed) }
+                for path in added.reversed() { try? FileManager.default.removeItem(atPath: path) }
+                if movedAside { _ = rename(aside, installed) }
+            }
+            if Self.lstatType(installed) == .typeSymbolicLink {
+                throw BisectError.initrd("/lib/modules/\(release) in the image is a symlink")
             }
             if let package {
-                if !FileManager.default.fileExists(atPath: installed) {
-                    note("initrd for \(release): taking its modules from \(package)")
-                    added = true
-                    try Self.installModules(from: package, release: release, modules: modules, root: root)
+                // The package's own modules, even when the image has a build of the same release.
+                if Self.lstatType(installed) != nil {
+                    guard rename(installed, aside) == 0 else {
+                        throw BisectError.initrd("cannot move the image's modules for \(release) aside")
+                    }
+                    movedAside = true
                 }
-            } else if !FileManager.default.fileExists(atPath: installed) {
+                added.append(installed)
+                let packages = [package] + Self.modulePackages(beside: package, release: release)
+                note("initrd for \(release): modules from " + packages.map { URL(fileURLWithPath: $0).lastPathComponent }.joined(separator: ", "))
+                added += try Self.installModules(
+                    from: packages, release: release, modules: modules, root: root, check: checkStopping)
+            } else if Self.lstatType(installed) != .typeDirectory {
                 throw BisectError.initrd(
                     "the image has no modules for \(release) (\(installed.dropFirst(root.count))): give the kernel as "
                         + "its linux-image .deb, or an initrd with --initrd")
             }
             // mkinitramfs reads the kernel's config to check that it can unpack the compression chosen.
             let config = root + "/boot/config-" + release
-            var addedConfig = false
-            defer {
-                if addedConfig { try? FileManager.default.removeItem(atPath: config) }
-            }
-            if !FileManager.default.fileExists(atPath: config) {
-                addedConfig = true
-                let folder = kernel.map { URL(fileURLWithPath: $0).deletingLastPathComponent().path }
-                if let beside = folder.flatMap({ folder in
-                    ["config-\(release)", ".config"].map { folder + "/" + $0 }.first { FileManager.default.fileExists(atPath: $0) }
-                }) {
-                    note("initrd for \(release): kernel config from \(beside)")
-                    try FileManager.default.copyItem(atPath: beside, toPath: config)
+            if Self.lstatType(config) == nil {
+                added.append(config)
+                if let found = Self.configBeside(kernel: kernel, release: release) {
+                    note("initrd for \(release): kernel config from \(found)")
+                    try FileManager.default.copyItem(atPath: found, toPath: config)
                 } else {
                     note("initrd for \(release): no config-\(release) in the package, the image or beside the kernel; "
-                        + "assuming it unpacks gzip and zstd initrds")
-                    try "CONFIG_RD_GZIP=y\nCONFIG_RD_ZSTD=y\n".write(toFile: config, atomically: true, encoding: .utf8)
+                        + "making a gzip initrd, which every kernel unpacks")
+                    try "CONFIG_RD_GZIP=y\n".write(toFile: config, atomically: true, encoding: .utf8)
                 }
             }
-            let inside = "/d2l-initrd-\(release).img"
+            let inside = "/d2l-initrd.img"
+            added.append(root + inside)
             let command: String
             switch tool {
-            case .mkinitramfs: command = "depmod -a \(release) && mkinitramfs -o \(inside) \(release)"
-            case .dracut: command = "depmod -a \(release) && dracut --force --no-hostonly --kver \(release) \(inside)"
+            case .mkinitramfs: command = #"depmod -a "$1" && mkinitramfs -o /d2l-initrd.img "$1""#
+            case .dracut:
+                command = #"depmod -a "$1" && dracut --force --no-hostonly --no-hostonly-cmdline --kver "$1" /d2l-initrd.img"#
             }
             note("initrd for \(release): running the image's \(tool.rawValue) (chrooted in a user namespace)")
             let start = ContinuousClock.now
-            try Self.runChrooted(root: root, command: command)
+            try checkStopping()
+            try Self.runChrooted(root: root, command: command, argument: release)
             try? FileManager.default.removeItem(atPath: output)
             try FileManager.default.createDirectory(
                 atPath: URL(fileURLWithPath: output).deletingLastPathComponent().path, withIntermediateDirectories: true)
             try FileManager.default.moveItem(atPath: root + inside, toPath: output)
             let size = (try? FileManager.default.attributesOfItem(atPath: output)[.size] as? Int) ?? 0
             note(String(format: "initrd for %@: %.1f MiB in %.1f s", release, Double(size) / 1_048_576, (ContinuousClock.now - start).seconds))
-            return "built with the image's \(tool.rawValue)"
         }
     }
 
-    /// Deletes the copied root (also done when this object goes away).
+    /// Deletes the copied root (also done when this object goes away); waits for a build in progress.
     public func removeWorkTree() {
+        lock.withLock { removeTree() }
+    }
+
+    private func removeTree() {
         if FileManager.default.fileExists(atPath: workDirectory) {
             // rdump keeps the image's modes: make every directory writable so that it can be removed.
             _ = ProcessRunner.captureSync(["chmod", "-R", "u+rwX", workDirectory])
@@ -109,10 +161,25 @@ public final class ImageInitramfs: @unchecked Sendable {
 
     // MARK: - Steps
 
-    /// Copies the disk's root file system out once: the image's tools and their configuration.
+    /// The top-level entries worth copying: what the tools, their hooks and their configuration live in.
+    static let copiedTopLevel: Set<String> = ["etc", "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"]
+
+    /// Copies the disk's root file system out once; a failure is remembered, not retried for each kernel.
     private func ensureRoot(note: (String) -> Void) throws -> String {
         if let extractedRoot { return extractedRoot }
-        removeWorkTree()
+        if let rootFailure { throw rootFailure }
+        do {
+            let root = try extractRoot(note: note)
+            extractedRoot = root
+            return root
+        } catch {
+            rootFailure = error
+            throw error
+        }
+    }
+
+    private func extractRoot(note: (String) -> Void) throws -> String {
+        removeTree()
         try FileManager.default.createDirectory(atPath: workDirectory, withIntermediateDirectories: true)
         var raw = image
         if format != .raw {
@@ -120,62 +187,83 @@ public final class ImageInitramfs: @unchecked Sendable {
             note("initrd: converting \(image) to raw to read its root file system")
             try ProcessRunner.run(["qemu-img", "convert", "-f", format.rawValue, "-O", "raw", image, raw])
         }
+        defer { if raw != image { try? FileManager.default.removeItem(atPath: raw) } }
         guard let offset = GuestInspector.linuxPartitionOffset(path: raw) else {
             throw BisectError.initrd("\(image) has no Linux partition to take the initramfs tools from")
         }
+        let device = "\(raw)?offset=\(offset)"
         let root = workDirectory + "/root"
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
-        note("initrd: copying the root file system out of \(image) with debugfs rdump")
+        note("initrd: copying /etc and /usr out of \(image) with debugfs rdump")
         let start = ContinuousClock.now
-        // The top-level entries, then one rdump per directory worth having (not /boot, /proc, /sys, ...).
-        let listing = try ProcessRunner.run(["debugfs", "-R", "ls -p /", "\(raw)?offset=\(offset)"])
-        let skipped: Set<String> = [".", "..", "boot", "proc", "sys", "dev", "run", "tmp", "lost+found", "mnt", "media", "home", "srv"]
-        var commands: [String] = []
-        for line in listing.split(separator: "\n") {
-            // /inode/mode/uid/gid/name/size/
-            let fields = line.split(separator: "/", omittingEmptySubsequences: false)
-            guard fields.count >= 6 else { continue }
-            let name = String(fields[5])
-            guard !name.isEmpty, !skipped.contains(name), !name.contains("\"") else { continue }
-            let mode = Int(fields[2], radix: 8) ?? 0
-            if mode & 0o170000 == 0o040000 { commands.append("rdump \"/\(name)\" \"\(root)\"") }
-        }
+        let listing = try ProcessRunner.run(["debugfs", "-R", "ls -p /", device])
+        let entries = Self.listing(listing).filter { Self.copiedTopLevel.contains($0.name) }
         let script = workDirectory + "/rdump.cmd"
-        try commands.joined(separator: "\n").write(toFile: script, atomically: true, encoding: .utf8)
-        let result = ProcessRunner.captureSync(["debugfs", "-f", script, "\(raw)?offset=\(offset)"])
-        guard result.status == 0 else {
-            throw BisectError.initrd("debugfs rdump of \(image) failed: \(result.stderr.suffix(400))")
+        try entries.filter { $0.mode & 0o170000 == 0o040000 }
+            .map { "rdump \"/\($0.name)\" \"\(root)\"" }.joined(separator: "\n")
+            .write(toFile: script, atomically: true, encoding: .utf8)
+        let result = ProcessRunner.captureSync(["debugfs", "-f", script, device])
+        // debugfs exits 0 whatever rdump met: its complaints are the only sign. Not being root, it cannot
+        // chown, which does not matter here.
+        let problems = result.stderr.split(separator: "\n").filter {
+            !$0.hasPrefix("debugfs ") && !$0.contains("while changing ownership") && !$0.contains("while setting")
+                && !$0.trimmingCharacters(in: .whitespaces).isEmpty
         }
-        // Top-level symlinks (merged /usr: bin -> usr/bin, lib -> usr/lib, ...) as links, not copies.
-        for line in listing.split(separator: "\n") {
-            let fields = line.split(separator: "/", omittingEmptySubsequences: false)
-            guard fields.count >= 6, (Int(fields[2], radix: 8) ?? 0) & 0o170000 == 0o120000 else { continue }
-            let name = String(fields[5])
-            let target = try ProcessRunner.run(["debugfs", "-R", "stat \"/\(name)\"", "\(raw)?offset=\(offset)"])
-            guard let link = Self.fastLinkTarget(statOutput: target) else { continue }
-            try? FileManager.default.removeItem(atPath: root + "/" + name)
-            try FileManager.default.createSymbolicLink(atPath: root + "/" + name, withDestinationPath: link)
+        guard result.status == 0, problems.isEmpty else {
+            throw BisectError.initrd("debugfs rdump of \(image) failed: \(problems.prefix(5).joined(separator: "; "))")
+        }
+        // Top-level symlinks (merged /usr: bin -> usr/bin, lib -> usr/lib, ...) as relative links.
+        for entry in entries where entry.mode & 0o170000 == 0o120000 {
+            let stat = try ProcessRunner.run(["debugfs", "-R", "stat \"/\(entry.name)\"", device])
+            guard var link = Self.fastLinkTarget(statOutput: stat) else { continue }
+            while link.hasPrefix("/") { link.removeFirst() }
+            guard !link.split(separator: "/").contains("..") else { continue }
+            try FileManager.default.createSymbolicLink(atPath: root + "/" + entry.name, withDestinationPath: link)
         }
         for directory in ["proc", "sys", "dev", "run", "tmp", "boot", "var/tmp"] {
             try FileManager.default.createDirectory(atPath: root + "/" + directory, withIntermediateDirectories: true)
         }
+        chmod(root + "/tmp", 0o1777)
+        chmod(root + "/var/tmp", 0o1777)
         // Of /boot only the kernels' configs, which mkinitramfs reads: on the boot partition of a d2l disk,
         // in the root's /boot otherwise.
         if let fat = Self.bootPartitionOffset(path: raw) {
             _ = ProcessRunner.captureSync(["mcopy", "-n", "-i", "\(raw)@@\(fat)", "::/config-*", root + "/boot/"])
         }
-        let boot = (try? ProcessRunner.run(["debugfs", "-R", "ls -p /boot", "\(raw)?offset=\(offset)"])) ?? ""
-        for line in boot.split(separator: "\n") {
-            let fields = line.split(separator: "/", omittingEmptySubsequences: false)
-            guard fields.count >= 6, fields[5].hasPrefix("config-"), !fields[5].contains("\"") else { continue }
-            _ = ProcessRunner.captureSync(
-                ["debugfs", "-R", "dump \"/boot/\(fields[5])\" \"\(root)/boot/\(fields[5])\"", "\(raw)?offset=\(offset)"])
+        let boot = (try? ProcessRunner.run(["debugfs", "-R", "ls -p /boot", device])) ?? ""
+        for entry in Self.listing(boot) where entry.name.hasPrefix("config-") && entry.mode & 0o170000 == 0o100000 {
+            _ = ProcessRunner.captureSync(["debugfs", "-R", "dump \"/boot/\(entry.name)\" \"\(root)/boot/\(entry.name)\"", device])
         }
-        chmod(root + "/tmp", 0o1777)
-        if raw != image { try? FileManager.default.removeItem(atPath: raw) }
-        note(String(format: "initrd: root file system copied in %.1f s", (ContinuousClock.now - start).seconds))
-        extractedRoot = root
+        // The image's configuration is for the machine it runs on; here the "machine" is the build host:
+        // no resume device from the host's swap, and every module a disk may need rather than the host's.
+        if FileManager.default.fileExists(atPath: root + "/etc/initramfs-tools") {
+            try FileManager.default.createDirectory(
+                atPath: root + "/etc/initramfs-tools/conf.d", withIntermediateDirectories: true)
+            try "# d2l bisect: not the build host's\nRESUME=none\nMODULES=most\n".write(
+                toFile: root + "/etc/initramfs-tools/conf.d/zz-d2l-bisect", atomically: true, encoding: .utf8)
+        }
+        guard FileManager.default.fileExists(atPath: root + "/bin/sh") else {
+            throw BisectError.initrd("the copy of \(image)'s root has no /bin/sh: not a root file system d2l can chroot into")
+        }
+        note(String(format: "initrd: copied in %.1f s", (ContinuousClock.now - start).seconds))
         return root
+    }
+
+    /// The entries of `ls -p` output: /inode/mode/uid/gid/name/size/ per line.
+    static func listing(_ output: String) -> [(name: String, mode: Int)] {
+        output.split(separator: "\n").compactMap { line in
+            let fields = line.split(separator: "/", omittingEmptySubsequences: false)
+            guard fields.count >= 6, let mode = Int(fields[2], radix: 8) else { return nil }
+            let name = String(fields[5])
+            guard !name.isEmpty, name != ".", name != "..", !name.contains("\"") else { return nil }
+            return (name, mode)
+        }
+    }
+
+    /// A release string is used in paths and passed to the tools: no slashes, spaces or leading dots.
+    public static func isSafeRelease(_ release: String) -> Bool {
+        !release.isEmpty && !release.hasPrefix(".") && release.count < 128
+            && release.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "._+-~".contains($0)) }
     }
 
     /// The byte offset of the first FAT partition of an MBR disk (d2l's /boot), or nil.
@@ -206,11 +294,31 @@ public final class ImageInitramfs: @unchecked Sendable {
         return nil
     }
 
+    /// The kernel's config: config-RELEASE or .config beside the bzImage, or the .config of the kernel tree
+    /// a `arch/x86/boot/bzImage` was built in.
+    static func configBeside(kernel: String?, release: String) -> String? {
+        guard let kernel else { return nil }
+        let folder = URL(fileURLWithPath: kernel).deletingLastPathComponent()
+        let candidates = [
+            folder.appendingPathComponent("config-\(release)"), folder.appendingPathComponent(".config"),
+            folder.appendingPathComponent("../../../.config").standardizedFileURL,
+        ]
+        return candidates.map(\.path).first { FileManager.default.isReadableFile(atPath: $0) }
+    }
+
+    /// The file type without following a last symlink; nil when nothing is there.
+    static func lstatType(_ path: String) -> FileAttributeType? {
+        (try? FileManager.default.attributesOfItem(atPath: path))?[.type] as? FileAttributeType
+    }
+
     /// Which initramfs tool the copied root has.
     static func tool(in root: String) throws -> Tool {
-        for (path, tool) in [("usr/sbin/mkinitramfs", Tool.mkinitramfs), ("sbin/mkinitramfs", .mkinitramfs),
-            ("usr/bin/dracut", .dracut), ("usr/sbin/dracut", .dracut)]
+        for (path, tool) in [("usr/sbin/mkinitramfs", Tool.mkinitramfs), ("usr/bin/dracut", .dracut), ("usr/sbin/dracut", .dracut)]
         where FileManager.default.fileExists(atPath: root + "/" + path) {
+            return tool
+        }
+        for (path, tool) in [("sbin/mkinitramfs", Tool.mkinitramfs), ("sbin/dracut", .dracut)]
+        where lstatType(root + "/sbin") == .typeDirectory && FileManager.default.fileExists(atPath: root + "/" + path) {
             return tool
         }
         throw BisectError.initrd(
@@ -218,19 +326,14 @@ public final class ImageInitramfs: @unchecked Sendable {
                 + "or give an initrd with --initrd")
     }
 
-    /// Where kernel modules live in the copied root, with no symlink on the way (merged /usr resolved by hand).
+    /// Where kernel modules live in the copied root, with no symlink on the way: /lib/modules when /lib
+    /// is a real directory, /usr/lib/modules when /lib leads there (merged /usr).
     static func modulesDirectory(in root: String) throws -> String {
-        var isLink = false
-        if let type = try? FileManager.default.attributesOfItem(atPath: root + "/lib")[.type] as? FileAttributeType {
-            isLink = type == .typeSymbolicLink
-        }
-        let relative = isLink || !FileManager.default.fileExists(atPath: root + "/lib/modules") ? "usr/lib/modules" : "lib/modules"
+        let relative = lstatType(root + "/lib") == .typeDirectory ? "lib/modules" : "usr/lib/modules"
         var path = root
         for component in relative.split(separator: "/") {
             path += "/" + component
-            if let type = try? FileManager.default.attributesOfItem(atPath: path)[.type] as? FileAttributeType,
-                type == .typeSymbolicLink
-            {
+            if lstatType(path) == .typeSymbolicLink {
                 throw BisectError.initrd("/\(relative) in the image goes through a symlink (\(path.dropFirst(root.count)))")
             }
         }
@@ -238,46 +341,69 @@ public final class ImageInitramfs: @unchecked Sendable {
         return path
     }
 
-    /// Writes the package's lib/modules/RELEASE tree (and boot/config-RELEASE) into the copied root.
-    static func installModules(from package: String, release: String, modules: String, root: String) throws {
-        let member = try DebianPackage.dataMember(path: package)
-        let source = LayerSource(
-            location: .range(package, offset: member.offset, length: member.size), hasWhiteouts: false,
-            size: member.size, description: "\(package) \(member.name)")
-        let stream = try source.open()
-        defer { _ = try? stream.finish() }
+    /// Ubuntu ships the modules apart: linux-modules-RELEASE_*.deb and linux-modules-extra-RELEASE_*.deb
+    /// beside the linux-image package.
+    static func modulePackages(beside package: String, release: String) -> [String] {
+        let folder = URL(fileURLWithPath: package).deletingLastPathComponent()
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? []
+        return names.filter {
+            $0.hasSuffix(".deb")
+                && ($0.hasPrefix("linux-modules-\(release)_") || $0.hasPrefix("linux-modules-extra-\(release)_"))
+        }.sorted().map { folder.appendingPathComponent($0).path }
+    }
+
+    /// Writes the packages' lib/modules/RELEASE trees into `modules`; boot/config-RELEASE and
+    /// System.map-RELEASE into the root's /boot. Returns the files written outside the modules tree.
+    static func installModules(
+        from packages: [String], release: String, modules: String, root: String, check: () throws -> Void = {}
+    ) throws -> [String] {
         var count = 0
-        while let entry = try stream.next() {
-            let path = String(decoding: entry.path, as: UTF8.self)
-            let destination: String
-            if let inside = relativeModulePath(path, release: release) {
-                destination = modules + "/" + release + (inside.isEmpty ? "" : "/" + inside)
-            } else if path == "boot/config-\(release)" || path == "boot/System.map-\(release)" {
-                destination = root + "/" + path
-            } else {
-                continue
-            }
-            switch entry.kind {
-            case .directory:
-                try FileManager.default.createDirectory(atPath: destination, withIntermediateDirectories: true)
-            case .regular:
-                try FileManager.default.createDirectory(
-                    atPath: URL(fileURLWithPath: destination).deletingLastPathComponent().path,
-                    withIntermediateDirectories: true)
-                guard FileManager.default.createFile(atPath: destination, contents: nil) else {
-                    throw BisectError.initrd("cannot write \(destination)")
+        var outside: [String] = []
+        for package in packages {
+            let member = try DebianPackage.dataMember(path: package)
+            let source = LayerSource(
+                location: .range(package, offset: member.offset, length: member.size), hasWhiteouts: false,
+                size: member.size, description: "\(package) \(member.name)")
+            let stream = try source.open()
+            defer { _ = try? stream.finish() }
+            while let entry = try stream.next() {
+                try check()
+                let path = String(decoding: entry.path, as: UTF8.self)
+                let destination: String
+                if let inside = relativeModulePath(path, release: release) {
+                    destination = modules + "/" + release + (inside.isEmpty ? "" : "/" + inside)
+                } else if path == "boot/config-\(release)" || path == "boot/System.map-\(release)" {
+                    destination = root + "/" + path
+                    guard lstatType(destination) == nil else { continue }
+                    outside.append(destination)
+                } else {
+                    continue
                 }
-                let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: destination))
-                try stream.readData { block, _ in handle.write(Data(block)) }
-                try handle.close()
-                count += 1
-            default:
-                continue  // build/source symlinks point into a kernel tree that is not here
+                switch entry.kind {
+                case .directory:
+                    try FileManager.default.createDirectory(atPath: destination, withIntermediateDirectories: true)
+                case .regular:
+                    try FileManager.default.createDirectory(
+                        atPath: URL(fileURLWithPath: destination).deletingLastPathComponent().path,
+                        withIntermediateDirectories: true)
+                    guard FileManager.default.createFile(atPath: destination, contents: nil) else {
+                        throw BisectError.initrd("cannot write \(destination)")
+                    }
+                    let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: destination))
+                    try stream.readData { block, _ in handle.write(Data(block)) }
+                    try handle.close()
+                    count += 1
+                default:
+                    continue  // build/source symlinks point into a kernel tree that is not here
+                }
             }
         }
         guard count > 0 else {
-            throw BisectError.initrd("\(package) has no modules for \(release) (lib/modules/\(release)/)")
+            throw BisectError.initrd(
+                "\(packages[0]) has no modules for \(release) (lib/modules/\(release)/); for Ubuntu, put its "
+                    + "linux-modules-\(release) .deb beside it")
         }
+        return outside
     }
 
     /// The part of a package path below lib/modules/RELEASE (or usr/lib/...), nil outside it.
@@ -292,26 +418,26 @@ public final class ImageInitramfs: @unchecked Sendable {
         return nil
     }
 
-    /// Runs `command` with /bin/sh chrooted in `root`, in new user, mount and PID namespaces with the
-    /// host's /dev bound in and a fresh /proc: the host's mount table is never touched.
-    static func runChrooted(root: String, command: String) throws {
+    /// Runs `command` (with `argument` as $1) by /bin/sh chrooted in `root`, in new user, mount and PID
+    /// namespaces, with a fresh /proc, only null/zero/random/urandom from the host's /dev, and a clean
+    /// environment: the host's mount table is never touched. Killing the `unshare` kills all of it.
+    static func runChrooted(root: String, command: String, argument: String) throws {
         guard ProcessRunner.which("unshare") != nil else {
             throw BisectError.initrd("unshare (util-linux) is not installed")
         }
-        let inner = "mount --rbind /dev \"$1/dev\" && exec chroot \"$1\" /bin/sh -c \"$2\""
+        let inner = #"""
+            for d in null zero random urandom; do : > "$1/dev/$d" && mount --bind "/dev/$d" "$1/dev/$d" || exit 1; done
+            exec chroot "$1" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C TMPDIR=/tmp /bin/sh -c "$2" sh "$3"
+            """#
         let arguments = [
-            "unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--mount-proc=\(root)/proc",
-            "/bin/sh", "-c", inner, "d2l-initrd", root, command,
+            "unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--kill-child",
+            "--mount-proc=\(root)/proc", "/bin/sh", "-c", inner, "d2l-initrd", root, command, argument,
         ]
-        let result = ProcessRunner.captureSync(
-            arguments, environment: ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "TMPDIR": "/tmp"])
+        let result = ProcessRunner.captureSync(arguments)
         guard result.status == 0 else {
+            if result.status == 128 + SIGKILL { throw BisectError.stopped }
             let output = (result.stderr + result.stdout).trimmingCharacters(in: .whitespacesAndNewlines)
-            var reason = String(output.suffix(800))
-            if output.contains("unshare failed") || output.contains("Operation not permitted") {
-                reason += "\n(user namespaces may be disabled: sysctl kernel.unprivileged_userns_clone / user.max_user_namespaces)"
-            }
-            throw BisectError.initrd("the image's initramfs tool failed (status \(result.status)):\n\(reason)")
+            throw BisectError.initrd("the image's initramfs tool failed (status \(result.status)):\n\(output.suffix(800))")
         }
     }
 }
@@ -319,10 +445,13 @@ public final class ImageInitramfs: @unchecked Sendable {
 /// Problems of a bisection that are not a verdict on a kernel.
 public enum BisectError: Error, CustomStringConvertible, Sendable {
     case initrd(String)
+    /// The bisection is being stopped (a signal): not a verdict on anything.
+    case stopped
 
     public var description: String {
         switch self {
         case .initrd(let reason): return "cannot make an initrd: \(reason)"
+        case .stopped: return "stopped"
         }
     }
 }

@@ -105,19 +105,25 @@ public struct BisectState: Sendable, Codable, Equatable {
         if let end = endSteps?.last(where: { $0.index == high }), end.verdict == .good {
             disagreements.append("--bad \(kernels[high].name) booted when booted to record its transcript")
         }
+        let endSkips = (endSteps ?? []).filter { $0.verdict == .skip && step($0.index) == nil }.map {
+            "\($0.index == low ? "--good" : "--bad") \(kernels[$0.index].name) could not be booted for its transcript: "
+                + ($0.deciding?.reason ?? "?")
+        }
         return BisectResult(
             lastGood: kernels[low], firstBad: kernels[high],
             lastGoodTranscript: step(low)?.deciding?.transcript, firstBadTranscript: step(high)?.deciding?.transcript,
             firstBadStep: step(high), possiblyFirstBad: skipped.map { kernels[$0] } + [kernels[high]],
             boots: steps.reduce(0) { $0 + $1.attempts.count }, steps: steps.count,
-            endBoots: (endSteps ?? []).reduce(0) { $0 + $1.attempts.count }, disagreements: disagreements)
+            endBoots: (endSteps ?? []).reduce(0) { $0 + $1.attempts.count }, disagreements: disagreements,
+            endSkips: Array(Set(endSkips)).sorted())
     }
 
-    /// The ends of the final range that were given, not booted by the search: they have no transcript yet.
+    /// The ends of the final range that were given, not booted by the search: they have no transcript yet
+    /// (an end boot that could not test the kernel does not count).
     public var unbootedEnds: [Int] {
         let (low, high, _) = range
         return [low, high].filter { index in
-            !steps.contains { $0.index == index && $0.verdict != .skip } && !(endSteps ?? []).contains { $0.index == index }
+            !(steps + (endSteps ?? [])).contains { $0.index == index && $0.verdict != .skip }
         }
     }
 }
@@ -139,6 +145,8 @@ public struct BisectResult: Sendable {
     public var endBoots: Int = 0
     /// A given end that booted against its label: the bisection's premise does not hold.
     public var disagreements: [String] = []
+    /// Given ends whose boot for a transcript could not test them (not a verdict), with the reason.
+    public var endSkips: [String] = []
     public var isExact: Bool { possiblyFirstBad.count == 1 && disagreements.isEmpty }
 }
 
@@ -219,10 +227,13 @@ public struct KernelBisector: Sendable {
             let range = state.range
             progress(.stepDone(step, lastGood: state.kernels[range.lastGood], firstBad: state.kernels[range.firstBad]))
         }
-        while recordEnds, let index = state.unbootedEnds.first {
+        // Each end once (no retries: a --bad that boots is already a contradiction), once per run.
+        var triedEnds: Set<Int> = []
+        while recordEnds, let index = state.unbootedEnds.first(where: { !triedEnds.contains($0) }) {
             try Task.checkCancellation()
+            triedEnds.insert(index)
             progress(.recordingEnd(index: index, kernel: state.kernels[index]))
-            let step = try await boot(state, index: index) { _ in } booted: {
+            let step = try await boot(state, index: index, attempts: 1) { _ in } booted: {
                 progress(.booted(index: index, kernel: state.kernels[index], attempt: $0))
             }
             state.endSteps = (state.endSteps ?? []) + [step]
@@ -235,11 +246,12 @@ public struct KernelBisector: Sendable {
     /// Boots one kernel, again after a failure up to the retries: one good boot calls it good, bad needs every
     /// attempt to fail.
     private func boot(
-        _ state: BisectState, index: Int, booting: (Int) -> Void, booted: (BootAttempt) -> Void
+        _ state: BisectState, index: Int, attempts limit: Int? = nil, booting: (Int) -> Void,
+        booted: (BootAttempt) -> Void
     ) async throws -> BisectStep {
         let kernel = state.kernels[index]
         var attempts: [BootAttempt] = []
-        for attempt in 1...(state.retries + 1) {
+        for attempt in 1...(limit ?? state.retries + 1) {
             booting(attempt)
             let outcome = await judge(kernel, index, attempt)
             // An interrupted boot says nothing about the kernel: it is not recorded.

@@ -28,6 +28,10 @@ struct BisectCommand: AsyncParsableCommand {
             beside the state file. --make-initrd does the same for bzImages with nothing beside \
             them, whose modules must then be in the image.
 
+            A made initrd uses the image's initramfs configuration with RESUME=none and \
+            MODULES=most (the host is not the machine that boots); the copy of the root stays in \
+            STATE.initramfs-root while the bisection runs and is deleted at its end.
+
             When the search has not booted --good or --bad, each is booted once at the end so \
             that both ends have a transcript (and are checked: an end that boots against its \
             label makes the result inexact); --trust-ends saves those boots.
@@ -147,6 +151,10 @@ struct BisectCommand: AsyncParsableCommand {
         let packages = URL(fileURLWithPath: state).standardizedFileURL.path + ".kernels"
         /// The initrd made with the image's tools, when it comes to boot: beside the kernel's copy in `packages`.
         func planBuild(_ kernel: inout BisectKernel, package: String?) {
+            guard ImageInitramfs.isSafeRelease(kernel.release) else {
+                kernel.initrdSource = "none: the release '\(kernel.release)' cannot name an initrd file"
+                return
+            }
             // A package's own folder; for a bzImage, one per release (its modules come from the image).
             let folder = URL(fileURLWithPath: packages).appendingPathComponent(
                 package.map { URL(fileURLWithPath: $0).deletingPathExtension().lastPathComponent } ?? "initrd-" + kernel.release)
@@ -237,18 +245,20 @@ struct BisectCommand: AsyncParsableCommand {
         let plan = StagePlan(
             stages: StagePlan.defaultStages(initSystem: guest?.initSystem ?? .unknown),
             failures: StagePlan.defaultFailures(), timeout: .seconds(timeout))
-        // Probe KVM with the good kernel booting the disk, as d2l verify --kernel would.
+        // Probe KVM with the good kernel booting the disk, as d2l verify --kernel would (without its initrd
+        // when that is yet to be made: the probe only waits for the kernel's banner).
         var probe = spec
+        let probeInitrd = list[goodIndex].initrd.flatMap { FileManager.default.isReadableFile(atPath: $0) ? $0 : nil }
         probe.directBoot = DirectKernelBoot(
-            kernel: list[goodIndex].kernel, initrd: list[goodIndex].initrd,
+            kernel: list[goodIndex].kernel, initrd: probeInitrd,
             commandLine: DirectKernelBoot.commandLine(
-                root: list[goodIndex].initrd == nil ? root.withoutInitrd : root.withInitrd, extra: appendArguments))
+                root: probeInitrd == nil ? root.withoutInitrd : root.withInitrd, extra: appendArguments))
         let (accelerator, warning) = await AcceleratorProbe.shared.resolve(
             Accelerator(rawValue: machine.accel) ?? .auto, hypervisor: hypervisor, probe: probe)
         if let warning { progress.note(warning) }
         spec.accelerator = accelerator
         let initramfs = ImageInitramfs(image: path, format: format, workDirectory: statePath + ".initramfs-root")
-        let cleanupToken = Cleanup.shared.addAction { initramfs.removeWorkTree() }
+        let cleanupToken = Cleanup.shared.addAction { initramfs.stop() }
         defer {
             initramfs.removeWorkTree()
             Cleanup.shared.removeAction(cleanupToken)
@@ -258,17 +268,23 @@ struct BisectCommand: AsyncParsableCommand {
             transcriptDirectory: transcripts
         ) { kernel in
             guard let build = kernel.initrdBuild, let output = kernel.initrd else { return }
-            // Tens of seconds of subprocesses: off the cooperative threads.
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                DispatchQueue.global().async {
-                    continuation.resume(with: Result {
-                        try initramfs.build(
-                            release: kernel.release, package: build.package, kernel: kernel.kernel, output: output
-                        ) {
-                            progress.note($0)
-                        }
-                    })
+            do {
+                // Tens of seconds of subprocesses: off the cooperative threads.
+                try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                    DispatchQueue.global().async {
+                        continuation.resume(with: Result {
+                            try initramfs.build(
+                                release: kernel.release, package: build.package, kernel: kernel.kernel, output: output
+                            ) {
+                                progress.note($0)
+                            }
+                        })
+                    }
                 }
+            } catch BisectError.stopped {
+                // Interrupted: the bisector must not record this as a kernel that could not be tested.
+                withUnsafeCurrentTask { $0?.cancel() }
+                throw BisectError.stopped
             }
         }
 
@@ -287,11 +303,15 @@ struct BisectCommand: AsyncParsableCommand {
         }
         let fresh = BisectState(image: path, kernels: list, good: goodIndex, bad: badIndex, retries: retries)
         let initial = try bisector.start(fresh, restart: restart)
-        if initial.steps.isEmpty {
+        if initial.steps.isEmpty && (initial.endSteps ?? []).isEmpty {
             // A new bisection makes its initrds anew: the image may have changed since the last one.
             for kernel in list where kernel.initrdBuild != nil {
                 if let initrd = kernel.initrd { try? FileManager.default.removeItem(atPath: initrd) }
             }
+        }
+        // What making initrds needs is checked once, now: its absence is not a verdict on any kernel.
+        if list.contains(where: { $0.initrdBuild != nil && !FileManager.default.fileExists(atPath: $0.initrd ?? "") }) {
+            try initramfs.preflight { progress.note($0) }
         }
         let total = KernelBisector.maximumSteps(kernels: badIndex - goodIndex + 1)
         let between = badIndex - goodIndex - 1
@@ -323,13 +343,12 @@ struct BisectCommand: AsyncParsableCommand {
 
     private func report(_ result: BisectResult) {
         var lines: [String] = []
-        if !result.disagreements.isEmpty {
-            lines.append("first bad kernel, unconfirmed: \(result.firstBad.name) (\(result.firstBad.versionString))")
-        } else if result.isExact {
-            lines.append("first bad kernel: \(result.firstBad.name) (\(result.firstBad.versionString))")
-        } else {
+        if result.possiblyFirstBad.count > 1 {
             lines.append("the first bad kernel is one of (those before the last could not be tested):")
             lines += result.possiblyFirstBad.map { "  \($0.name) (\($0.release))" }
+        } else {
+            let label = result.disagreements.isEmpty ? "first bad kernel" : "first bad kernel, unconfirmed"
+            lines.append("\(label): \(result.firstBad.name) (\(result.firstBad.versionString))")
         }
         if let step = result.firstBadStep, let attempt = step.deciding {
             lines.append(
@@ -342,6 +361,7 @@ struct BisectCommand: AsyncParsableCommand {
         lines.append("  transcript: \(result.firstBadTranscript ?? "none")")
         lines.append("last good kernel: \(result.lastGood.name) (\(result.lastGood.versionString))")
         lines.append("  transcript: \(result.lastGoodTranscript ?? "none (given with --good, not booted)")")
+        for skipped in result.endSkips { lines.append("note: \(skipped)") }
         for disagreement in result.disagreements {
             lines.append("warning: \(disagreement): the result cannot be trusted (a flaky boot, or a wrong end?)")
         }
@@ -360,12 +380,13 @@ struct BisectCommand: AsyncParsableCommand {
                 var boots: Int
                 var endBoots: Int
                 var disagreements: [String]
+                var endSkips: [String]
             }
             let summary = Summary(
                 exact: result.isExact, firstBad: result.firstBad, lastGood: result.lastGood,
                 possiblyFirstBad: result.possiblyFirstBad.map(\.name), firstBadTranscript: result.firstBadTranscript,
                 lastGoodTranscript: result.lastGoodTranscript, steps: result.steps, boots: result.boots,
-                endBoots: result.endBoots, disagreements: result.disagreements)
+                endBoots: result.endBoots, disagreements: result.disagreements, endSkips: result.endSkips)
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             if let data = try? encoder.encode(summary) {

@@ -48,8 +48,9 @@ public final class Cleanup: @unchecked Sendable {
     /// Runs the registered actions and deletes the registered paths.
     public func runAll() {
         let (todo, acts) = lock.withLock { (paths, Array(actions.values)) }
-        for action in acts { action() }
+        // Children first, so that none is still writing into what the actions and paths remove.
         ChildProcesses.shared.terminateAll()
+        for action in acts { action() }
         for path in todo { try? FileManager.default.removeItem(atPath: path) }
     }
 }

@@ -55,6 +55,11 @@ public final class ChildProcesses: @unchecked Sendable {
     public func terminateAll() {
         for pid in lock.withLock({ pids }) { kill(pid, SIGTERM) }
     }
+    /// Sends SIGKILL to every child started through ProcessRunner: for those that ignore SIGTERM
+    /// (`unshare --fork` does while it waits).
+    public func killAll() {
+        for pid in lock.withLock({ pids }) { kill(pid, SIGKILL) }
+    }
 }
 
 /// The outcome of a program run to completion, whatever its status.

@@ -308,7 +308,50 @@ func ceilLog2(_ n: Int) -> Int { Int(ceil(log2(Double(n)))) }
     }
 }
 
+@Suite struct BisectEndSkipTests {
+    @Test("an end that cannot be tested is noted with its reason, and tried again when the bisection resumes")
+    func skippedEndIsNotedAndRetried() async throws {
+        let judge = FakeJudge(firstBad: 2, skip: [2])
+        let state = BisectState(image: "/disk.img", kernels: fakeKernels(3), good: 0, bad: 2, retries: 2)
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("skip-\(UUID().uuidString).json").path
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let bisector = KernelBisector(stateFile: file, recordEnds: true) { judge.verdict($0, $1, $2) }
+        let result = try await bisector.run(state)
+        // Ends boot once each, retries or not.
+        #expect(judge.booted.filter { $0 == 2 }.count == 1)
+        #expect(result.endSkips.count == 1)
+        #expect(result.endSkips.first?.contains("libvirt said no") == true)
+        #expect(result.firstBadTranscript == nil)
+        let again = FakeJudge(firstBad: 2)
+        let resumed = KernelBisector(stateFile: file, recordEnds: true) { again.verdict($0, $1, $2) }
+        let second = try await resumed.run(try resumed.start(state))
+        #expect(again.booted == [2])
+        #expect(second.firstBadTranscript == "/t/2")
+        #expect(second.endSkips.isEmpty)
+    }
+}
+
 @Suite struct ImageInitramfsTests {
+    @Test func releasesUsableAsFileNames() {
+        #expect(ImageInitramfs.isSafeRelease("6.12.117+deb13-amd64"))
+        #expect(ImageInitramfs.isSafeRelease("6.8.0-rc3~next"))
+        for bad in ["", "../x", "6.1 x", ".hidden", "a/b", "6.1;rm", "6.1$(x)"] {
+            #expect(!ImageInitramfs.isSafeRelease(bad), "\(bad)")
+        }
+    }
+
+    @Test func debugfsListing() {
+        let output = """
+            /2/040755/0/0/.//
+            /16/040755/0/0/etc//
+            /7687/120777/0/0/lib/7/
+            /9/100644/0/0/config-6.1.0-50-amd64/259569/
+            """
+        let entries = ImageInitramfs.listing(output)
+        #expect(entries.map(\.name) == ["etc", "lib", "config-6.1.0-50-amd64"])
+        #expect(entries.map(\.mode) == [0o040755, 0o120777, 0o100644])
+    }
+
     @Test func modulePathsOfALinuxImagePackage() {
         let release = "6.12.117+deb13-amd64"
         #expect(ImageInitramfs.relativeModulePath("usr/lib/modules/\(release)/kernel/fs/ext4/ext4.ko.xz", release: release)
