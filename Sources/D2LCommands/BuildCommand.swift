@@ -67,6 +67,9 @@ struct BuildCommand: AsyncParsableCommand {
     @Flag(help: "Replace the output if it exists.")
     var force = false
 
+    @Flag(help: "Flush the disk to the device before renaming it into place, so that the replace survives a crash.")
+    var sync = false
+
     @Flag(help: "Print a JSON summary on stdout.")
     var json = false
 
@@ -106,6 +109,7 @@ struct BuildCommand: AsyncParsableCommand {
         options.append = append
         options.initPath = initPath
         options.force = force
+        options.sync = sync
         if let epoch = ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"], !epoch.isEmpty {
             guard let value = Int64(epoch) else {
                 throw ValidationError("SOURCE_DATE_EPOCH=\(epoch) is not a number of seconds")

@@ -33,6 +33,9 @@ public struct BuildOptions: Sendable {
     public var append: String = ""
     public var initPath: String?
     public var force = false
+    /// fsync the disk before renaming it into place (and its directory after): a replace that
+    /// survives a crash, at the cost of waiting for the device.
+    public var sync = false
     public var sourceDateEpoch: Int64?
 
     public init(output: String) { self.output = output }
@@ -249,6 +252,7 @@ public final class DiskBuilder {
         let written: TreeWriter.Result
         do {
             let ext4 = try Ext4Writer(path: temp, offset: rootPart.byteOffset, timestamp: epoch)
+            if options.sync { ext4.startWritebackEvery = 32 << 20 }
             let writer = TreeWriter(bootDirectory: scratch + "/boot", extraCaptures: extraCaptures)
             written = try writer.write(tree: tree, layers: layers, to: ext4, progress: progress, digests: digests)
             try ext4.close()
@@ -277,11 +281,16 @@ public final class DiskBuilder {
             try FileManager.default.removeItem(atPath: temp)
             final = converted
         }
+        if options.sync {
+            phase("syncing to the device")
+            try Self.fsync(path: final, directory: false)
+        }
         guard rename(final, output) == 0 else {
             let message = String(cString: strerror(errno))
             try? FileManager.default.removeItem(atPath: final)
             throw DiskError.io(output, message: message)
         }
+        if options.sync { try Self.fsync(path: outputDir, directory: true) }
         endPhase()
         progress.done()
 
@@ -334,6 +343,16 @@ public final class DiskBuilder {
             }
         }
         if !files.isEmpty { try boot.copy(files, toDirectory: relative) }
+    }
+
+    static func fsync(path: String, directory: Bool) throws {
+        let fd = open(path, (directory ? O_RDONLY | O_DIRECTORY : O_WRONLY) | O_CLOEXEC)
+        guard fd >= 0, Glibc.fsync(fd) == 0 else {
+            let message = String(cString: strerror(errno))
+            if fd >= 0 { close(fd) }
+            throw DiskError.io(path, message: "fsync: \(message)")
+        }
+        close(fd)
     }
 
     static func setMtime(_ path: String, _ seconds: Int64) {

@@ -17,6 +17,10 @@ public final class Ext4Writer {
     private let path: String
     /// Bytes of file data written so far.
     public private(set) var bytesWritten: UInt64 = 0
+    /// When set, writeback of the data is started every this many bytes (sync_file_range, not waited
+    /// for), so that a final fsync finds most of it on its way to the device already.
+    public var startWritebackEvery: UInt64?
+    private var sinceWriteback: UInt64 = 0
 
     public static let rootInode = ext2_ino_t(EXT2_ROOT_INO)
 
@@ -46,10 +50,23 @@ public final class Ext4Writer {
         Foundation.close(dataFD)
     }
 
-    /// Flushes metadata and closes; errors here mean the file system is incomplete.
+    /// Writes the metadata out and closes; errors here mean the file system is incomplete.
+    ///
+    /// Every write error is reported, but nothing is forced to the device: the disk file is a build
+    /// output, left to the page cache as `cp` and `qemu-img convert` leave theirs (libext2fs's own
+    /// fsync cost 0.6 s of a 0.9 s build here). `DiskBuilder` syncs the whole file when asked to.
     public func close() throws {
-        guard fs != nil else { return }
-        let code = ext2fs_close_free(&fs)
+        guard let handle = fs else { return }
+        let noSync = Int32(EXT2_FLAG_FLUSH_NO_SYNC)
+        var code = ext2fs_flush2(handle, noSync)
+        // Turning unix_io's cache off writes the blocks it still holds, and says if that failed.
+        if code == 0 { code = io_channel_set_options(handle.pointee.io, "cache=off") }
+        if code == 0 {
+            code = ext2fs_close2(handle, noSync)
+            if code != 0 { ext2fs_free(handle) }
+        } else {
+            ext2fs_free(handle)
+        }
         fs = nil
         try Self.check(code, "close")
     }
@@ -270,6 +287,13 @@ public final class Ext4Writer {
             done += count
         }
         bytesWritten += UInt64(bytes.count)
+        if let every = startWritebackEvery {
+            sinceWriteback += UInt64(bytes.count)
+            if sinceWriteback >= every {
+                sinceWriteback = 0
+                _ = d2l_start_writeback(dataFD)
+            }
+        }
     }
 
     /// Creates a symbolic link.

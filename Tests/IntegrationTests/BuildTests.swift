@@ -80,7 +80,7 @@ struct BuildTests {
         try verifyBoots(disk)
     }
 
-    @Test("same input and SOURCE_DATE_EPOCH give a byte-identical disk")
+    @Test("same input and SOURCE_DATE_EPOCH give a byte-identical disk, flushed with --sync or not")
     func reproducible() throws {
         let dir = try Fixtures.scratchDirectory("repro")
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -88,7 +88,8 @@ struct BuildTests {
         var digests: [String] = []
         for n in 1...2 {
             let disk = dir + "/r\(n).img"
-            let r = try Fixtures.d2l(["build", input, "-o", disk, "-q"], environment: ["SOURCE_DATE_EPOCH": "1700000000"])
+            let r = try Fixtures.d2l(
+                ["build", input, "-o", disk, "-q"] + (n == 2 ? ["--sync"] : []), environment: ["SOURCE_DATE_EPOCH": "1700000000"])
             try #require(r.status == 0, "build failed: \(r.stderr)")
             digests.append(try SHA256Hasher.hex(ofFile: disk))
             try FileManager.default.removeItem(atPath: disk)
