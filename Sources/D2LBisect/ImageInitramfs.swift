@@ -268,18 +268,7 @@ public final class ImageInitramfs: @unchecked Sendable {
 
     /// The byte offset of the first FAT partition of an MBR disk (d2l's /boot), or nil.
     static func bootPartitionOffset(path: String) -> UInt64? {
-        guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
-        defer { try? handle.close() }
-        guard let data = try? handle.read(upToCount: 512), data.count == 512 else { return nil }
-        let sector = [UInt8](data)
-        guard sector[510] == 0x55, sector[511] == 0xAA else { return nil }
-        for index in 0..<4 {
-            let entry = 446 + index * 16
-            guard [0x01, 0x04, 0x06, 0x0B, 0x0C, 0x0E, 0xEF].contains(sector[entry + 4]) else { continue }
-            let lba = (0..<4).reduce(UInt64(0)) { $0 | UInt64(sector[entry + 8 + $1]) << (8 * UInt64($1)) }
-            return lba * 512
-        }
-        return nil
+        GuestInspector.mbrPartition(path: path, types: GuestInspector.fatTypes)?.byteOffset
     }
 
     /// `Fast link dest: "usr/bin"` in debugfs's stat output.
@@ -365,7 +354,7 @@ public final class ImageInitramfs: @unchecked Sendable {
                 location: .range(package, offset: member.offset, length: member.size), hasWhiteouts: false,
                 size: member.size, description: "\(package) \(member.name)")
             let stream = try source.open()
-            defer { _ = try? stream.finish() }
+            defer { try? stream.finish() }
             while let entry = try stream.next() {
                 try check()
                 let path = String(decoding: entry.path, as: UTF8.self)

@@ -210,7 +210,7 @@ struct BisectCommand: AsyncParsableCommand {
             location: .range(deb, offset: member.offset, length: member.size), hasWhiteouts: false, size: member.size,
             description: "\(deb) \(member.name)")
         let stream = try source.open()
-        defer { _ = try? stream.finish() }
+        defer { try? stream.finish() }
         while let entry = try stream.next() {
             let path = String(decoding: entry.path, as: UTF8.self)
             guard DebianPackage.isKernelPath(path), case .regular = entry.kind else { continue }
@@ -270,16 +270,10 @@ struct BisectCommand: AsyncParsableCommand {
             guard let build = kernel.initrdBuild, let output = kernel.initrd else { return }
             do {
                 // Tens of seconds of subprocesses: off the cooperative threads.
-                try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                    DispatchQueue.global().async {
-                        continuation.resume(with: Result {
-                            try initramfs.build(
-                                release: kernel.release, package: build.package, kernel: kernel.kernel, output: output
-                            ) {
-                                progress.note($0)
-                            }
-                        })
-                    }
+                try await BackgroundJob.run { () throws -> Void in
+                    try initramfs.build(
+                        release: kernel.release, package: build.package, kernel: kernel.kernel, output: output
+                    ) { progress.note($0) }
                 }
             } catch BisectError.stopped {
                 // Interrupted: the bisector must not record this as a kernel that could not be tested.

@@ -106,7 +106,7 @@ public struct TreeWriter {
                     try writeOther(entry.kind, parent: parent, name: name, metadata: entry.metadata, ext4: ext4)
                 }
             }
-            _ = try stream.finish()
+            try stream.finish()
         }
         try digests.wait()
         result.bytesWritten = ext4.bytesWritten

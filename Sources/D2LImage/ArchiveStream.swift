@@ -18,7 +18,8 @@ final class ByteSource {
     let allowSeek: Bool
 
     init(
-        path: String, start: Int64 = 0, length: Int64? = nil, hash: Bool, allowSeek: Bool, bufferSize: Int = 1 << 20
+        path: String, start: Int64 = 0, length: Int64? = nil, hash: Bool = false, allowSeek: Bool,
+        bufferSize: Int = 1 << 20
     ) throws {
         self.bufferSize = bufferSize
         let fd = open(path, O_RDONLY | O_CLOEXEC)
@@ -60,12 +61,6 @@ final class ByteSource {
         let n = min(request, length - position)
         position += n
         return n
-    }
-
-    /// Reads whatever is left so the digest covers the whole blob.
-    func drainForDigest() {
-        guard hasher != nil else { return }
-        while read() > 0 {}
     }
 }
 
@@ -273,8 +268,8 @@ public final class ArchiveStream {
         return out
     }
 
-    /// Finishes the stream; returns the SHA-256 of the raw bytes when hashing was on.
-    public func finish() throws -> String? {
+    /// Finishes the stream.
+    public func finish() throws {
         if diskRoot == nil && !atEnd {
             // Let libarchive consume the end-of-archive blocks.
             while try next() != nil {}
@@ -282,8 +277,5 @@ public final class ArchiveStream {
         archive_read_close(handle)
         archive_read_free(handle)
         closed = true
-        guard let source, source.hasher != nil else { return nil }
-        source.drainForDigest()
-        return source.hasher?.finalizeHex()
     }
 }

@@ -63,11 +63,11 @@ public struct LayerSource: Sendable {
         switch location {
         case .file(let path):
             let source = try ByteSource(
-                path: path, hash: false, allowSeek: true, bufferSize: chunk)
+                path: path, allowSeek: true, bufferSize: chunk)
             return try ArchiveStream(source: source, description: description)
         case .range(let path, let offset, let length):
             let source = try ByteSource(
-                path: path, start: offset, length: length, hash: false, allowSeek: true, bufferSize: chunk)
+                path: path, start: offset, length: length, allowSeek: true, bufferSize: chunk)
             return try ArchiveStream(source: source, description: description)
         case .directory(let path):
             return try ArchiveStream(directory: path)
@@ -82,8 +82,8 @@ public protocol EntryStream: AnyObject {
     func next() throws -> LayerEntry?
     func readData(_ body: (UnsafeRawBufferPointer, Int64) throws -> Void) throws
     func readAll(limit: Int) throws -> [UInt8]
-    /// Ends the stream; returns the digest of the raw bytes when verification was on.
-    func finish() throws -> String?
+    /// Ends the stream.
+    func finish() throws
     var skippedNames: [String] { get }
 }
 
@@ -124,7 +124,7 @@ final class SyntheticStream: EntryStream {
         return Array(bytes.prefix(limit))
     }
 
-    func finish() throws -> String? { nil }
+    func finish() throws {}
 }
 
 /// A container image as the builder sees it: layers bottom first, and its config.

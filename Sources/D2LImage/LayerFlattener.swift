@@ -50,7 +50,7 @@ public struct LayerFlattener {
             for name in stream.skippedNames {
                 tree.warnings.append("\(layer.description): skipped \(name): its path leaves the root")
             }
-            _ = try stream.finish()
+            try stream.finish()
         }
         tree.finalise()
         return tree

@@ -20,3 +20,16 @@ public final class BackgroundJob: @unchecked Sendable {
         if let failure { throw failure }
     }
 }
+
+extension BackgroundJob {
+    /// Runs blocking work (subprocesses, file copies) on a Dispatch thread and awaits it, so that Swift's
+    /// few cooperative threads stay free; throws what the work threw, and nothing when it cannot throw.
+    public static func run<T: Sendable, E: Error>(_ work: @escaping @Sendable () throws(E) -> T) async throws(E) -> T {
+        let result: Result<T, E> = await withCheckedContinuation { continuation in
+            DispatchQueue.global(qos: .userInitiated).async {
+                continuation.resume(returning: Result { () throws(E) -> T in try work() })
+            }
+        }
+        return try result.get()
+    }
+}

@@ -75,11 +75,7 @@ extension ProcessRunner {
     public static func capture(
         _ arguments: [String], environment: [String: String] = [:], workingDirectory: String? = nil
     ) async -> ProcessResult {
-        await withCheckedContinuation { continuation in
-            DispatchQueue.global().async {
-                continuation.resume(returning: captureSync(arguments, environment: environment, workingDirectory: workingDirectory))
-            }
-        }
+        await BackgroundJob.run { captureSync(arguments, environment: environment, workingDirectory: workingDirectory) }
     }
 
     /// Runs a program to completion on this thread, capturing its output; never throws for a non-zero status.

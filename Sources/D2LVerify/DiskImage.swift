@@ -100,16 +100,28 @@ public enum GuestInspector {
         guard let data = try? handle.read(upToCount: 2048), data.count == 2048 else { return nil }
         let bytes = [UInt8](data)
         if bytes[1080] == 0x53, bytes[1081] == 0xEF { return 0 }  // ext superblock magic at 1024+56
-        return mbrLinuxPartitionOffset(sector: Array(bytes[0..<512]))
+        return mbrPartition(sector: Array(bytes[0..<512]), types: linuxTypes)?.byteOffset
     }
 
-    static func mbrLinuxPartitionOffset(sector: [UInt8]) -> UInt64? {
+    /// MBR partition types: Linux; FAT12/16/32 (CHS and LBA) and the EFI system partition.
+    public static let linuxTypes: Set<UInt8> = [0x83]
+    public static let fatTypes: Set<UInt8> = [0x01, 0x04, 0x06, 0x0B, 0x0C, 0x0E, 0xEF]
+
+    /// The first primary partition of an MBR disk whose type is one of `types`: its number (1-4) and byte offset.
+    public static func mbrPartition(path: String, types: Set<UInt8>) -> (number: Int, byteOffset: UInt64)? {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
+        defer { try? handle.close() }
+        guard let data = try? handle.read(upToCount: 512) else { return nil }
+        return mbrPartition(sector: [UInt8](data), types: types)
+    }
+
+    static func mbrPartition(sector: [UInt8], types: Set<UInt8>) -> (number: Int, byteOffset: UInt64)? {
         guard sector.count >= 512, sector[510] == 0x55, sector[511] == 0xAA else { return nil }
         for index in 0..<4 {
             let entry = 446 + index * 16
-            guard sector[entry + 4] == 0x83 else { continue }
+            guard types.contains(sector[entry + 4]) else { continue }
             let lba = (0..<4).reduce(UInt64(0)) { $0 | UInt64(sector[entry + 8 + $1]) << (8 * UInt64($1)) }
-            return lba * 512
+            return (index + 1, lba * 512)
         }
         return nil
     }

@@ -33,12 +33,7 @@ extension GuestInspector {
 
     /// 1-4: the MBR entry of the first Linux partition.
     static func linuxPartitionNumber(path: String) -> Int? {
-        guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
-        defer { try? handle.close() }
-        guard let data = try? handle.read(upToCount: 512), data.count == 512 else { return nil }
-        let sector = [UInt8](data)
-        guard sector[510] == 0x55, sector[511] == 0xAA else { return nil }
-        return (0..<4).first { sector[446 + $0 * 16 + 4] == 0x83 }.map { $0 + 1 }
+        mbrPartition(path: path, types: linuxTypes)?.number
     }
 
     /// The UUID in the ext2/3/4 superblock of the disk's Linux partition.

@@ -199,6 +199,6 @@ func contents(of layer: LayerSource) throws -> [String: [UInt8]] {
             out[String(decoding: entry.path, as: UTF8.self)] = try stream.readAll(limit: 64 << 20)
         }
     }
-    _ = try stream.finish()
+    try stream.finish()
     return out
 }

@@ -23,6 +23,22 @@ import Testing
     }
 
 
+    /// What `d2l bisect --json` prints.
+    struct BisectSummary: Decodable {
+        struct Kernel: Decodable {
+            var name: String
+            var initrd: String?
+            var initrdSource: String
+        }
+        var exact: Bool
+        var firstBad: Kernel
+        var lastGood: Kernel
+        var firstBadTranscript: String?
+        var lastGoodTranscript: String?
+        var boots: Int
+        var endBoots: Int
+    }
+
     static func verify(_ arguments: [String]) throws -> (status: Int32, report: Report?, stderr: String) {
         let before = Fixtures.orphanedQEMUProcesses()
         let result = try Fixtures.d2l(["verify"] + arguments)
@@ -125,22 +141,13 @@ import Testing
             "bisect", "--image", disk, "--kernels", kernels,
             "--good", "vmlinuz-1-bullseye", "--bad", "vmlinuz-5-trixie", "--state", state, "--json",
         ]
-        struct Summary: Decodable {
-            struct Kernel: Decodable { var name: String }
-            var exact: Bool
-            var firstBad: Kernel
-            var lastGood: Kernel
-            var firstBadTranscript: String?
-            var lastGoodTranscript: String?
-            var boots: Int
-        }
         let before = Fixtures.orphanedQEMUProcesses()
         let start = Date()
         let result = try Fixtures.d2l(arguments)
         let wall = Date().timeIntervalSince(start)
         #expect(Fixtures.orphanedQEMUProcesses().subtracting(before).isEmpty)
         #expect(result.status == 0, "\(result.stderr)")
-        let summary = try #require(try? JSONDecoder().decode(Summary.self, from: Data(result.stdout.utf8)), "\(result.stderr)")
+        let summary = try #require(try? JSONDecoder().decode(BisectSummary.self, from: Data(result.stdout.utf8)), "\(result.stderr)")
         #expect(summary.exact)
         #expect(summary.firstBad.name == "vmlinuz-4-trixie")
         #expect(summary.lastGood.name == "linux-image-3-trixie.deb")
@@ -159,7 +166,7 @@ import Testing
         #expect(again.status == 0, "\(again.stderr)")
         #expect(again.stderr.contains("resuming from"))
         #expect(!again.stderr.contains("booting ["))
-        let summary2 = try #require(try? JSONDecoder().decode(Summary.self, from: Data(again.stdout.utf8)))
+        let summary2 = try #require(try? JSONDecoder().decode(BisectSummary.self, from: Data(again.stdout.utf8)))
         #expect(summary2.firstBad.name == "vmlinuz-4-trixie")
         print("d2l bisect: \(summary.boots) boots in \(String(format: "%.1f", wall)) s")
     }
@@ -178,20 +185,6 @@ import Testing
         try FileManager.default.createSymbolicLink(atPath: dir + "/vmlinuz-3-bookworm", withDestinationPath: bookworm.kernel)
         try KernelFixtures.garbageInitrd(at: dir + "/initrd.img-3-bookworm")
         let state = dir + "/bisect.json"
-        struct Summary: Decodable {
-            struct Kernel: Decodable {
-                var name: String
-                var initrd: String?
-                var initrdSource: String
-            }
-            var exact: Bool
-            var firstBad: Kernel
-            var lastGood: Kernel
-            var firstBadTranscript: String?
-            var lastGoodTranscript: String?
-            var boots: Int
-            var endBoots: Int
-        }
         let before = Fixtures.orphanedQEMUProcesses()
         let result = try Fixtures.d2l([
             "bisect", "--image", disk, "--order", "given", "--good", dir + "/vmlinuz-1-bullseye",
@@ -199,7 +192,7 @@ import Testing
         ])
         #expect(Fixtures.orphanedQEMUProcesses().subtracting(before).isEmpty)
         #expect(result.status == 0, "\(result.stderr)")
-        let summary = try #require(try? JSONDecoder().decode(Summary.self, from: Data(result.stdout.utf8)), "\(result.stderr)")
+        let summary = try #require(try? JSONDecoder().decode(BisectSummary.self, from: Data(result.stdout.utf8)), "\(result.stderr)")
         #expect(summary.exact)
         #expect(summary.lastGood.name == package)
         #expect(summary.firstBad.name == dir + "/vmlinuz-3-bookworm")
