@@ -1,3 +1,4 @@
+import D2LDiskModel
 import D2LVerify
 import Foundation
 
@@ -99,10 +100,10 @@ public struct BisectKernel: Sendable, Codable, Equatable {
         do {
             names = try FileManager.default.contentsOfDirectory(atPath: directory)
         } catch {
-            throw VerifyError.badOption("--kernels \(directory): cannot list it: \(error.localizedDescription)")
+            throw BisectError.badOption("--kernels \(directory): cannot list it: \(error.localizedDescription)")
         }
         var kernels: [BisectKernel] = []
-        for name in names.sorted(by: { KernelOrder.precedes($0, $1) }) {
+        for name in names.sorted(by: { KernelVersion($0) < KernelVersion($1) }) {
             let path = URL(fileURLWithPath: directory).appendingPathComponent(name).path
             var isDirectory: ObjCBool = false
             guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue else {
@@ -118,56 +119,13 @@ public struct BisectKernel: Sendable, Codable, Equatable {
     }
 }
 
-/// Orders kernels by version: numbers compare as numbers, so 5.10 < 6.1 < 6.12 and -rc2 < -rc10.
+/// Orders kernels by version (`KernelVersion`'s order: 5.10 < 6.1 < 6.12 and -rc2 < -rc10).
 public enum KernelOrder {
-    /// Release first, then name, both compared piecewise (digits as numbers).
+    /// Release first, then name, both in kernel-version order.
     public static func sorted(_ kernels: [BisectKernel]) -> [BisectKernel] {
         kernels.sorted { a, b in
-            if a.release != b.release { return precedes(a.release, b.release) }
-            return precedes(a.name, b.name)
+            if a.release != b.release { return KernelVersion(a.release) < KernelVersion(b.release) }
+            return KernelVersion(a.name) < KernelVersion(b.name)
         }
-    }
-
-    /// Natural order: runs of digits compare by value, everything else by character.
-    public static func precedes(_ a: String, _ b: String) -> Bool {
-        let left = pieces(a)
-        let right = pieces(b)
-        for (x, y) in zip(left, right) where x != y {
-            switch (x, y) {
-            case (.number(let m), .number(let n)): return m < n
-            case (.number, .text): return true
-            case (.text, .number): return false
-            case (.text(let s), .text(let t)): return s < t
-            }
-        }
-        return left.count < right.count
-    }
-
-    enum Piece: Equatable {
-        case number(UInt64)
-        case text(String)
-    }
-
-    static func pieces(_ text: String) -> [Piece] {
-        var out: [Piece] = []
-        var digits = ""
-        var letters = ""
-        func flush() {
-            if !digits.isEmpty { out.append(.number(UInt64(digits.prefix(18)) ?? 0)) }
-            if !letters.isEmpty { out.append(.text(letters)) }
-            digits = ""
-            letters = ""
-        }
-        for character in text {
-            if character.isASCII, character.isNumber {
-                if !letters.isEmpty { flush() }
-                digits.append(character)
-            } else {
-                if !digits.isEmpty { flush() }
-                letters.append(character)
-            }
-        }
-        flush()
-        return out
     }
 }

@@ -1,3 +1,4 @@
+import D2LImage
 import D2LVerify
 import Foundation
 
@@ -25,13 +26,13 @@ public enum DebianPackage {
     /// The members of the ar archive at `path`.
     public static func members(path: String) throws -> [Member] {
         guard let handle = FileHandle(forReadingAtPath: path) else {
-            throw VerifyError.notAKernel(path: path, reason: "cannot be read")
+            throw BisectError.notAPackage(path: path, reason: "cannot be read")
         }
         defer { try? handle.close() }
         let size = Int64((try? handle.seekToEnd()) ?? 0)
         try? handle.seek(toOffset: 0)
         let magic = [UInt8]((try? handle.read(upToCount: 8)) ?? Data())
-        guard magic == arMagic else { throw VerifyError.notAKernel(path: path, reason: "not an ar archive (.deb)") }
+        guard magic == arMagic else { throw BisectError.notAPackage(path: path, reason: "not an ar archive (.deb)") }
         var members: [Member] = []
         var offset: Int64 = 8
         while offset + 60 <= size {
@@ -40,7 +41,7 @@ public enum DebianPackage {
             guard header.count == 60, header[58] == 0x60, header[59] == 0x0A,
                 let length = Int64(field(header, 48, 10))
             else {
-                throw VerifyError.notAKernel(path: path, reason: "damaged ar header at byte \(offset)")
+                throw BisectError.notAPackage(path: path, reason: "damaged ar header at byte \(offset)")
             }
             var name = field(header, 0, 16)
             if name.hasSuffix("/") { name.removeLast() }  // GNU ar ends names with a slash
@@ -53,7 +54,7 @@ public enum DebianPackage {
     /// The data.tar(.gz|.xz|.zst|...) member, which holds the package's files.
     public static func dataMember(path: String) throws -> Member {
         guard let member = try members(path: path).first(where: { $0.name.hasPrefix("data.tar") }) else {
-            throw VerifyError.notAKernel(path: path, reason: "a .deb without data.tar")
+            throw BisectError.notAPackage(path: path, reason: "a .deb without data.tar")
         }
         return member
     }
@@ -67,5 +68,30 @@ public enum DebianPackage {
 
     private static func field(_ header: [UInt8], _ start: Int, _ length: Int) -> String {
         String(decoding: header[start..<start + length], as: UTF8.self).trimmingCharacters(in: .whitespaces)
+    }
+
+    /// Takes boot/vmlinuz-* out of a linux-image .deb into `directory`/<package>/ and returns its path;
+    /// libarchive reads the package's data.tar in place, as a byte range of the .deb.
+    ///
+    /// - Throws: `BisectError.notAPackage` for a file that is not a .deb, `VerifyError.notAKernel` for a
+    ///   package without a kernel, `ImageError` when its data.tar cannot be read.
+    public static func extractKernel(fromPackage deb: String, into directory: String) throws -> String {
+        let member = try dataMember(path: deb)
+        let source = LayerSource(
+            location: .range(deb, offset: member.offset, length: member.size), hasWhiteouts: false, size: member.size,
+            description: "\(deb) \(member.name)")
+        let stream = try source.open()
+        defer { try? stream.finish() }
+        while let entry = try stream.next() {
+            let path = String(decoding: entry.path, as: UTF8.self)
+            guard isKernelPath(path), case .regular = entry.kind else { continue }
+            let target = URL(fileURLWithPath: directory)
+                .appendingPathComponent(URL(fileURLWithPath: deb).deletingPathExtension().lastPathComponent)
+            try FileManager.default.createDirectory(at: target, withIntermediateDirectories: true)
+            let file = target.appendingPathComponent(URL(fileURLWithPath: path).lastPathComponent)
+            try Data(try stream.readAll(limit: 256 << 20)).write(to: file, options: .atomic)
+            return file.path
+        }
+        throw VerifyError.notAKernel(path: deb, reason: "the package has no boot/vmlinuz-*: not a linux-image package")
     }
 }

@@ -1,7 +1,8 @@
+import D2LDiskModel
 import D2LImage
 import D2LSupport
-import D2LVerify
 import Foundation
+import Synchronization
 
 /// Makes an initrd for an outside kernel with the disk's own initramfs tools: initramfs-tools'
 /// `mkinitramfs` (Debian, Ubuntu) or `dracut`, whichever the image has.
@@ -12,21 +13,23 @@ import Foundation
 /// runs chrooted in the copy inside user, mount and PID namespaces of its own (`unshare
 /// --map-root-user`), so nothing on the host is mounted or changed and no root is needed where
 /// unprivileged user namespaces are allowed.
-public final class ImageInitramfs: @unchecked Sendable {
+///
+/// An actor: one build at a time works in the copied root.
+public actor ImageInitramfs {
     public enum Tool: String, Sendable, Codable {
         case mkinitramfs, dracut
     }
 
-    public let image: String
-    public let format: DiskFormat
+    public nonisolated let image: String
+    public nonisolated let format: DiskFormat
     /// Scratch space: the copied root and, for a non-raw disk, a raw copy of it.
-    public let workDirectory: String
-    private let lock = NSLock()
+    public nonisolated let workDirectory: String
     private var extractedRoot: String?
-    private var rootFailure: Error?
+    private var rootFailure: (any Error)?
+    /// The builds' own programs: `stop()` ends these and no other child of d2l.
+    private nonisolated let children = ChildProcesses()
     /// Set by `stop()`: a build in progress gives up at its next step.
-    private let stopLock = NSLock()
-    private var stopping = false
+    private nonisolated let stopping = Mutex(false)
 
     public init(image: String, format: DiskFormat, workDirectory: String) {
         self.image = image
@@ -34,34 +37,35 @@ public final class ImageInitramfs: @unchecked Sendable {
         self.workDirectory = workDirectory
     }
 
-    deinit { removeTree() }
+    deinit { Self.removeTree(workDirectory) }
 
-    /// Ends a build in progress (its tools are killed, its copy writing stops) and deletes the copied root:
-    /// for a signal handler.
-    public func stop() {
-        stopLock.withLock { stopping = true }
-        ChildProcesses.shared.killAll()  // unshare ignores SIGTERM while it waits; SIGKILL ends its namespace
-        removeWorkTree()
+    /// Ends a build in progress (its own tools are killed, its copy writing stops) and deletes the copied
+    /// root: for a signal handler.
+    public nonisolated func stop() {
+        stopping.withLock { $0 = true }
+        children.killAll()  // unshare ignores SIGTERM while it waits; SIGKILL ends its namespace
+        Self.removeTree(workDirectory)
     }
 
-    private func checkStopping() throws {
-        if stopLock.withLock({ stopping }) { throw BisectError.stopped }
+    private nonisolated func checkStopping() throws {
+        if stopping.withLock({ $0 }) { throw BisectError.stopped }
     }
 
     /// Checks once, before any kernel boots, what every initrd build needs: user namespaces, the disk's
     /// root file system and an initramfs tool in it. Throws what is missing (a problem of the setup,
     /// not of any kernel).
-    public func preflight(note: (String) -> Void) throws {
-        try lock.withLock {
-            let probe = ProcessRunner.captureSync(
-                ["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--kill-child", "true"])
+    public func preflight(note: @Sendable (String) -> Void) async throws {
+        do {
+            let probe = await ProcessRunner.capture(
+                ["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--kill-child", "true"],
+                stop: .kill, children: children)
             guard probe.status == 0 else {
                 throw BisectError.initrd(
                     "unshare cannot make a user namespace here (\(probe.stderr.trimmingCharacters(in: .whitespacesAndNewlines))); "
                         + "allow them (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces) "
                         + "or give initrds with --initrd")
             }
-            let root = try ensureRoot(note: note)
+            let root = try await ensureRoot(note: note)
             _ = try Self.tool(in: root)
         }
     }
@@ -71,13 +75,13 @@ public final class ImageInitramfs: @unchecked Sendable {
     /// in the image already. `kernel` is the bzImage, whose folder may hold its config. `note` hears what
     /// is going on (this takes tens of seconds).
     public func build(
-        release: String, package: String?, kernel: String? = nil, output: String, note: (String) -> Void
-    ) throws {
-        try lock.withLock {
+        release: String, package: String?, kernel: String? = nil, output: String, note: @Sendable (String) -> Void
+    ) async throws {
+        do {
             guard Self.isSafeRelease(release) else {
                 throw BisectError.initrd("'\(release)' is not a kernel release d2l can use as a file name")
             }
-            let root = try ensureRoot(note: note)
+            let root = try await ensureRoot(note: note)
             try checkStopping()
             let tool = try Self.tool(in: root)
             let modules = try Self.modulesDirectory(in: root)
@@ -135,7 +139,7 @@ public final class ImageInitramfs: @unchecked Sendable {
             note("initrd for \(release): running the image's \(tool.rawValue) (chrooted in a user namespace)")
             let start = ContinuousClock.now
             try checkStopping()
-            try Self.runChrooted(root: root, command: command, argument: release)
+            try await Self.runChrooted(root: root, command: command, argument: release, children: children)
             try? FileManager.default.removeItem(atPath: output)
             try FileManager.default.createDirectory(
                 atPath: URL(fileURLWithPath: output).deletingLastPathComponent().path, withIntermediateDirectories: true)
@@ -145,18 +149,24 @@ public final class ImageInitramfs: @unchecked Sendable {
         }
     }
 
-    /// Deletes the copied root (also done when this object goes away); waits for a build in progress.
+    /// Deletes the copied root (also done when this object goes away).
     public func removeWorkTree() {
-        lock.withLock { removeTree() }
+        Self.removeTree(workDirectory)
+        extractedRoot = nil
     }
 
-    private func removeTree() {
-        if FileManager.default.fileExists(atPath: workDirectory) {
-            // rdump keeps the image's modes: make every directory writable so that it can be removed.
-            _ = ProcessRunner.captureSync(["chmod", "-R", "u+rwX", workDirectory])
-            try? FileManager.default.removeItem(atPath: workDirectory)
+    private static func removeTree(_ directory: String) {
+        guard FileManager.default.fileExists(atPath: directory) else { return }
+        // rdump keeps the image's modes: make every directory writable so that it can be removed.
+        var stack = [directory]
+        while let dir = stack.popLast() {
+            chmod(dir, 0o700)
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
+                let path = dir + "/" + name
+                if lstatType(path) == .typeDirectory { stack.append(path) }
+            }
         }
-        extractedRoot = nil
+        try? FileManager.default.removeItem(atPath: directory)
     }
 
     // MARK: - Steps
@@ -165,11 +175,11 @@ public final class ImageInitramfs: @unchecked Sendable {
     static let copiedTopLevel: Set<String> = ["etc", "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"]
 
     /// Copies the disk's root file system out once; a failure is remembered, not retried for each kernel.
-    private func ensureRoot(note: (String) -> Void) throws -> String {
+    private func ensureRoot(note: @Sendable (String) -> Void) async throws -> String {
         if let extractedRoot { return extractedRoot }
         if let rootFailure { throw rootFailure }
         do {
-            let root = try extractRoot(note: note)
+            let root = try await extractRoot(note: note)
             extractedRoot = root
             return root
         } catch {
@@ -178,17 +188,19 @@ public final class ImageInitramfs: @unchecked Sendable {
         }
     }
 
-    private func extractRoot(note: (String) -> Void) throws -> String {
-        removeTree()
+    private func extractRoot(note: @Sendable (String) -> Void) async throws -> String {
+        removeWorkTree()
         try FileManager.default.createDirectory(atPath: workDirectory, withIntermediateDirectories: true)
         var raw = image
         if format != .raw {
             raw = workDirectory + "/disk.raw"
             note("initrd: converting \(image) to raw to read its root file system")
-            try ProcessRunner.run(["qemu-img", "convert", "-f", format.rawValue, "-O", "raw", image, raw])
+            try await ProcessRunner.run(
+                ["qemu-img", "convert", "-f", format.rawValue, "-O", "raw", image, raw], children: children)
         }
         defer { if raw != image { try? FileManager.default.removeItem(atPath: raw) } }
-        guard let offset = GuestInspector.linuxPartitionOffset(path: raw) else {
+        let table = try PartitionTable.read(path: raw)
+        guard let offset = table?.partition(.root)?.byteOffset ?? (table == nil ? 0 : nil) else {
             throw BisectError.initrd("\(image) has no Linux partition to take the initramfs tools from")
         }
         let device = "\(raw)?offset=\(offset)"
@@ -196,13 +208,13 @@ public final class ImageInitramfs: @unchecked Sendable {
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         note("initrd: copying /etc and /usr out of \(image) with debugfs rdump")
         let start = ContinuousClock.now
-        let listing = try ProcessRunner.run(["debugfs", "-R", "ls -p /", device])
+        let listing = try await ProcessRunner.run(["debugfs", "-R", "ls -p /", device], children: children)
         let entries = Self.listing(listing).filter { Self.copiedTopLevel.contains($0.name) }
         let script = workDirectory + "/rdump.cmd"
         try entries.filter { $0.mode & 0o170000 == 0o040000 }
             .map { "rdump \"/\($0.name)\" \"\(root)\"" }.joined(separator: "\n")
             .write(toFile: script, atomically: true, encoding: .utf8)
-        let result = ProcessRunner.captureSync(["debugfs", "-f", script, device])
+        let result = await ProcessRunner.capture(["debugfs", "-f", script, device], children: children)
         // debugfs exits 0 whatever rdump met: its complaints are the only sign. Not being root, it cannot
         // chown, which does not matter here.
         let problems = result.stderr.split(separator: "\n").filter {
@@ -214,7 +226,7 @@ public final class ImageInitramfs: @unchecked Sendable {
         }
         // Top-level symlinks (merged /usr: bin -> usr/bin, lib -> usr/lib, ...) as relative links.
         for entry in entries where entry.mode & 0o170000 == 0o120000 {
-            let stat = try ProcessRunner.run(["debugfs", "-R", "stat \"/\(entry.name)\"", device])
+            let stat = try await ProcessRunner.run(["debugfs", "-R", "stat \"/\(entry.name)\"", device], children: children)
             guard var link = Self.fastLinkTarget(statOutput: stat) else { continue }
             while link.hasPrefix("/") { link.removeFirst() }
             guard !link.split(separator: "/").contains("..") else { continue }
@@ -227,12 +239,15 @@ public final class ImageInitramfs: @unchecked Sendable {
         chmod(root + "/var/tmp", 0o1777)
         // Of /boot only the kernels' configs, which mkinitramfs reads: on the boot partition of a d2l disk,
         // in the root's /boot otherwise.
-        if let fat = Self.bootPartitionOffset(path: raw) {
-            _ = ProcessRunner.captureSync(["mcopy", "-n", "-i", "\(raw)@@\(fat)", "::/config-*", root + "/boot/"])
+        if let fat = table?.partition(.boot)?.byteOffset {
+            _ = await ProcessRunner.capture(
+                ["mcopy", "-n", "-i", "\(raw)@@\(fat)", "::/config-*", root + "/boot/"], children: children)
         }
-        let boot = (try? ProcessRunner.run(["debugfs", "-R", "ls -p /boot", device])) ?? ""
+        let boot = (try? await ProcessRunner.run(["debugfs", "-R", "ls -p /boot", device], children: children)) ?? ""
         for entry in Self.listing(boot) where entry.name.hasPrefix("config-") && entry.mode & 0o170000 == 0o100000 {
-            _ = ProcessRunner.captureSync(["debugfs", "-R", "dump \"/boot/\(entry.name)\" \"\(root)/boot/\(entry.name)\"", device])
+            _ = await ProcessRunner.capture(
+                ["debugfs", "-R", "dump \"/boot/\(entry.name)\" \"\(root)/boot/\(entry.name)\"", device],
+                children: children)
         }
         // The image's configuration is for the machine it runs on; here the "machine" is the build host:
         // no resume device from the host's swap, and every module a disk may need rather than the host's.
@@ -264,11 +279,6 @@ public final class ImageInitramfs: @unchecked Sendable {
     public static func isSafeRelease(_ release: String) -> Bool {
         !release.isEmpty && !release.hasPrefix(".") && release.count < 128
             && release.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "._+-~".contains($0)) }
-    }
-
-    /// The byte offset of the first FAT partition of an MBR disk (d2l's /boot), or nil.
-    static func bootPartitionOffset(path: String) -> UInt64? {
-        GuestInspector.mbrPartition(path: path, types: GuestInspector.fatTypes)?.byteOffset
     }
 
     /// `Fast link dest: "usr/bin"` in debugfs's stat output.
@@ -410,7 +420,7 @@ public final class ImageInitramfs: @unchecked Sendable {
     /// Runs `command` (with `argument` as $1) by /bin/sh chrooted in `root`, in new user, mount and PID
     /// namespaces, with a fresh /proc, only null/zero/random/urandom from the host's /dev, and a clean
     /// environment: the host's mount table is never touched. Killing the `unshare` kills all of it.
-    static func runChrooted(root: String, command: String, argument: String) throws {
+    static func runChrooted(root: String, command: String, argument: String, children: ChildProcesses) async throws {
         guard ProcessRunner.which("unshare") != nil else {
             throw BisectError.initrd("unshare (util-linux) is not installed")
         }
@@ -422,7 +432,7 @@ public final class ImageInitramfs: @unchecked Sendable {
             "unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--kill-child",
             "--mount-proc=\(root)/proc", "/bin/sh", "-c", inner, "d2l-initrd", root, command, argument,
         ]
-        let result = ProcessRunner.captureSync(arguments)
+        let result = await ProcessRunner.capture(arguments, stop: .kill, children: children)
         guard result.status == 0 else {
             if result.status == 128 + SIGKILL { throw BisectError.stopped }
             let output = (result.stderr + result.stdout).trimmingCharacters(in: .whitespacesAndNewlines)
@@ -432,15 +442,32 @@ public final class ImageInitramfs: @unchecked Sendable {
 }
 
 /// Problems of a bisection that are not a verdict on a kernel.
-public enum BisectError: Error, CustomStringConvertible, Sendable {
+public enum BisectError: Error, CustomStringConvertible, Sendable, CategorizedError {
     case initrd(String)
     /// The bisection is being stopped (a signal): not a verdict on anything.
     case stopped
+    /// Options that do not make a bisection: the user's to fix.
+    case badOption(String)
+    /// A kernel list that cannot be bisected (no kernels, --good or --bad not among them).
+    case kernels(String)
+    /// The state file belongs to another bisection or cannot be used.
+    case state(String)
+    /// A file given as a linux-image .deb that is not one.
+    case notAPackage(path: String, reason: String)
 
     public var description: String {
         switch self {
         case .initrd(let reason): return "cannot make an initrd: \(reason)"
         case .stopped: return "stopped"
+        case .badOption(let text), .kernels(let text), .state(let text): return text
+        case .notAPackage(let path, let reason): return "\(path): \(reason): pass a linux-image .deb or a bzImage"
+        }
+    }
+
+    public var category: ErrorCategory {
+        switch self {
+        case .badOption, .kernels, .notAPackage: return .usage
+        case .initrd, .stopped, .state: return .couldNotTest
         }
     }
 }

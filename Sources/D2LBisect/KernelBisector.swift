@@ -155,7 +155,8 @@ public enum BisectProgress: Sendable {
     case resumed(steps: Int)
     case booting(index: Int, kernel: BisectKernel, attempt: Int, remaining: Int)
     /// Booting a given end (--good or --bad) that the search did not need, to record its transcript.
-    case recordingEnd(index: Int, kernel: BisectKernel)
+    /// `end` is "--good" or "--bad".
+    case recordingEnd(index: Int, kernel: BisectKernel, end: String)
     case booted(index: Int, kernel: BisectKernel, attempt: BootAttempt)
     case stepDone(BisectStep, lastGood: BisectKernel, firstBad: BisectKernel)
 }
@@ -188,7 +189,7 @@ public struct KernelBisector: Sendable {
     /// A new state, or the one in `stateFile` when it is the same bisection. Throws for a state file of another one.
     public func start(_ fresh: BisectState, restart: Bool = false) throws -> BisectState {
         guard fresh.good < fresh.bad else {
-            throw VerifyError.badOption(
+            throw BisectError.kernels(
                 "the good kernel (\(fresh.kernels[fresh.good].name)) must come before the bad one "
                     + "(\(fresh.kernels[fresh.bad].name)) in the kernel order")
         }
@@ -197,10 +198,10 @@ public struct KernelBisector: Sendable {
         do {
             saved = try JSONDecoder().decode(BisectState.self, from: Data(contentsOf: URL(fileURLWithPath: stateFile)))
         } catch {
-            throw VerifyError.badOption("\(stateFile): not a d2l bisect state file (\(error)); remove it or pass --restart")
+            throw BisectError.state("\(stateFile): not a d2l bisect state file (\(error)); remove it or pass --restart")
         }
         guard saved.isSameBisection(as: fresh) else {
-            throw VerifyError.badOption(
+            throw BisectError.state(
                 "\(stateFile) belongs to another bisection (other image, kernels, initrds or ends): "
                     + "pass another --state, or --restart to replace it")
         }
@@ -232,7 +233,7 @@ public struct KernelBisector: Sendable {
         while recordEnds, let index = state.unbootedEnds.first(where: { !triedEnds.contains($0) }) {
             try Task.checkCancellation()
             triedEnds.insert(index)
-            progress(.recordingEnd(index: index, kernel: state.kernels[index]))
+            progress(.recordingEnd(index: index, kernel: state.kernels[index], end: index == state.good ? "--good" : "--bad"))
             let step = try await boot(state, index: index, attempts: 1) { _ in } booted: {
                 progress(.booted(index: index, kernel: state.kernels[index], attempt: $0))
             }
@@ -273,7 +274,7 @@ public struct KernelBisector: Sendable {
         do {
             try encoder.encode(state).write(to: URL(fileURLWithPath: stateFile), options: .atomic)
         } catch {
-            throw VerifyError.badOption("\(stateFile): cannot write the bisect state: \(error.localizedDescription)")
+            throw BisectError.state("\(stateFile): cannot write the bisect state: \(error.localizedDescription)")
         }
     }
 }

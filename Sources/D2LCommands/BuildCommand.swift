@@ -1,11 +1,14 @@
 import ArgumentParser
 import D2LDisk
+import D2LDiskModel
 import D2LImage
 import D2LSupport
 import Foundation
 
 /// `d2l build`: container image in, bootable disk out.
-struct BuildCommand: AsyncParsableCommand {
+struct BuildCommand: PolicedCommand {
+    static let exitPolicy = ExitPolicy.builder
+
     static let configuration = CommandConfiguration(
         commandName: "build",
         abstract: "Build a bootable disk image from a container image, without root.",
@@ -37,8 +40,8 @@ struct BuildCommand: AsyncParsableCommand {
     @Option(name: .shortAndLong, help: "The disk image to write.")
     var output: String = "linux.img"
 
-    @Option(help: "raw, qcow2, vmdk, vdi, vhdx or vpc (default: from the output's extension, else raw).")
-    var format: String?
+    @Option(help: "Disk format (default: from the output's extension, else raw).")
+    var format: DiskFormat?
 
     @Option(help: "Disk size, e.g. 2G or 1500M (default: the content plus headroom).")
     var size: String?
@@ -61,8 +64,10 @@ struct BuildCommand: AsyncParsableCommand {
     @Option(name: .customLong("init"), help: "The init to check for, when not /sbin/init.")
     var initPath: String?
 
-    @Option(help: "Platform to take from a multi-platform image (os/arch).")
-    var platform: String = "linux/amd64"
+    @Option(
+        help: "Platform to take from a multi-platform image: os/arch[/variant] (default: linux/amd64).",
+        transform: Platform.argument)
+    var platform: Platform = Architecture.amd64.platform
 
     @Flag(help: "Replace the output if it exists.")
     var force = false
@@ -77,9 +82,6 @@ struct BuildCommand: AsyncParsableCommand {
     var quiet = false
 
     func validate() throws {
-        if format != nil, DiskFormat(rawValue: format!) == nil {
-            throw ValidationError("unknown --format \(format!): use one of \(DiskFormat.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
         if let size, SizeParser.bytes(size) == nil { throw ValidationError("--size \(size): give a size such as 2G or 1500M") }
         if let headroom, SizeParser.headroom(headroom) == nil {
             throw ValidationError("--headroom \(headroom): give a percentage (25%) or a size (512M)")
@@ -96,7 +98,7 @@ struct BuildCommand: AsyncParsableCommand {
         Cleanup.shared.installSignalHandlers()
         let progress = ProgressReporter(mode: quiet ? .quiet : nil)
         var options = BuildOptions(output: output)
-        options.format = format.flatMap(DiskFormat.init(rawValue:))
+        options.format = format
         options.size = size.flatMap(SizeParser.bytes)
         if let headroom, let parsed = SizeParser.headroom(headroom) {
             switch parsed {
@@ -112,34 +114,27 @@ struct BuildCommand: AsyncParsableCommand {
         options.sync = sync
         if let epoch = ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"], !epoch.isEmpty {
             guard let value = Int64(epoch) else {
-                throw ValidationError("SOURCE_DATE_EPOCH=\(epoch) is not a number of seconds")
+                throw DiskError.badOption("SOURCE_DATE_EPOCH=\(epoch) is not a number of seconds")
             }
             options.sourceDateEpoch = value
         }
         let started = Date()
-        do {
-            progress.begin("reading \(input)")
-            let image = try ImageReader.open(input, platform: platform)
-            defer { image.removeOwnedFiles() }
-            let summary = try DiskBuilder(image: image, options: options, progress: progress).build()
-            if json {
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-                print(String(decoding: try encoder.encode(summary), as: UTF8.self))
-            }
-            progress.note(
-                String(
-                    format: "wrote %@ (%@, %@ allocated) in %.1f s: %@, kernel %@",
-                    summary.output, ProgressReporter.format(summary.diskBytes),
-                    ProgressReporter.format(summary.allocatedBytes), Date().timeIntervalSince(started),
-                    summary.distro.isEmpty ? "unknown distro" : summary.distro, summary.kernelVersion))
-        } catch let error as ValidationError {
-            throw error
-        } catch {
-            progress.done()
-            FileHandle.standardError.write(Data("d2l build: error: \(error)\n".utf8))
-            throw ExitCode.failure
+        progress.begin("reading \(input)")
+        defer { progress.done() }
+        let image = try await ImageReader.open(input, platform: platform)
+        defer { image.removeOwnedFiles() }
+        let summary = try await DiskBuilder(image: image, options: options, progress: progress).build()
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(summary), as: UTF8.self))
         }
+        progress.note(
+            String(
+                format: "wrote %@ (%@, %@ allocated) in %.1f s: %@, kernel %@",
+                summary.output, ProgressReporter.format(summary.diskBytes),
+                ProgressReporter.format(summary.allocatedBytes), Date().timeIntervalSince(started),
+                summary.distro.isEmpty ? "unknown distro" : summary.distro, summary.kernelVersion))
     }
 }
 

@@ -1,10 +1,13 @@
 import ArgumentParser
+import D2LDiskModel
 import D2LImage
 import D2LSupport
 import Foundation
 
 /// `d2l inspect`: what the builder sees in an image, and why it would not boot.
-struct InspectCommand: AsyncParsableCommand {
+struct InspectCommand: PolicedCommand {
+    static let exitPolicy = ExitPolicy.builder
+
     static let configuration = CommandConfiguration(
         commandName: "inspect",
         abstract: "Show what the builder sees in a container image: format, layers, distro, kernel, init.",
@@ -13,8 +16,10 @@ struct InspectCommand: AsyncParsableCommand {
     @Argument(help: "The container image (as for d2l build).")
     var input: String
 
-    @Option(help: "Platform to take from a multi-platform image (os/arch).")
-    var platform: String = "linux/amd64"
+    @Option(
+        help: "Platform to take from a multi-platform image: os/arch[/variant] (default: linux/amd64).",
+        transform: Platform.argument)
+    var platform: Platform = Architecture.amd64.platform
 
     @Option(name: .customLong("init"), help: "The init to check for, when not /sbin/init.")
     var initPath: String?
@@ -45,7 +50,7 @@ struct InspectCommand: AsyncParsableCommand {
     func run() async throws {
         let report: Report
         do {
-            let image = try ImageReader.open(input, platform: platform)
+            let image = try await ImageReader.open(input, platform: platform)
             defer { image.removeOwnedFiles() }
             let tree = try LayerFlattener(capturePaths: BootFacts.capturePaths, headNames: BootFacts.headNames)
                 .scan(image.layers)
@@ -54,14 +59,11 @@ struct InspectCommand: AsyncParsableCommand {
                 input: image.path, format: image.format.rawValue, digest: image.digest.map { "sha256:" + $0 },
                 architecture: image.architecture,
                 layers: image.layers.map { "\($0.description) (\(ProgressReporter.format(UInt64(max(0, $0.size)))))" },
-                distro: facts.distro, kernel: facts.kernel?.version, kernelPath: facts.kernel.map { $0.kernelPath.display },
+                distro: facts.distro, kernel: facts.kernel?.version.text, kernelPath: facts.kernel.map { $0.kernelPath.display },
                 initrdPath: facts.kernel?.initrdPath?.display, initPath: facts.initResolved?.display,
                 initSystem: facts.initSystem.rawValue, files: tree.stats.regularFiles,
                 directories: tree.stats.directories, contentBytes: tree.stats.dataBytes, problems: facts.problems,
                 warnings: tree.warnings, canBoot: facts.problems.isEmpty)
-        } catch {
-            FileHandle.standardError.write(Data("d2l inspect: error: \(error)\n".utf8))
-            throw ExitCode.failure
         }
         if json {
             let encoder = JSONEncoder()
@@ -86,6 +88,6 @@ struct InspectCommand: AsyncParsableCommand {
                 for p in report.problems { print("  - \(p)") }
             }
         }
-        if !report.canBoot { throw ExitCode.failure }
+        if !report.canBoot { throw Reported(category: .failed) }
     }
 }

@@ -4,7 +4,9 @@ import D2LSupport
 import Foundation
 
 /// `d2l test`: build and verify every scenario, and report like a test suite.
-struct TestCommand: AsyncParsableCommand {
+struct TestCommand: PolicedCommand {
+    static let exitPolicy = ExitPolicy.matrix
+
     static let configuration = CommandConfiguration(
         commandName: "test",
         abstract: "Build and boot the distro recipes in Scenarios/ and report like a test suite.",
@@ -46,8 +48,8 @@ struct TestCommand: AsyncParsableCommand {
     @Flag(help: "Print the results as JSON on stdout.")
     var json = false
 
-    @Option(help: "Container engine for recipes: podman, docker or buildah (default: the first installed, in that order).")
-    var engine: String?
+    @Option(help: "Container engine for recipes (default: the first installed of podman, docker, buildah).")
+    var engine: ContainerEngine?
 
     @Option(help: "The recipes' directory (default: Images/ beside the scenarios' directory).")
     var images: String?
@@ -61,9 +63,6 @@ struct TestCommand: AsyncParsableCommand {
     func validate() throws {
         if let jobs, jobs < 1 { throw ValidationError("--jobs must be at least 1") }
         if retries < 0 { throw ValidationError("--retries must be 0 or more") }
-        if let engine, !["podman", "docker", "buildah"].contains(engine) {
-            throw ValidationError("--engine must be podman, docker or buildah, not '\(engine)'")
-        }
         if let filter, (try? NSRegularExpression(pattern: filter)) == nil {
             throw ValidationError("--filter \(filter): not a valid regular expression")
         }
@@ -80,9 +79,8 @@ struct TestCommand: AsyncParsableCommand {
             imagesDirectory = images ?? (((firstDir as NSString).appendingPathComponent("..") as NSString)
                 .appendingPathComponent("Images") as NSString).standardizingPath
             scenarios = try files.map { try ScenarioParser.parse(file: $0, imagesDirectory: imagesDirectory) }
-        } catch {
-            FileHandle.standardError.write(Data("d2l test: \(error)\n".utf8))
-            throw ExitCode(2)
+        } catch let error as ScenarioError {
+            throw error
         }
         let regex = filter.flatMap { try? NSRegularExpression(pattern: $0) }
         let chosen = scenarios.filter { s in
@@ -95,10 +93,7 @@ struct TestCommand: AsyncParsableCommand {
             }
             return
         }
-        guard !chosen.isEmpty else {
-            FileHandle.standardError.write(Data("d2l test: no scenario matches\n".utf8))
-            throw ExitCode(2)
-        }
+        guard !chosen.isEmpty else { throw ScenarioError(file: inputs.joined(separator: " "), message: "no scenario matches") }
         let outputDir = URL(fileURLWithPath: output).standardizedFileURL.path
         try FileManager.default.createDirectory(atPath: outputDir, withIntermediateDirectories: true)
         let binary = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
@@ -127,6 +122,6 @@ struct TestCommand: AsyncParsableCommand {
         }
         FileHandle.standardError.write(Data("d2l test: report: \(outputDir)/report.html\n".utf8))
         let c = report.counts
-        if c.failed + c.errors > 0 { throw ExitCode.failure }
+        if c.failed + c.errors > 0 { throw Reported(category: .failed) }
     }
 }

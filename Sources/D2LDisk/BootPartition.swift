@@ -1,9 +1,10 @@
+import D2LDiskModel
 import D2LSupport
 import Foundation
 
 /// The FAT boot partition: made with mkfs.vfat, filled with mtools, and made
 /// bootable with syslinux's mtools installer, all on plain files.
-struct BootPartition {
+struct BootPartition: Sendable {
     var diskPath: String
     var partition: PartitionTable.Partition
     var volumeID: UInt32
@@ -13,7 +14,7 @@ struct BootPartition {
         "/usr/share/syslinux/mbr/mbr.bin",
     ]
 
-    static func mbrCode() throws -> [UInt8] {
+    static func mbrCode() throws(DiskError) -> [UInt8] {
         for path in mbrCandidates {
             if let data = FileManager.default.contents(atPath: path), data.count >= 400 { return Array(data.prefix(440)) }
         }
@@ -21,37 +22,37 @@ struct BootPartition {
     }
 
     /// The FAT type for a partition of this size: FAT16 while small, FAT32 beyond.
-    static func fatBits(forBytes bytes: Int64) -> Int { bytes < 512 << 20 ? 16 : 32 }
+    static func fatBits(forBytes bytes: UInt64) -> Int { bytes < 512 << 20 ? 16 : 32 }
 
     private var mtoolsTarget: String { "\(diskPath)@@\(partition.byteOffset)" }
     private var env: [String: String] { ["MTOOLS_SKIP_CHECK": "1", "MTOOLS_NO_VFAT": "0"] }
 
     /// Formats the partition in place, inside the disk file.
-    func format(epoch: Int64?) throws {
+    func format(epoch: Int64?) async throws {
         var args = [
             "mkfs.vfat", "-F", "\(Self.fatBits(forBytes: partition.byteCount))", "-n", "BOOT",
-            "-i", String(format: "%08X", volumeID), "-h", "\(partition.startSector)",
-            "--offset", "\(partition.startSector)",
+            "-i", String(format: "%08X", volumeID), "-h", "\(partition.firstSector)",
+            "--offset", "\(partition.firstSector)",
         ]
         if epoch != nil { args.append("--invariant") }
         args += [diskPath, "\(partition.byteCount / 1024)"]
-        try ProcessRunner.run(args)
+        try await ProcessRunner.run(args)
     }
 
     /// Creates a directory on the partition.
-    func mkdir(_ path: String) throws {
-        try ProcessRunner.run(["mmd", "-i", mtoolsTarget, "::/" + path], environment: env)
+    func mkdir(_ path: String) async throws {
+        try await ProcessRunner.run(["mmd", "-i", mtoolsTarget, "::/" + path], environment: env)
     }
 
     /// Copies several host files into a directory of the partition in one mcopy run.
-    func copy(_ sources: [String], toDirectory destination: String) throws {
-        try ProcessRunner.run(
+    func copy(_ sources: [String], toDirectory destination: String) async throws {
+        try await ProcessRunner.run(
             ["mcopy", "-o", "-m", "-i", mtoolsTarget] + sources + ["::/" + destination], environment: env)
     }
 
     /// Installs syslinux (boot sector + ldlinux.sys) into /syslinux.
-    func installSyslinux() throws {
-        try ProcessRunner.run([
+    func installSyslinux() async throws {
+        try await ProcessRunner.run([
             "syslinux", "--install", "--offset", "\(partition.byteOffset)", "--directory", "/syslinux", diskPath,
         ])
     }

@@ -1,24 +1,8 @@
+import D2LDiskModel
+import D2LExt4
 import D2LImage
 import D2LSupport
 import Foundation
-
-/// Output formats; everything but raw is converted with qemu-img.
-public enum DiskFormat: String, CaseIterable, Sendable, Codable {
-    case raw, qcow2, vmdk, vdi, vhdx, vpc
-
-    /// The format a file name implies (".vhd" is qemu-img's "vpc").
-    public static func fromExtension(_ path: String) -> DiskFormat? {
-        switch URL(fileURLWithPath: path).pathExtension.lowercased() {
-        case "img", "raw": return .raw
-        case "qcow2": return .qcow2
-        case "vmdk": return .vmdk
-        case "vdi": return .vdi
-        case "vhdx": return .vhdx
-        case "vhd", "vpc": return .vpc
-        default: return nil
-        }
-    }
-}
 
 /// Everything `d2l build` can be told.
 public struct BuildOptions: Sendable {
@@ -91,7 +75,10 @@ public final class DiskBuilder {
     }
 
     /// Reads the image, checks it can boot, writes the disk; the output appears only when all went well.
-    public func build() throws -> BuildSummary {
+    ///
+    /// - Throws: `DiskError` (the image cannot boot, the output exists, a tool is missing or failed,
+    ///   the disk is too small), `ImageError` for an unreadable layer, `Ext4Error` when libext2fs fails.
+    public func build() async throws -> BuildSummary {
         let format = options.format ?? DiskFormat.fromExtension(options.output) ?? .raw
         let output = URL(fileURLWithPath: options.output).standardizedFileURL.path
         let outputDir = (output as NSString).deletingLastPathComponent
@@ -106,7 +93,7 @@ public final class DiskBuilder {
                 "syslinux": "syslinux", "qemu-img": "qemu-utils"][tool] ?? tool
             throw DiskError.tool("\(tool) is not installed (Debian package: \(package))")
         }
-        _ = try BootPartition.mbrCode()
+        let bootCode = try BootPartition.mbrCode()
 
         // 1. Scan: flatten the layers' headers and look at what would boot.
         phase("scanning \(image.layers.count) layer(s)")
@@ -181,17 +168,18 @@ public final class DiskBuilder {
             rootSize = Self.roundDown(size - fixed, to: 1 << 20)
         }
         let bootPart = PartitionTable.Partition(
-            type: BootPartition.fatBits(forBytes: Int64(bootSize)) == 32 ? PartitionTable.fat32LBA : PartitionTable.fat16LBA,
-            bootable: true, startSector: firstSector, sectorCount: bootSize / 512)
+            number: 1,
+            type: BootPartition.fatBits(forBytes: bootSize) == 32 ? .fat32LBA : .fat16LBA,
+            firstSector: firstSector, sectorCount: bootSize / 512, bootable: true)
         let rootPart = PartitionTable.Partition(
-            type: PartitionTable.linux, bootable: false, startSector: firstSector + bootSize / 512,
-            sectorCount: rootSize / 512)
-        let diskSize = UInt64(rootPart.byteOffset + rootPart.byteCount) + (1 << 20)
+            number: 2, type: .mbrLinux, firstSector: firstSector + bootSize / 512, sectorCount: rootSize / 512)
+        let diskSize = rootPart.byteOffset + rootPart.byteCount + (1 << 20)
 
         // 4. Write into a temporary file beside the output; rename at the end.
         try Self.createSparse(temp, size: diskSize)
-        let table = PartitionTable(partitions: [bootPart, rootPart], diskSignature: signature)
-        try Self.writeAt(temp, offset: 0, bytes: table.sector(bootCode: try BootPartition.mbrCode()))
+        let table = PartitionTable(
+            scheme: .mbr, diskSectors: diskSize / 512, partitions: [bootPart, rootPart], diskSignature: signature)
+        try table.write(toDisk: temp, bootCode: bootCode)
 
         phase("formatting ext4 (\(ProgressReporter.format(rootSize)))")
         var mkfsEnv: [String: String] = [:]
@@ -199,7 +187,7 @@ public final class DiskBuilder {
             mkfsEnv["E2FSPROGS_FAKE_TIME"] = String(epoch)
             mkfsEnv["MKE2FS_DETERMINISTIC"] = "1"
         }
-        try ProcessRunner.run(
+        try await ProcessRunner.run(
             [
                 "mkfs.ext4", "-q", "-F", "-b", "4096", "-m", "1", "-L", "root", "-U", rootUUID,
                 "-N", "\(inodes)",
@@ -239,32 +227,34 @@ public final class DiskBuilder {
         try FileManager.default.createDirectory(atPath: scratch + "/syslinux", withIntermediateDirectories: true)
         try Data(config.utf8).write(to: URL(fileURLWithPath: scratch + "/syslinux/syslinux.cfg"))
         if let epoch { Self.setMtime(scratch + "/syslinux/syslinux.cfg", epoch) }
-        let bootTree = scratch + "/boot"
-        let bootJob = BackgroundJob {
-            try boot.format(epoch: epoch)
-            try boot.mkdir("syslinux")
-            try boot.installSyslinux()
-            try boot.copy([scratch + "/syslinux/syslinux.cfg"], toDirectory: "syslinux")
-            try Self.copyBootTree(bootTree, relative: "", boot: boot, mtime: epoch)
+        let bootJob = Task { [boot, scratch, epoch] in
+            try await DiskBuilder.fillBootPartition(boot, scratch: scratch, epoch: epoch)
         }
 
         phase("writing ext4 root (\(ProgressReporter.format(stats.dataBytes)) in \(stats.regularFiles) files)")
         let written: TreeWriter.Result
         do {
-            let ext4 = try Ext4Writer(path: temp, offset: rootPart.byteOffset, timestamp: epoch)
-            if options.sync { ext4.startWritebackEvery = 32 << 20 }
-            let writer = TreeWriter(bootDirectory: scratch + "/boot", extraCaptures: extraCaptures)
-            written = try writer.write(tree: tree, layers: layers, to: ext4, progress: progress, digests: digests)
-            try ext4.close()
+            let sync = options.sync
+            let progress = progress
+            let extraCaptures = extraCaptures
+            nonisolated(unsafe) let tree = tree
+            written = try await BackgroundJob.run {
+                let ext4 = try Ext4Writer(path: temp, offset: Int64(rootPart.byteOffset), timestamp: epoch)
+                if sync { ext4.startWritebackEvery = 32 << 20 }
+                let writer = TreeWriter(bootDirectory: scratch + "/boot", extraCaptures: extraCaptures)
+                let written = try writer.write(tree: tree, layers: layers, to: ext4, progress: progress, digests: digests)
+                try ext4.close()
+                return written
+            }
         } catch {
-            _ = try? bootJob.wait()
+            _ = try? await bootJob.value
             throw error
         }
         progress.done()
 
         phase("writing FAT boot partition")
-        try bootJob.wait()
-        if !extraFiles.isEmpty { try boot.copy(extraFiles, toDirectory: "") }
+        try await bootJob.value
+        if !extraFiles.isEmpty { try await boot.copy(extraFiles, toDirectory: "") }
 
         var final = temp
         if format != .raw {
@@ -273,7 +263,7 @@ public final class DiskBuilder {
             Cleanup.shared.add(converted)
             defer { Cleanup.shared.remove(converted) }
             do {
-                try ProcessRunner.run(["qemu-img", "convert", "-f", "raw", "-O", format.rawValue, temp, converted])
+                try await ProcessRunner.run(["qemu-img", "convert", "-f", "raw", "-O", format.rawValue, temp, converted])
             } catch {
                 try? FileManager.default.removeItem(atPath: converted)
                 throw error
@@ -298,7 +288,7 @@ public final class DiskBuilder {
         stat(output, &st)
         return BuildSummary(
             input: image.path, inputFormat: image.format.rawValue, inputDigest: image.digest.map { "sha256:" + $0 },
-            distro: facts.distro, kernelVersion: kernel.version, initSystem: facts.initSystem.rawValue,
+            distro: facts.distro, kernelVersion: kernel.version.text, initSystem: facts.initSystem.rawValue,
             output: output, format: format.rawValue, diskBytes: UInt64(st.st_size),
             allocatedBytes: UInt64(st.st_blocks) * 512, contentBytes: written.bytesWritten,
             files: written.filesWritten, rootUUID: rootUUID, phases: phases)
@@ -326,7 +316,16 @@ public final class DiskBuilder {
         }
     }
 
-    private static func copyBootTree(_ dir: String, relative: String, boot: BootPartition, mtime: Int64?) throws {
+    /// Formats the FAT partition, installs syslinux and copies /boot's files and the loader configuration.
+    static func fillBootPartition(_ boot: BootPartition, scratch: String, epoch: Int64?) async throws {
+        try await boot.format(epoch: epoch)
+        try await boot.mkdir("syslinux")
+        try await boot.installSyslinux()
+        try await boot.copy([scratch + "/syslinux/syslinux.cfg"], toDirectory: "syslinux")
+        try await copyBootTree(scratch + "/boot", relative: "", boot: boot, mtime: epoch)
+    }
+
+    private static func copyBootTree(_ dir: String, relative: String, boot: BootPartition, mtime: Int64?) async throws {
         let names = try FileManager.default.contentsOfDirectory(atPath: dir).sorted()
         var files: [String] = []
         for name in names {
@@ -335,14 +334,14 @@ public final class DiskBuilder {
             var isDir: ObjCBool = false
             _ = FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
             if isDir.boolValue {
-                try boot.mkdir(rel)
-                try copyBootTree(path, relative: rel, boot: boot, mtime: mtime)
+                try await boot.mkdir(rel)
+                try await copyBootTree(path, relative: rel, boot: boot, mtime: mtime)
             } else {
                 if let mtime { Self.setMtime(path, mtime) }
                 files.append(path)
             }
         }
-        if !files.isEmpty { try boot.copy(files, toDirectory: relative) }
+        if !files.isEmpty { try await boot.copy(files, toDirectory: relative) }
     }
 
     static func fsync(path: String, directory: Bool) throws {
@@ -421,14 +420,5 @@ public final class DiskBuilder {
         guard fd >= 0 else { throw DiskError.io(path, message: String(cString: strerror(errno))) }
         defer { close(fd) }
         guard ftruncate(fd, off_t(size)) == 0 else { throw DiskError.io(path, message: String(cString: strerror(errno))) }
-    }
-
-    static func writeAt(_ path: String, offset: Int64, bytes: [UInt8]) throws {
-        let fd = open(path, O_WRONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw DiskError.io(path, message: String(cString: strerror(errno))) }
-        defer { close(fd) }
-        guard bytes.withUnsafeBytes({ pwrite(fd, $0.baseAddress, $0.count, off_t(offset)) }) == bytes.count else {
-            throw DiskError.io(path, message: String(cString: strerror(errno)))
-        }
     }
 }

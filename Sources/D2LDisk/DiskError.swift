@@ -1,6 +1,7 @@
+import D2LSupport
+
 /// Why a disk could not be written.
-public enum DiskError: Error, CustomStringConvertible, Sendable {
-    case ext2fs(String, code: Int, message: String)
+public enum DiskError: Error, CustomStringConvertible, Sendable, CategorizedError {
     case io(String, message: String)
     case cannotBoot([String])
     case outputExists(String)
@@ -10,8 +11,6 @@ public enum DiskError: Error, CustomStringConvertible, Sendable {
 
     public var description: String {
         switch self {
-        case .ext2fs(let op, let code, let message):
-            return "ext4: \(op) failed: \(message) (error \(code))"
         case .io(let path, let message):
             return "\(path): \(message)"
         case .cannotBoot(let problems):
@@ -25,6 +24,14 @@ public enum DiskError: Error, CustomStringConvertible, Sendable {
             return message
         case .badOption(let message):
             return message
+        }
+    }
+
+    /// An image that cannot boot, an existing output and bad sizes are the user's to fix.
+    public var category: ErrorCategory {
+        switch self {
+        case .cannotBoot, .outputExists, .tooSmall, .badOption: return .usage
+        case .io, .tool: return .failed
         }
     }
 }

@@ -1,4 +1,4 @@
-import CExt2fs
+import D2LExt4
 import D2LImage
 import D2LSupport
 import Foundation
@@ -32,8 +32,8 @@ public struct TreeWriter {
         digests: LayerDigests? = nil
     ) throws -> Result {
         var result = Result()
-        var directoryInodes: [ImagePath: ext2_ino_t] = [[]: Ext4Writer.rootInode]
-        try ext4.setMetadata(Ext4Writer.rootInode, tree.root.metadata)
+        var directoryInodes: [ImagePath: Ext4Writer.Inode] = [[]: Ext4Writer.rootInode]
+        try ext4.setMetadata(Ext4Writer.rootInode, tree.root.metadata.inodeAttributes)
         for (path, node) in tree.directories() where !path.isEmpty {
             let (parentPath, name) = path.splitParent
             guard let parent = directoryInodes[parentPath] else { continue }
@@ -48,10 +48,10 @@ public struct TreeWriter {
                 }
                 continue
             }
-            directoryInodes[path] = try ext4.mkdir(parent: parent, name: name, metadata: node.metadata)
+            directoryInodes[path] = try ext4.mkdir(parent: parent, name: name, metadata: node.metadata.inodeAttributes)
         }
 
-        var linkInodes: [EntryRef: ext2_ino_t] = [:]
+        var linkInodes: [EntryRef: Ext4Writer.Inode] = [:]
         let total = tree.stats.dataBytes
         let digests = digests ?? LayerDigests(layers)
         for (index, layer) in layers.enumerated() {
@@ -79,7 +79,7 @@ public struct TreeWriter {
                     let tee = final != nil ? try extraCaptures[entry.path].map(Self.createCapture) : nil
                     defer { try? tee?.close() }
                     let ino = try ext4.createFile(
-                        parent: parent, name: name, metadata: entry.metadata, size: size, linked: final != nil
+                        parent: parent, name: name, metadata: entry.metadata.inodeAttributes, size: size, linked: final != nil
                     ) { sink in
                         try stream.readData { bytes, offset in
                             try sink(bytes, offset)
@@ -114,14 +114,21 @@ public struct TreeWriter {
     }
 
     private func writeOther(
-        _ kind: EntryKind, parent: ext2_ino_t, name: ImagePath, metadata: EntryMetadata, ext4: Ext4Writer
+        _ kind: EntryKind, parent: Ext4Writer.Inode, name: ImagePath, metadata: EntryMetadata, ext4: Ext4Writer
     ) throws {
+        let attributes = metadata.inodeAttributes
         switch kind {
         case .symlink(let target):
-            try ext4.symlink(parent: parent, name: name, target: target, metadata: metadata)
-        case .characterDevice, .blockDevice, .fifo, .socket:
-            try ext4.special(parent: parent, name: name, kind: kind, metadata: metadata)
-        default:
+            try ext4.symlink(parent: parent, name: name, target: target, metadata: attributes)
+        case .characterDevice(let major, let minor):
+            try ext4.special(parent: parent, name: name, kind: .characterDevice(major: major, minor: minor), metadata: attributes)
+        case .blockDevice(let major, let minor):
+            try ext4.special(parent: parent, name: name, kind: .blockDevice(major: major, minor: minor), metadata: attributes)
+        case .fifo:
+            try ext4.special(parent: parent, name: name, kind: .fifo, metadata: attributes)
+        case .socket:
+            try ext4.special(parent: parent, name: name, kind: .socket, metadata: attributes)
+        case .regular, .directory, .hardlink:
             break
         }
     }
@@ -151,5 +158,14 @@ public struct TreeWriter {
             try handle.seek(toOffset: UInt64(offset))
             handle.write(Data(bytes))
         }
+    }
+}
+
+extension EntryMetadata {
+    /// The same owner, mode, times and attributes as libext2fs stores them.
+    var inodeAttributes: InodeAttributes {
+        InodeAttributes(
+            permissions: permissions, uid: uid, gid: gid, mtime: mtime, mtimeNanoseconds: mtimeNanoseconds,
+            xattrs: xattrs.map { ($0.name, $0.value) })
     }
 }

@@ -1,33 +1,31 @@
+import D2LDiskModel
+
 /// What the builder learns about an image's ability to boot.
 public struct BootFacts: Sendable {
-    public enum InitSystem: String, Sendable, Codable {
-        case systemd, openrc, sysvinit, busybox, unknown
-    }
 
     public struct Kernel: Sendable, Equatable {
-        public var version: String
+        public var version: KernelVersion
         public var kernelPath: ImagePath
         public var initrdPath: ImagePath?
         public var kernelSize: UInt64
         public var initrdSize: UInt64
     }
 
-    public var osRelease: [String: String] = [:]
+    public var osRelease = OSRelease()
     public var kernels: [Kernel] = []
     /// The chosen kernel: the newest version.
-    public var kernel: Kernel? { kernels.max { KernelVersion.less($0.version, $1.version) } }
+    public var kernel: Kernel? { kernels.max { $0.version < $1.version } }
     public var initPath: ImagePath?
     public var initResolved: ImagePath?
     public var initSystem: InitSystem = .unknown
     /// ELF machine of the init (62 = x86-64), when it could be read.
     public var initMachine: UInt16?
+    /// The architecture the image's config states (normalized), when it states one.
     public var architecture: String?
     public var hasFsckExt4 = false
     public var problems: [String] = []
 
-    public var distro: String {
-        osRelease["PRETTY_NAME"] ?? [osRelease["ID"], osRelease["VERSION_ID"]].compactMap { $0 }.joined(separator: " ")
-    }
+    public var distro: String { osRelease.name }
 
     /// Small files the builder reads while scanning.
     public static let capturePaths: Set<ImagePath> = Set(
@@ -42,10 +40,10 @@ public struct BootFacts: Sendable {
     /// Examines a flattened tree. `initOverride` is the `--init` path, if any.
     public static func examine(_ tree: FileTree, architecture: String?, initOverride: String? = nil) -> BootFacts {
         var facts = BootFacts()
-        facts.architecture = architecture
-        for path in ["etc/os-release", "usr/lib/os-release"] {
+        facts.architecture = architecture.map { Platform(os: "linux", architecture: $0).architecture }
+        for path in OSRelease.paths {
             if let (_, node) = tree.resolve(ImagePath(path)), let content = node.content {
-                facts.osRelease = parseOSRelease(content)
+                facts.osRelease = OSRelease(parsing: content)
                 break
             }
         }
@@ -59,20 +57,10 @@ public struct BootFacts: Sendable {
             if let head = real ?? node.head, head.count >= 20, head.starts(with: [0x7f, 0x45, 0x4c, 0x46]) {
                 facts.initMachine = UInt16(head[18]) | UInt16(head[19]) << 8
             }
-            let base = resolved.splitParent.name
-            let inittab = tree.resolve(ImagePath("etc/inittab")).flatMap { $0.1.content } ?? []
-            let inittabText = String(decoding: inittab, as: UTF8.self)
-            if base == ImagePath("systemd") {
-                facts.initSystem = .systemd
-            } else if base == ImagePath("busybox") {
-                facts.initSystem = .busybox
-            } else if base == ImagePath("openrc-init") || inittabText.contains("openrc")
-                || (tree.resolve(ImagePath("sbin/openrc")) != nil && !inittab.isEmpty)
-            {
-                facts.initSystem = .openrc
-            } else if !inittab.isEmpty {
-                facts.initSystem = .sysvinit
-            }
+            let inittab = tree.resolve(ImagePath("etc/inittab")).flatMap { $0.1.content }
+            facts.initSystem = InitSystem.classify(
+                initChain: [initName, resolved.display], inittab: inittab.map { String(decoding: $0, as: UTF8.self) },
+                hasOpenRC: tree.resolve(ImagePath("sbin/openrc")) != nil)
         }
         facts.hasFsckExt4 = tree.resolve(ImagePath("sbin/fsck.ext4")) != nil
         facts.problems = facts.bootProblems(initOverride: initOverride)
@@ -81,9 +69,9 @@ public struct BootFacts: Sendable {
 
     private func bootProblems(initOverride: String?) -> [String] {
         var problems: [String] = []
-        if let arch = architecture, !["amd64", "x86_64"].contains(arch) {
+        if let arch = architecture, arch != "amd64" {
             problems.append("the image is for \(arch), d2l builds x86-64 (amd64) disks: build the image for linux/amd64")
-        } else if let machine = initMachine, machine != 62 {
+        } else if let machine = initMachine, machine != Architecture.amd64.elfMachine {
             problems.append("the init is not an x86-64 program (ELF machine \(machine)): build the image for linux/amd64")
         }
         if let k = kernel {
@@ -103,19 +91,6 @@ public struct BootFacts: Sendable {
                 "image has no \(shown): install an init (Debian: systemd-sysv, or sysvinit-core) or name one with --init")
         }
         return problems
-    }
-
-    static func parseOSRelease(_ bytes: [UInt8]) -> [String: String] {
-        var out: [String: String] = [:]
-        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
-            guard let eq = line.firstIndex(of: "="), !line.hasPrefix("#") else { continue }
-            var value = String(line[line.index(after: eq)...])
-            if value.count >= 2, let f = value.first, f == "\"" || f == "'", value.last == f {
-                value = String(value.dropFirst().dropLast())
-            }
-            out[String(line[..<eq])] = value
-        }
-        return out
     }
 
     static func findKernels(_ tree: FileTree) -> [Kernel] {
@@ -141,7 +116,7 @@ public struct BootFacts: Sendable {
             let rd = initrd(for: version)
             kernels.append(
                 Kernel(
-                    version: version, kernelPath: ImagePath("boot/" + name),
+                    version: KernelVersion(version), kernelPath: ImagePath("boot/" + name),
                     initrdPath: rd.map { ImagePath("boot/" + $0.0) }, kernelSize: node.size,
                     initrdSize: rd?.1.size ?? 0))
         }
@@ -167,52 +142,12 @@ public struct BootFacts: Sendable {
                     }
                     kernels.append(
                         Kernel(
-                            version: version, kernelPath: ImagePath(base + "/vmlinuz"), initrdPath: rdPath,
+                            version: KernelVersion(version), kernelPath: ImagePath(base + "/vmlinuz"), initrdPath: rdPath,
                             kernelSize: k.size, initrdSize: rdSize))
                 }
                 if !kernels.isEmpty { break }
             }
         }
         return kernels
-    }
-}
-
-/// Orders kernel versions ("6.1.0-9-amd64" < "6.1.0-10-amd64").
-public enum KernelVersion {
-    public static func less(_ a: String, _ b: String) -> Bool {
-        let pa = parts(a)
-        let pb = parts(b)
-        for (x, y) in zip(pa, pb) where x != y {
-            switch (Int(x), Int(y)) {
-            case (let i?, let j?): return i < j
-            case (nil, nil): return x < y
-            case (_?, nil): return false
-            case (nil, _?): return true
-            }
-        }
-        return pa.count < pb.count
-    }
-
-    static func parts(_ s: String) -> [String] {
-        var out: [String] = []
-        var current = ""
-        var digit: Bool?
-        for c in s {
-            let d = c.isNumber
-            if !c.isLetter && !d {
-                if !current.isEmpty { out.append(current) }
-                current = ""
-                digit = nil
-                continue
-            }
-            if let digit, digit != d {
-                out.append(current)
-                current = ""
-            }
-            current.append(c)
-            digit = d
-        }
-        if !current.isEmpty { out.append(current) }
-        return out
     }
 }

@@ -1,5 +1,7 @@
 /// Why an image could not be read or would not boot.
-public enum ImageError: Error, CustomStringConvertible, Sendable {
+import D2LSupport
+
+public enum ImageError: Error, CustomStringConvertible, Sendable, CategorizedError {
     case notFound(String)
     case unrecognised(String, detail: String)
     case malformed(String, detail: String)
@@ -30,6 +32,14 @@ public enum ImageError: Error, CustomStringConvertible, Sendable {
             return message
         case .compressedImageArchive(let path):
             return "\(path): a compressed image archive; decompress it first (gunzip, zstd -d or xz -d)"
+        }
+    }
+
+    /// A missing or unusable input is the user's to fix; an engine that fails is not.
+    public var category: ErrorCategory {
+        switch self {
+        case .engine: return .couldNotTest
+        default: return .usage
         }
     }
 }

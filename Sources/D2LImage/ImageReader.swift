@@ -1,14 +1,25 @@
+import D2LDiskModel
 import D2LSupport
 import Foundation
 
 /// Recognises an input by its content and lists its layers.
 public enum ImageReader {
-    /// Opens `input`: a path, or `docker:NAME` / `podman:NAME` for an engine's image.
-    /// `platform` is "os/arch[/variant]", used to choose from a multi-platform index.
-    public static func open(_ input: String, platform: String = "linux/amd64") throws -> ContainerImage {
+    /// Opens `input`: a path, or `docker:NAME` / `podman:NAME` for an engine's image (saved with
+    /// `ENGINE save` first). `platform` chooses from a multi-platform index.
+    ///
+    /// - Throws: `ImageError` when the input is missing, not an image, malformed, or has no image for
+    ///   `platform`; when the engine's save fails.
+    public static func open(_ input: String, platform: Platform = Architecture.amd64.platform) async throws
+        -> ContainerImage
+    {
         if let (engine, name) = engineReference(input) {
-            return try fromEngine(engine, name: name, platform: platform)
+            return try await fromEngine(engine, name: name, platform: platform)
         }
+        return try open(path: input, platform: platform)
+    }
+
+    /// Opens a file or directory (not an engine reference).
+    public static func open(path input: String, platform: Platform = Architecture.amd64.platform) throws -> ContainerImage {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: input, isDirectory: &isDir) else {
             throw ImageError.notFound(input)
@@ -99,7 +110,7 @@ public enum ImageReader {
         var rootfs: RootFS?
     }
 
-    private static func dockerArchive(path: String, fd: Int32, index: TarIndex, platform: String) throws
+    private static func dockerArchive(path: String, fd: Int32, index: TarIndex, platform: Platform) throws
         -> ContainerImage
     {
         let blobs = TarBlobs(path: path, fd: fd, index: index)
@@ -118,8 +129,7 @@ public enum ImageReader {
             candidates.append((m, config, configData))
         }
         guard !candidates.isEmpty else { throw ImageError.malformed(path, detail: "manifest.json lists no image") }
-        let wanted = Platform(platform)
-        let chosen = candidates.first { wanted.matches(os: $0.1.os, arch: $0.1.architecture, variant: $0.1.variant) }
+        let chosen = candidates.first { platform.matches(os: $0.1.os, architecture: $0.1.architecture, variant: $0.1.variant) }
             ?? candidates[0]
         let (manifest, config, configData) = chosen
         let diffIDs = config.rootfs?.diff_ids ?? []
@@ -180,10 +190,9 @@ public enum ImageReader {
         var layers: [Descriptor]
     }
 
-    private static func ociImage(path: String, blobs: BlobStore, format: ImageFormat, platform: String) throws
+    private static func ociImage(path: String, blobs: BlobStore, format: ImageFormat, platform: Platform) throws
         -> ContainerImage
     {
-        let wanted = Platform(platform)
         var indexData = try blobs.data("index.json")
         var depth = 0
         while true {
@@ -199,12 +208,12 @@ public enum ImageReader {
             if withPlatform.isEmpty {
                 chosen = index.manifests[0]
             } else if let match = withPlatform.first(where: {
-                wanted.matches(os: $0.platform?.os, arch: $0.platform?.architecture, variant: $0.platform?.variant)
+                platform.matches(os: $0.platform?.os, architecture: $0.platform?.architecture, variant: $0.platform?.variant)
             }) {
                 chosen = match
             } else {
                 throw ImageError.platformNotFound(
-                    platform,
+                    platform.description,
                     available: withPlatform.map {
                         [$0.platform?.os, $0.platform?.architecture, $0.platform?.variant].compactMap { $0 }
                             .joined(separator: "/")
@@ -251,7 +260,7 @@ public enum ImageReader {
 
     // MARK: engines
 
-    private static func fromEngine(_ engine: String, name: String, platform: String) throws -> ContainerImage {
+    private static func fromEngine(_ engine: String, name: String, platform: Platform) async throws -> ContainerImage {
         guard ProcessRunner.which(engine) != nil else {
             throw ImageError.engine("\(engine) is not installed: save the image with another engine, or pass a file")
         }
@@ -265,14 +274,14 @@ public enum ImageReader {
         if engine == "podman" { args += ["--format", "docker-archive"] }
         args += ["-o", file, name]
         do {
-            try ProcessRunner.run(args)
+            try await ProcessRunner.run(args)
         } catch {
             try? FileManager.default.removeItem(atPath: file)
             Cleanup.shared.remove(file)
             throw ImageError.engine("\(engine) save \(name) failed: \(error)")
         }
         do {
-            var image = try open(file, platform: platform)
+            var image = try open(path: file, platform: platform)
             image.path = "\(engine):\(name)"
             image.ownedFiles.append(file)
             return image
@@ -281,25 +290,6 @@ public enum ImageReader {
             Cleanup.shared.remove(file)
             throw error
         }
-    }
-}
-
-/// "os/arch[/variant]".
-struct Platform {
-    var os: String
-    var arch: String
-    var variant: String?
-
-    init(_ text: String) {
-        let parts = text.split(separator: "/").map(String.init)
-        os = parts.first ?? "linux"
-        arch = parts.count > 1 ? parts[1] : "amd64"
-        variant = parts.count > 2 ? parts[2] : nil
-    }
-
-    func matches(os: String?, arch: String?, variant: String?) -> Bool {
-        (os ?? "linux") == self.os && (arch ?? "amd64") == self.arch
-            && (self.variant == nil || self.variant == variant)
     }
 }
 

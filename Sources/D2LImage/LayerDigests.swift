@@ -1,15 +1,15 @@
 import D2LSupport
 import Dispatch
 import Foundation
+import Synchronization
 
 /// Checks the layers' blob digests on a second core while the first one writes.
 ///
 /// Reading a blob twice from the page cache costs less than hashing it inline:
 /// SHA-256 at ~1.4 GB/s would otherwise add half a second to a Debian build.
-public final class LayerDigests: @unchecked Sendable {
+public final class LayerDigests: Sendable {
     private let group = DispatchGroup()
-    private let lock = NSLock()
-    private var failure: Error?
+    private let failure = Mutex<(any Error)?>(nil)
 
     /// Starts hashing every layer that has an expected digest.
     public init(_ layers: [LayerSource]) {
@@ -22,7 +22,7 @@ public final class LayerDigests: @unchecked Sendable {
                 do {
                     try Self.check(layer)
                 } catch {
-                    lock.withLock { failure = error }
+                    failure.withLock { $0 = error }
                     return
                 }
             }
@@ -32,7 +32,7 @@ public final class LayerDigests: @unchecked Sendable {
     /// Waits for the hashing; throws the first mismatch.
     public func wait() throws {
         group.wait()
-        if let failure = lock.withLock({ failure }) { throw failure }
+        if let failure = failure.withLock({ $0 }) { throw failure }
     }
 
     static func check(_ layer: LayerSource) throws {

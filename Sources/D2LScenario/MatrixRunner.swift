@@ -34,11 +34,11 @@ public final class MatrixRunner: @unchecked Sendable {
         public var retries: Int
         public var outputDirectory: String
         public var repositoryRoot: String
-        public var engine: String?
+        public var engine: ContainerEngine?
         public var keepDisks: Bool
         public var d2lBinary: String
         public init(
-            jobs: Int, retries: Int, outputDirectory: String, repositoryRoot: String, engine: String?,
+            jobs: Int, retries: Int, outputDirectory: String, repositoryRoot: String, engine: ContainerEngine?,
             keepDisks: Bool, d2lBinary: String
         ) {
             self.jobs = jobs
@@ -188,7 +188,7 @@ public final class MatrixRunner: @unchecked Sendable {
             } else {
                 return result
             }
-            let ext = scenario.build.format.map { $0 == "raw" ? "img" : ($0 == "vpc" ? "vhd" : $0) } ?? "img"
+            let ext = (scenario.build.format ?? .raw).fileExtension
             disk = (dir as NSString).appendingPathComponent("disk.\(ext)")
             log("building \(scenario.name)")
             let started = Date()
@@ -215,7 +215,7 @@ public final class MatrixRunner: @unchecked Sendable {
             let verify = await ProcessRunner.capture(
                 [options.d2lBinary, "verify", disk, "--json", "--transcript", transcript,
                  "--junit", (dir as NSString).appendingPathComponent("verify.junit.xml")]
-                    + connectArguments(slot: slot) + cpuArguments(scenario) + scenario.verifyArguments)
+                    + connectArguments(slot: slot) + cpuArguments(scenario) + ["--scenario", URL(fileURLWithPath: scenario.file).standardizedFileURL.path])
             giveBack(slot)
             try? verify.stdout.write(toFile: (dir as NSString).appendingPathComponent("verify.json"), atomically: false, encoding: .utf8)
             try? verify.stderr.write(toFile: (dir as NSString).appendingPathComponent("verify.log"), atomically: false, encoding: .utf8)
@@ -267,16 +267,21 @@ public final class MatrixRunner: @unchecked Sendable {
     }
 }
 
+/// The container engines that build recipes (Scripts/build-recipe --engine).
+public enum ContainerEngine: String, Sendable, Codable, CaseIterable {
+    case podman, docker, buildah
+}
+
 /// Builds each recipe once (one engine build at a time) and remembers the outcome.
 actor RecipeCache {
     enum Outcome: Sendable { case success(String), skipped(String), failure(String) }
     private var tasks: [String: Task<Outcome, Never>] = [:]
     private var previous: Task<Outcome, Never>?
     let repositoryRoot: String
-    let engine: String?
+    let engine: ContainerEngine?
     let log: @Sendable (String) -> Void
 
-    init(repositoryRoot: String, engine: String?, log: @escaping @Sendable (String) -> Void) {
+    init(repositoryRoot: String, engine: ContainerEngine?, log: @escaping @Sendable (String) -> Void) {
         self.repositoryRoot = repositoryRoot
         self.engine = engine
         self.log = log
@@ -292,7 +297,7 @@ actor RecipeCache {
             _ = await before?.value  // engine builds run one after another
             log("building recipe \(recipe)")
             var command = [root + "/Scripts/build-recipe"]
-            if let engine { command += ["--engine", engine] }
+            if let engine { command += ["--engine", engine.rawValue] }
             let result = await ProcessRunner.capture(command + [recipe])
             switch result.status {
             case 0: return .success(result.stdout.trimmingCharacters(in: .whitespacesAndNewlines))

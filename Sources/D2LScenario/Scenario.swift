@@ -1,3 +1,6 @@
+import D2LDiskModel
+import D2LSupport
+import D2LVerify
 import Foundation
 import Yams
 
@@ -19,7 +22,7 @@ public struct Scenario: Sendable, Codable, Equatable {
     }
 
     public struct Build: Sendable, Codable, Equatable {
-        public var format: String?
+        public var format: DiskFormat?
         public var size: String?
         public var headroom: String?
         public var append: String?
@@ -43,9 +46,9 @@ public struct Scenario: Sendable, Codable, Equatable {
         public var timeout: Int?
         public var memory: Int?
         public var cpus: Int?
-        public var accel: String?
-        public var diskBus: String?
-        public var failedUnits: String?
+        public var accel: Accelerator?
+        public var diskBus: DiskBus?
+        public var failedUnits: FailedUnitsPolicy?
         public var stages: [StageOverride] = []
         public var login: String?
         public var run: [Command] = []
@@ -62,7 +65,7 @@ public struct Scenario: Sendable, Codable, Equatable {
     /// The arguments of `d2l build` (after the input).
     public var buildArguments: [String] {
         var a: [String] = []
-        if let f = build.format { a += ["--format", f] }
+        if let f = build.format { a += ["--format", f.rawValue] }
         if let s = build.size { a += ["--size", s] }
         if let h = build.headroom { a += ["--headroom", h] }
         if let x = build.append { a += ["--append", x] }
@@ -70,34 +73,42 @@ public struct Scenario: Sendable, Codable, Equatable {
         if let p = build.rootPassword { a += ["--root-password", p] } else if build.rootPasswordEmpty { a.append("--root-password-empty") }
         return a
     }
+}
 
-    /// The arguments of `d2l verify` (after the disk).
-    public var verifyArguments: [String] {
-        var a: [String] = []
-        if let t = verify.timeout { a += ["--timeout", String(t)] }
-        if let m = verify.memory { a += ["--memory", String(m)] }
-        if let c = verify.cpus { a += ["--cpus", String(c)] }
-        if let x = verify.accel { a += ["--accel", x] }
-        if let b = verify.diskBus { a += ["--disk-bus", b] }
-        if let f = verify.failedUnits { a += ["--failed-units", f] }
-        for stage in verify.stages {
-            if let p = stage.pattern { a += ["--expect", "\(stage.name)=\(p)"] }
-            if let d = stage.deadline { a += ["--deadline", "\(stage.name)=\(d)"] }
+extension Scenario.Verify {
+    /// Lays this verify section on `request` as its defaults: values it gives replace the request's,
+    /// and its stages and commands come before those the request already has (so that options given
+    /// on the command line, applied after, win).
+    public func apply(to request: inout VerifyRequest) {
+        if let timeout { request.timeout = timeout }
+        if let memory { request.machine.memoryMiB = memory }
+        if let cpus { request.machine.cpus = cpus }
+        if let accel { request.machine.accelerator = accel }
+        if let diskBus { request.machine.diskBus = diskBus }
+        if let failedUnits { request.failedUnits = failedUnits }
+        var expectations: [String] = []
+        var deadlines: [String] = []
+        for stage in stages {
+            if let p = stage.pattern { expectations.append("\(stage.name)=\(p)") }
+            if let d = stage.deadline { deadlines.append("\(stage.name)=\(d)") }
         }
-        if let l = verify.login { a += ["--login", l] }
-        for c in verify.run {
-            a += ["--run", c.command]
-            if let e = c.expect { a += ["--expect-output", e] }
-        }
-        return a
+        request.expectations = expectations + request.expectations
+        request.deadlines = deadlines + request.deadlines
+        if let login { request.login = login }
+        request.commands = run.map { RunCheck(command: $0.command, expectOutput: $0.expect) } + request.commands
     }
 }
 
 /// A scenario file that cannot be used, with where and why.
-public struct ScenarioError: Error, CustomStringConvertible, Sendable {
+public struct ScenarioError: Error, CustomStringConvertible, Sendable, CategorizedError {
     public var file: String
     public var message: String
+    public init(file: String, message: String) {
+        self.file = file
+        self.message = message
+    }
     public var description: String { "\(file): \(message)" }
+    public var category: ErrorCategory { .usage }
 }
 
 /// Reads and checks scenario files.
@@ -109,7 +120,6 @@ public enum ScenarioParser {
     ]
     static let stageKeys: Set<String> = ["pattern", "deadline"]
     static let runKeys: Set<String> = ["command", "expect"]
-    static let formats: Set<String> = ["raw", "qcow2", "vmdk", "vdi", "vhdx", "vpc"]
 
     /// Lists the scenario files named: directories give their *.yaml and *.yml files, sorted.
     public static func files(_ paths: [String]) throws -> [String] {
@@ -177,13 +187,7 @@ public enum ScenarioParser {
         if let b = top["build"] {
             guard let map = b as? [String: Any] else { throw fail("build: expected a mapping") }
             try checkKeys(map, allowed: buildKeys, at: "build.", fail: fail)
-            if let f = map["format"] {
-                let format = try string(f, "build.format", fail)
-                guard formats.contains(format) else {
-                    throw fail("build.format: \(format) is not one of \(formats.sorted().joined(separator: ", "))")
-                }
-                build.format = format
-            }
+            build.format = try map["format"].map { try choice(DiskFormat.self, $0, "build.format", fail) }
             build.size = try map["size"].map { try string($0, "build.size", fail) }
             build.headroom = try map["headroom"].map { try string($0, "build.headroom", fail) }
             build.append = try map["append"].map { try string($0, "build.append", fail) }
@@ -202,11 +206,9 @@ public enum ScenarioParser {
             verify.timeout = try map["timeout"].map { try int($0, "verify.timeout", fail) }
             verify.memory = try map["memory"].map { try int($0, "verify.memory", fail) }
             verify.cpus = try map["cpus"].map { try int($0, "verify.cpus", fail) }
-            verify.accel = try map["accel"].map { try string($0, "verify.accel", fail) }
-            if let a = verify.accel, !["auto", "kvm", "tcg"].contains(a) { throw fail("verify.accel: \(a) is not auto, kvm or tcg") }
-            verify.diskBus = try map["disk-bus"].map { try string($0, "verify.disk-bus", fail) }
-            verify.failedUnits = try map["failed-units"].map { try string($0, "verify.failed-units", fail) }
-            if let f = verify.failedUnits, !["fail", "warn"].contains(f) { throw fail("verify.failed-units: \(f) is not fail or warn") }
+            verify.accel = try map["accel"].map { try choice(Accelerator.self, $0, "verify.accel", fail) }
+            verify.diskBus = try map["disk-bus"].map { try choice(DiskBus.self, $0, "verify.disk-bus", fail) }
+            verify.failedUnits = try map["failed-units"].map { try choice(FailedUnitsPolicy.self, $0, "verify.failed-units", fail) }
             verify.login = try map["login"].map { try string($0, "verify.login", fail) }
             if let s = map["stages"] {
                 guard let stages = s as? [String: Any] else {
@@ -265,6 +267,17 @@ public enum ScenarioParser {
         case let d as Double: return String(d)
         default: throw fail("\(at): expected text")
         }
+    }
+
+    /// One of an enum's values, or an error listing them.
+    private static func choice<T: RawRepresentable & CaseIterable>(
+        _: T.Type, _ value: Any?, _ at: String, _ fail: (String) -> ScenarioError
+    ) throws -> T where T.RawValue == String {
+        let text = try string(value, at, fail)
+        guard let parsed = T(rawValue: text) else {
+            throw fail("\(at): \(text) is not one of \(T.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        return parsed
     }
 
     private static func int(_ value: Any?, _ at: String, _ fail: (String) -> ScenarioError) throws -> Int {

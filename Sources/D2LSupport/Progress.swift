@@ -1,14 +1,17 @@
 import Foundation
+import Synchronization
 
 /// Progress on stderr: a live line on a terminal, plain lines otherwise.
-public final class ProgressReporter: @unchecked Sendable {
+public final class ProgressReporter: Sendable {
     public enum Mode: Sendable { case terminal, lines, quiet }
     private let mode: Mode
-    private let lock = NSLock()
-    private var phase = ""
-    private var phaseStart = Date()
-    private var lastDraw = Date.distantPast
-    private var lastLength = 0
+    private struct Line {
+        var phase = ""
+        var phaseStart = Date()
+        var lastDraw = Date.distantPast
+        var lastLength = 0
+    }
+    private let line = Mutex(Line())
 
     public init(mode: Mode? = nil) {
         self.mode = mode ?? (isatty(2) == 1 ? .terminal : .lines)
@@ -16,53 +19,53 @@ public final class ProgressReporter: @unchecked Sendable {
 
     /// Starts a named phase ("scanning layers", "writing ext4", ...).
     public func begin(_ name: String) {
-        lock.withLock {
-            finishLine()
-            phase = name
-            phaseStart = Date()
+        line.withLock { state in
+            finishLine(&state)
+            state.phase = name
+            state.phaseStart = Date()
             if mode == .lines { write("d2l: \(name)\n") }
-            if mode == .terminal { draw("\(name)...") }
+            if mode == .terminal { draw("\(name)...", &state) }
         }
     }
 
     /// Reports bytes done out of a total (total 0 when unknown); throttled to 10 Hz.
     public func update(bytes: UInt64, total: UInt64 = 0) {
         guard mode == .terminal else { return }
-        lock.withLock {
+        line.withLock { state in
             let now = Date()
-            guard now.timeIntervalSince(lastDraw) > 0.1 else { return }
-            lastDraw = now
-            let elapsed = max(now.timeIntervalSince(phaseStart), 0.001)
+            guard now.timeIntervalSince(state.lastDraw) > 0.1 else { return }
+            state.lastDraw = now
+            let elapsed = max(now.timeIntervalSince(state.phaseStart), 0.001)
             let rate = Double(bytes) / elapsed
-            var text = "\(phase): \(Self.format(bytes))"
+            var text = "\(state.phase): \(Self.format(bytes))"
             if total > 0 {
                 text += " of \(Self.format(total)) (\(Int(Double(bytes) * 100 / Double(total)))%)"
             }
             text += ", \(Self.format(UInt64(rate)))/s"
-            draw(text)
+            draw(text, &state)
         }
     }
 
     /// Prints a message on its own line (warnings, notes).
     public func note(_ message: String) {
-        lock.withLock {
-            finishLine()
+        line.withLock { state in
+            finishLine(&state)
             if mode != .quiet || message.hasPrefix("warning") { write("d2l: \(message)\n") }
         }
     }
 
     /// Ends the live line.
-    public func done() { lock.withLock { finishLine() } }
+    public func done() { line.withLock { finishLine(&$0) } }
 
-    private func draw(_ text: String) {
-        let pad = max(0, lastLength - text.count)
+    private func draw(_ text: String, _ state: inout Line) {
+        let pad = max(0, state.lastLength - text.count)
         write("\r" + text + String(repeating: " ", count: pad))
-        lastLength = text.count
+        state.lastLength = text.count
     }
-    private func finishLine() {
-        if mode == .terminal, lastLength > 0 {
-            write("\r" + String(repeating: " ", count: lastLength) + "\r")
-            lastLength = 0
+    private func finishLine(_ state: inout Line) {
+        if mode == .terminal, state.lastLength > 0 {
+            write("\r" + String(repeating: " ", count: state.lastLength) + "\r")
+            state.lastLength = 0
         }
     }
     private func write(_ s: String) { FileHandle.standardError.write(Data(s.utf8)) }

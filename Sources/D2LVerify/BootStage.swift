@@ -1,3 +1,4 @@
+import D2LDiskModel
 import Foundation
 
 /// A compiled regular expression that can cross task boundaries.
@@ -6,11 +7,12 @@ public struct ConsolePattern: @unchecked Sendable, CustomStringConvertible {
     // NSRegularExpression is immutable and documented thread-safe.
     private let regex: NSRegularExpression
 
-    public init(_ source: String) throws {
+    /// - Throws: `VerifyError.badOption` when `source` is not a regular expression.
+    public init(_ source: String) throws(VerifyError) {
         do {
             regex = try NSRegularExpression(pattern: source)
         } catch {
-            throw VerifyError.badOption("'\(source)' is not a valid regular expression")
+            throw .badOption("'\(source)' is not a valid regular expression")
         }
         self.source = source
     }
@@ -53,6 +55,14 @@ public struct BootStage: Sendable {
         self.pattern = pattern
         self.deadline = deadline
     }
+}
+
+/// What a systemd `[FAILED]` line on the console does to the verdict.
+public enum FailedUnitsPolicy: String, Sendable, Codable, CaseIterable {
+    /// The boot fails at that line.
+    case fail
+    /// The line is reported as a warning.
+    case warn
 }
 
 /// A console line that ends the run at once.
@@ -109,8 +119,9 @@ public struct StagePlan: Sendable {
         ]
     }
 
-    /// The lines that prove a boot failed, whatever stage it reached.
-    public static func defaultFailures(failedUnitsWarnOnly: Bool = false) -> [FailurePattern] {
+    /// The lines that prove a boot failed, whatever stage it reached; systemd's `[FAILED]` lines fail
+    /// or warn as `failedUnits` says.
+    public static func defaultFailures(failedUnits: FailedUnitsPolicy = .fail) -> [FailurePattern] {
         let patterns: [(String, String)] = [
             ("kernel panic", #"Kernel panic - not syncing|end Kernel panic"#),
             ("emergency mode", #"You are in emergency mode"#),
@@ -124,7 +135,7 @@ public struct StagePlan: Sendable {
         failures.append(
             FailurePattern(
                 name: "systemd unit failed", pattern: ConsolePattern(builtIn: #"^\s*\[FAILED\]"#),
-                warnOnly: failedUnitsWarnOnly))
+                warnOnly: failedUnits == .warn))
         return failures
     }
 

@@ -1,3 +1,4 @@
+import D2LDiskModel
 import Foundation
 
 /// `--login USER[:PASSWORD]`.
@@ -70,11 +71,11 @@ public struct BootVerifier: Sendable {
 
     /// Boots `machine` and returns the verdict; throws only when it could not test (hypervisor errors).
     public func verify(
-        _ machine: MachineSpec, guest: GuestInfo? = nil, transcript: ((_ bytes: [UInt8]) -> Void)? = nil,
+        _ machine: MachineSpec, guest: GuestFacts? = nil, transcript: ((_ bytes: [UInt8]) -> Void)? = nil,
         progress: @escaping @Sendable (VerifyProgress) -> Void = { _ in }
     ) async throws -> BootReport {
         let console = try await hypervisor.powerOn(machine)
-        let session = ConsoleSession(console: console, powerOn: .now)
+        let session = ConsoleSession(console: console, stopwatch: hypervisor.stopwatch)
         progress(.poweredOn)
         var run = Run(machine: StageMachine(plan: options.plan), progress: progress)
         do {
@@ -83,7 +84,6 @@ public struct BootVerifier: Sendable {
                 await run.afterLogin(session, login: login, options: options)
             }
         } catch {
-            session.stop()
             console.destroy()
             transcript?(session.transcript)
             throw error
@@ -93,7 +93,6 @@ public struct BootVerifier: Sendable {
         // The verdict goes out before the teardown: destroying a QEMU process takes a second or two.
         transcript?(session.transcript)
         progress(.verdict(report))
-        session.stop()
         console.destroy()
         return report
     }
@@ -138,7 +137,7 @@ private struct Run {
                 if let failure = machine.check(at: now) { handle([failure]) }
             case .closed(let error):
                 if let error, !machine.finished {
-                    throw VerifyError.hypervisor("the console failed: \(error)")
+                    throw VerifyError.hypervisor("the console failed: \(error)", underlying: error)
                 }
                 if let failure = machine.guestStopped(at: now) { handle([failure]) }
             }
@@ -312,7 +311,7 @@ private struct Run {
 
     // MARK: Report
 
-    func report(image: String, accelerator: Accelerator, guest: GuestInfo?, session: ConsoleSession) -> BootReport {
+    func report(image: String, accelerator: Accelerator, guest: GuestFacts?, session: ConsoleSession) -> BootReport {
         var stages: [StageResult] = []
         var failedStage: String?
         var reason: String?

@@ -1,7 +1,8 @@
 /// The console of one boot as a sequence of timed events, with the transcript and recent lines kept.
 ///
-/// Used from a single task: it merges the guest's bytes with a periodic tick so
-/// that deadlines are checked even while the guest is silent.
+/// Used from a single task. Its time is read from a `Stopwatch` on the hypervisor's clock: the wall
+/// clock for a real guest, the transcript's own time for a replay (so replayed boots are judged on
+/// the times they were recorded with, however fast they replay).
 final class ConsoleSession {
     enum Event {
         case lines([String], partial: String)
@@ -10,71 +11,32 @@ final class ConsoleSession {
     }
 
     let console: any GuestConsole
-    let powerOn: ContinuousClock.Instant
+    private let stopwatch: Stopwatch
     private(set) var transcript: [UInt8] = []
     private(set) var recentLines: [String] = []
     private var text = ConsoleText()
-    private let events: AsyncStream<RawEvent>
-    private var iterator: AsyncStream<RawEvent>.Iterator
-    private var producers: [Task<Void, Never>] = []
-    private var closed = false
+    private var unread: [String] = []
 
-    private enum RawEvent: Sendable {
-        case bytes([UInt8])
-        case tick
-        case closed(error: (any Error)?)
-    }
-
-    init(console: any GuestConsole, powerOn: ContinuousClock.Instant, tick: Duration = .milliseconds(100)) {
+    init(console: any GuestConsole, stopwatch: Stopwatch) {
         self.console = console
-        self.powerOn = powerOn
-        let (stream, continuation) = AsyncStream.makeStream(of: RawEvent.self)
-        events = stream
-        iterator = stream.makeAsyncIterator()
-        producers.append(
-            Task {
-                do {
-                    for try await chunk in console.output { continuation.yield(.bytes(chunk)) }
-                    continuation.yield(.closed(error: nil))
-                } catch {
-                    continuation.yield(.closed(error: error))
-                }
-            })
-        producers.append(
-            Task {
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: tick)
-                    continuation.yield(.tick)
-                }
-            })
-    }
-
-    deinit { stop() }
-
-    /// Stops the producers; the console itself is the caller's to destroy.
-    func stop() {
-        for task in producers { task.cancel() }
-        producers = []
+        self.stopwatch = stopwatch
     }
 
     /// Time since power-on.
-    var now: Duration { ContinuousClock.now - powerOn }
-
-    private var unread: [String] = []
+    var now: Duration { stopwatch.elapsed }
 
     /// Gives back lines a reader did not use; the next call to `next()` returns them first.
     func unread(_ lines: some Collection<String>) {
         unread = Array(lines) + unread
     }
 
-    /// The next event; after the console closed, ticks only.
+    /// The next event.
     func next() async -> Event {
         if !unread.isEmpty {
             defer { unread = [] }
             return .lines(unread, partial: text.partialLine)
         }
-        guard let raw = await iterator.next() else { return .closed(error: nil) }
-        switch raw {
+        switch await console.next() {
         case .bytes(let bytes):
             transcript += bytes
             let lines = text.append(bytes)
@@ -84,7 +46,6 @@ final class ConsoleSession {
         case .tick:
             return .tick
         case .closed(let error):
-            closed = true
             return .closed(error: error)
         }
     }

@@ -1,22 +1,6 @@
 import D2LSupport
 import Foundation
 
-/// A running guest's serial console.
-public protocol GuestConsole: AnyObject, Sendable {
-    /// Bytes from the guest; the sequence ends when the guest stops.
-    var output: AsyncThrowingStream<[UInt8], any Error> { get }
-    /// Types bytes on the guest's serial port.
-    func send(_ bytes: [UInt8]) throws
-    /// Stops the guest at once and forgets it; safe to call more than once.
-    func destroy()
-}
-
-/// Something that can power on a machine and hand over its console: libvirt, or a fake in tests.
-public protocol Hypervisor: Sendable {
-    /// Creates the machine paused, attaches the console, then powers it on.
-    func powerOn(_ machine: MachineSpec) async throws -> any GuestConsole
-}
-
 /// The real thing: a transient libvirt domain.
 public struct LibvirtHypervisor: Hypervisor {
     public let connection: LibvirtConnection
@@ -35,6 +19,8 @@ public struct LibvirtHypervisor: Hypervisor {
         return "qemu:///embed?root=\(root)"
     }
 
+    public var stopwatch: Stopwatch { Stopwatch(clock: ContinuousClock()) }
+
     public func powerOn(_ machine: MachineSpec) async throws -> any GuestConsole {
         let domain = try connection.createPausedDomain(xml: machine.domainXML)
         // From here on the domain must die on every way out, signals included.
@@ -51,122 +37,27 @@ public struct LibvirtHypervisor: Hypervisor {
     }
 }
 
-final class LibvirtGuest: GuestConsole, @unchecked Sendable {
+/// A libvirt domain's serial console, with a tick every 100 ms of wall-clock time.
+final class LibvirtGuest: GuestConsole, Sendable {
     let domain: LibvirtDomain
     let stream: ConsoleStream
     let cleanupToken: Int
+    private let feed: LiveConsoleFeed
 
     init(domain: LibvirtDomain, stream: ConsoleStream, cleanupToken: Int) {
         self.domain = domain
         self.stream = stream
         self.cleanupToken = cleanupToken
+        feed = LiveConsoleFeed(output: stream.output)
     }
 
-    var output: AsyncThrowingStream<[UInt8], any Error> { stream.output }
+    func next() async -> ConsoleEvent { await feed.next() }
     func send(_ bytes: [UInt8]) throws { try stream.send(bytes) }
     func destroy() {
+        feed.stop()
         stream.close()
         domain.destroy()
         Cleanup.shared.removeAction(cleanupToken)
     }
 }
 
-/// Chooses the accelerator, probing KVM once per process.
-public actor AcceleratorProbe {
-    public static let shared = AcceleratorProbe()
-    private var kvmWorks: Bool?
-
-    /// kvm or tcg for `requested`; for auto, KVM only when a probe guest really runs under it.
-    ///
-    /// SeaBIOS and even syslinux run under a broken KVM; the kernel then hangs. So the probe boots the
-    /// disk under test itself, with a short deadline, and KVM counts only once the kernel's banner appears.
-    public func resolve(
-        _ requested: Accelerator, hypervisor: LibvirtHypervisor, probe machine: MachineSpec,
-        deadline: Duration = .seconds(5)
-    ) async -> (Accelerator, warning: String?) {
-        switch requested {
-        case .kvm, .tcg: return (requested, nil)
-        case .auto: break
-        }
-        if kvmWorks == nil { kvmWorks = Self.remembered() }
-        if kvmWorks == nil {
-            let works = await probe(hypervisor: hypervisor, machine: machine, deadline: deadline)
-            kvmWorks = works
-            Self.remember(works)
-        }
-        if kvmWorks == true { return (.kvm, nil) }
-        return (.tcg, "warning: KVM is missing or does not run guests here; using TCG (slower)")
-    }
-
-    /// The probe's answer is kept for the host's current boot (and a day at most), so that a run
-    /// of many `d2l verify` processes (d2l test, git bisect run) pays for it once.
-    private struct Remembered: Codable {
-        var bootID: String
-        var kvmWorks: Bool
-        var time: Double
-    }
-
-    static var rememberedFile: String { CacheDirectory.path + "/kvm-probe.json" }
-
-    static var bootID: String? {
-        guard let data = FileManager.default.contents(atPath: "/proc/sys/kernel/random/boot_id") else { return nil }
-        return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-    }
-
-    static func remembered() -> Bool? {
-        guard let bootID, let data = FileManager.default.contents(atPath: rememberedFile),
-            let r = try? JSONDecoder().decode(Remembered.self, from: data), r.bootID == bootID,
-            Date().timeIntervalSince1970 - r.time < 86_400
-        else { return nil }
-        return r.kvmWorks
-    }
-
-    static func remember(_ works: Bool) {
-        guard let bootID,
-            let data = try? JSONEncoder().encode(Remembered(bootID: bootID, kvmWorks: works, time: Date().timeIntervalSince1970))
-        else { return }
-        try? FileManager.default.createDirectory(atPath: CacheDirectory.path, withIntermediateDirectories: true)
-        try? data.write(to: URL(fileURLWithPath: rememberedFile), options: .atomic)
-    }
-
-    /// Boots the disk under KVM and waits for the kernel's banner.
-    private func probe(hypervisor: LibvirtHypervisor, machine: MachineSpec, deadline: Duration) async -> Bool {
-        guard FileManager.default.isReadableFile(atPath: "/dev/kvm") else { return false }
-        var spec = machine
-        spec.name = MachineSpec.uniqueName(prefix: "d2l-verify-kvm-probe")
-        spec.accelerator = .kvm
-        spec.memoryMiB = min(machine.memoryMiB, 512)
-        let xml = spec.domainXML
-        guard let domain = try? hypervisor.connection.createPausedDomain(xml: xml) else { return false }
-        let token = Cleanup.shared.addAction { domain.destroy() }
-        defer {
-            domain.destroy()
-            Cleanup.shared.removeAction(token)
-        }
-        guard let stream = try? domain.openConsole() else { return false }
-        defer { stream.close() }
-        guard (try? domain.resume()) != nil else { return false }
-        return await withTaskGroup(of: Bool.self) { group in
-            group.addTask {
-                var text = ConsoleText()
-                do {
-                    for try await chunk in stream.output {
-                        for line in text.append(chunk) + [text.partialLine]
-                        where line.contains("Linux version") {
-                            return true
-                        }
-                    }
-                } catch {}
-                return false
-            }
-            group.addTask {
-                try? await Task.sleep(for: deadline)
-                return false
-            }
-            let result = await group.next() ?? false
-            group.cancelAll()
-            stream.close()
-            return result
-        }
-    }
-}

@@ -1,12 +1,14 @@
 import CLibvirt
 import D2LSupport
 import Foundation
+import Synchronization
 
 /// A libvirt call that failed, with libvirt's own message.
-public struct LibvirtError: Error, CustomStringConvertible, Sendable {
+public struct LibvirtError: Error, CustomStringConvertible, Sendable, CategorizedError {
     public let operation: String
     public let message: String
     public var description: String { "libvirt: \(operation) failed: \(message)" }
+    public var category: ErrorCategory { .couldNotTest }
 
     /// Captures libvirt's last error for the calling thread.
     static func last(_ operation: String) -> LibvirtError {
@@ -23,9 +25,10 @@ public struct LibvirtError: Error, CustomStringConvertible, Sendable {
 }
 
 /// A per-process embedded root, removed when the process exits.
-nonisolated(unsafe) private var privateEmbeddedRoot = ""
+private let privateEmbeddedRoot = Mutex("")
 private func removePrivateEmbeddedRoot() {
-    if !privateEmbeddedRoot.isEmpty { try? FileManager.default.removeItem(atPath: privateEmbeddedRoot) }
+    let root = privateEmbeddedRoot.withLock { $0 }
+    if !root.isEmpty { try? FileManager.default.removeItem(atPath: root) }
 }
 
 /// libvirt's default event loop, registered once and run on its own thread.
@@ -48,12 +51,14 @@ enum LibvirtEventLoop {
 }
 
 /// A connection to a libvirt driver; one per URI per process (the embedded driver allows only one).
+///
+/// `@unchecked Sendable`: it holds only an immutable libvirt handle, and libvirt's connections may be
+/// used from several threads at once (libvirt's "Thread safety" guide).
 public final class LibvirtConnection: @unchecked Sendable {
     private let pointer: virConnectPtr
     public let uri: String
 
-    private static let lock = NSLock()
-    nonisolated(unsafe) private static var connections: [String: LibvirtConnection] = [:]
+    private static let connections = Mutex<[String: LibvirtConnection]>([:])
 
     private init(pointer: virConnectPtr, uri: String) {
         self.pointer = pointer
@@ -66,14 +71,14 @@ public final class LibvirtConnection: @unchecked Sendable {
     /// An embedded driver's root belongs to one process at a time; when another
     /// `d2l verify` holds it, this one uses a private root beside it, removed at exit.
     public static func shared(uri: String) throws -> LibvirtConnection {
-        try lock.withLock {
+        try connections.withLock { connections in
             if let existing = connections[uri] { return existing }
             var target = uri
             // A failed open leaves the process without an embedded driver for good, so look before leaping.
             if let root = embeddedRoot(of: uri), isHeldByAnotherProcess(root: root) {
                 let privateRoot = root + "-\(getpid())"
                 Cleanup.shared.add(privateRoot)
-                privateEmbeddedRoot = privateRoot
+                privateEmbeddedRoot.withLock { $0 = privateRoot }
                 atexit(removePrivateEmbeddedRoot)
                 target = "qemu:///embed?root=" + privateRoot
             }
@@ -187,12 +192,11 @@ public final class LibvirtConnection: @unchecked Sendable {
     }
 }
 
-/// A libvirt domain handle.
+/// A libvirt domain handle (`@unchecked Sendable` as the connection: an immutable thread-safe handle).
 public final class LibvirtDomain: @unchecked Sendable {
     private let pointer: virDomainPtr
     private let connection: LibvirtConnection
-    private let lock = NSLock()
-    private var destroyed = false
+    private let destroyed = Mutex(false)
 
     fileprivate init(pointer: virDomainPtr, connection: LibvirtConnection) {
         self.pointer = pointer
@@ -221,9 +225,9 @@ public final class LibvirtDomain: @unchecked Sendable {
 
     /// Stops the domain at once; safe to call more than once and from any thread.
     public func destroy() {
-        let first = lock.withLock {
-            defer { destroyed = true }
-            return !destroyed
+        let first = destroyed.withLock { done in
+            defer { done = true }
+            return !done
         }
         guard first else { return }
         if virDomainDestroy(pointer) != 0, virDomainIsActive(pointer) == 1 {
@@ -233,12 +237,11 @@ public final class LibvirtDomain: @unchecked Sendable {
     }
 }
 
-/// A non-blocking console stream whose bytes arrive through libvirt's event loop.
+/// A non-blocking console stream whose bytes arrive through libvirt's event loop
+/// (`@unchecked Sendable` as the connection: an immutable thread-safe handle).
 public final class ConsoleStream: @unchecked Sendable {
     private let pointer: virStreamPtr
-    private let lock = NSLock()
-    private var finished = false
-    private var callbackRegistered = false
+    private let finished = Mutex(false)
     private let continuation: AsyncThrowingStream<[UInt8], any Error>.Continuation
     /// Bytes from the guest, in order; ends when the guest's console closes.
     public let output: AsyncThrowingStream<[UInt8], any Error>
@@ -264,7 +267,6 @@ public final class ConsoleStream: @unchecked Sendable {
             Unmanaged<ConsoleStream>.fromOpaque(opaque).release()
             throw LibvirtError.last("watching the console stream")
         }
-        callbackRegistered = true
     }
     deinit { virStreamFree(pointer) }
 
@@ -292,12 +294,12 @@ public final class ConsoleStream: @unchecked Sendable {
 
     /// Removes the callback (left registered it would fire again and again) and finishes the stream.
     private func end(error: (any Error)?, finish: Bool) {
-        let first = lock.withLock {
-            defer { finished = true }
-            return !finished
+        let first = finished.withLock { done in
+            defer { done = true }
+            return !done
         }
         guard first else { return }
-        if callbackRegistered { virStreamEventRemoveCallback(pointer) }
+        virStreamEventRemoveCallback(pointer)
         if finish { virStreamFinish(pointer) } else { virStreamAbort(pointer) }
         continuation.finish(throwing: error)
     }

@@ -1,3 +1,4 @@
+import D2LDiskModel
 import D2LSupport
 import Foundation
 
@@ -9,6 +10,9 @@ public enum Accelerator: String, Sendable, CaseIterable, Codable {
 /// The bus the disk under test sits on.
 public enum DiskBus: String, Sendable, CaseIterable, Codable {
     case virtio, sata
+
+    /// The whole disk's device name in the guest (`/dev/vda`, `/dev/sda`); partition N adds N.
+    public var devicePrefix: String { self == .virtio ? "/dev/vda" : "/dev/sda" }
 }
 
 /// Everything needed to describe the throwaway machine that boots a disk.

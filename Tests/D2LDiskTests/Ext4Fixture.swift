@@ -1,5 +1,6 @@
 import CExt2fs
 import D2LDisk
+import D2LExt4
 import D2LImage
 import Foundation
 import Testing

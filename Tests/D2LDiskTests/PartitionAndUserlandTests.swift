@@ -4,38 +4,6 @@ import Testing
 
 @testable import D2LDisk
 
-@Suite("Partition table")
-struct PartitionTableTests {
-    @Test("a table written to a sector reads back the same")
-    func roundTrip() throws {
-        let boot = PartitionTable.Partition(type: PartitionTable.fat32LBA, bootable: true, startSector: 2048, sectorCount: 131_072)
-        let root = PartitionTable.Partition(
-            type: PartitionTable.linux, bootable: false, startSector: 133_120, sectorCount: 0xF000_0000)
-        let table = PartitionTable(partitions: [boot, root], diskSignature: 0xDEAD_BEEF)
-        let code = (0..<440).map { UInt8(truncatingIfNeeded: $0 &* 31) } + [0xAA, 0xBB]  // longer than fits
-        let sector = table.sector(bootCode: code)
-        #expect(sector.count == 512)
-        #expect(Array(sector[0..<440]) == Array(code.prefix(440)))
-        #expect(sector[510] == 0x55 && sector[511] == 0xAA)
-        #expect(sector[446] == 0x80)
-        #expect(sector[462] == 0x00)
-        let back = try #require(PartitionTable.read(sector))
-        #expect(back.diskSignature == 0xDEAD_BEEF)
-        #expect(back.partitions == [boot, root])
-        #expect(back.partitions[1].byteOffset == 133_120 * 512)
-        #expect(back.partitions[1].byteCount == Int64(0xF000_0000) * 512)
-    }
-
-    @Test("a sector without the 0x55AA signature is no table")
-    func noSignature() {
-        var sector = PartitionTable(partitions: [], diskSignature: 1).sector(bootCode: [])
-        #expect(PartitionTable.read(sector)?.partitions == [])
-        sector[511] = 0
-        #expect(PartitionTable.read(sector) == nil)
-        #expect(PartitionTable.read([UInt8](repeating: 0, count: 100)) == nil)
-    }
-}
-
 @Suite("Userland setup")
 struct UserlandSetupTests {
     @Test("the root password replaces root's shadow field and keeps every other line")

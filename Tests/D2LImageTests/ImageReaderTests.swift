@@ -1,4 +1,5 @@
 import D2LImage
+import D2LDiskModel
 import Foundation
 import Testing
 
@@ -117,7 +118,7 @@ struct ImageReaderTests {
             try t.file("cfg.json", config)
             try t.file("manifest.json", manifest)
         }
-        let image = try ImageReader.open(archive)
+        let image = try ImageReader.open(path: archive)
         #expect(image.format == .dockerArchive)
         #expect(image.architecture == "amd64")
         #expect(image.tags == ["example:latest"])
@@ -135,14 +136,14 @@ struct ImageReaderTests {
         let layout = try OCILayout(root: dir.path + "/layout")
         try layout.writeIndex([try layout.addImage(arch: "amd64", layers: layers, gzip: true)])
 
-        let fromDirectory = try ImageReader.open(layout.root)
+        let fromDirectory = try ImageReader.open(path: layout.root)
         #expect(fromDirectory.format == .ociLayout)
         #expect(fromDirectory.architecture == "amd64")
         #expect(fromDirectory.layers.map(\.expectedDigest) == (try layers.map { try sha256(ofFile: $0) }))
         try Self.expectFlattened(fromDirectory)
 
         try layout.archive(to: dir.path + "/oci.tar")
-        let fromArchive = try ImageReader.open(dir.path + "/oci.tar")
+        let fromArchive = try ImageReader.open(path: dir.path + "/oci.tar")
         #expect(fromArchive.format == .ociArchive)
         #expect(fromArchive.digest == fromDirectory.digest)
         try Self.expectFlattened(fromArchive)
@@ -158,14 +159,14 @@ struct ImageReaderTests {
             try layout.addImage(arch: "arm64", layers: [layers[0]]),
             try layout.addImage(arch: "amd64", layers: layers),
         ])
-        let amd64 = try ImageReader.open(layout.root)
+        let amd64 = try ImageReader.open(path: layout.root)
         #expect(amd64.architecture == "amd64")
         #expect(amd64.layers.count == 2)
-        let arm64 = try ImageReader.open(layout.root, platform: "linux/arm64")
+        let arm64 = try ImageReader.open(path: layout.root, platform: try Platform(parsing: "linux/arm64"))
         #expect(arm64.architecture == "arm64")
         #expect(arm64.layers.count == 1)
         #expect {
-            try ImageReader.open(layout.root, platform: "linux/s390x")
+            try ImageReader.open(path: layout.root, platform: try Platform(parsing: "linux/s390x"))
         } throws: { error in
             guard case ImageError.platformNotFound(_, let available)? = error as? ImageError else { return false }
             return available.sorted() == ["linux/amd64", "linux/arm64"]
@@ -187,7 +188,7 @@ struct ImageReaderTests {
         bytes[bytes.count - 1] = UInt8(ascii: " ")
         try bytes.write(to: URL(fileURLWithPath: blob))
         #expect {
-            try ImageReader.open(layout.root)
+            try ImageReader.open(path: layout.root)
         } throws: { error in
             guard case ImageError.digestMismatch(_, let expected, _)? = error as? ImageError else { return false }
             return expected == String(hex)
@@ -218,7 +219,7 @@ struct ImageReaderTests {
                 try t.file("etc/os-release", "ID=test\n")
                 try t.file("etc/.wh.kept", "")
             }
-            let image = try ImageReader.open(path)
+            let image = try ImageReader.open(path: path)
             #expect(image.format == .rootfsTar)
             #expect(image.layers.count == 1)
             #expect(image.layers.first?.hasWhiteouts == false)
@@ -240,7 +241,7 @@ struct ImageReaderTests {
         try fm.createSymbolicLink(atPath: root + "/bin", withDestinationPath: "usr/bin")
         try fm.createSymbolicLink(atPath: root + "/escape", withDestinationPath: "/etc/passwd")
         try Data().write(to: URL(fileURLWithPath: root + "/.wh.plain"))
-        let image = try ImageReader.open(root)
+        let image = try ImageReader.open(path: root)
         #expect(image.format == .directory)
         let tree = try flatten(image.layers)
         #expect(tree.names("") == [".wh.plain", "bin", "escape", "usr"])
@@ -256,7 +257,7 @@ struct ImageReaderTests {
         let dir = try Scratch()
         defer { dir.remove() }
         #expect {
-            try ImageReader.open(dir.path + "/missing")
+            try ImageReader.open(path: dir.path + "/missing")
         } throws: { error in
             if case ImageError.notFound? = error as? ImageError { return true }
             return false
@@ -264,7 +265,7 @@ struct ImageReaderTests {
         let junk = dir.path + "/junk"
         try Data((0..<4096).map { UInt8(truncatingIfNeeded: $0 * 7 + 1) }).write(to: URL(fileURLWithPath: junk))
         #expect {
-            try ImageReader.open(junk)
+            try ImageReader.open(path: junk)
         } throws: { error in
             if case ImageError.unrecognised? = error as? ImageError { return true }
             return false
@@ -273,7 +274,7 @@ struct ImageReaderTests {
             try t.file("manifest.json", "[]")
         }
         #expect {
-            try ImageReader.open(gzippedArchive)
+            try ImageReader.open(path: gzippedArchive)
         } throws: { error in
             if case ImageError.compressedImageArchive? = error as? ImageError { return true }
             return false

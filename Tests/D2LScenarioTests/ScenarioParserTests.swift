@@ -5,6 +5,7 @@ import FoundationXML
 import Testing
 
 @testable import D2LScenario
+import D2LVerify
 
 @Suite("Scenario files")
 struct ScenarioParserTests {
@@ -53,11 +54,16 @@ struct ScenarioParserTests {
         #expect(s.source == .recipe("demo"))
         #expect(s.tags == ["a", "b"])
         #expect(s.buildArguments == ["--format", "qcow2", "--headroom", "16M", "--append", "quiet", "--root-password-empty"])
-        #expect(
-            s.verifyArguments == [
-                "--timeout", "300", "--expect", "init=ready", "--deadline", "init=90", "--login", "root",
-                "--run", "uname -r", "--expect-output", "^6\\.", "--run", "true",
-            ])
+        var request = VerifyRequest(image: "disk.img")
+        request.commands = [RunCheck(command: "given")]
+        s.verify.apply(to: &request)
+        #expect(request.timeout == 300)
+        #expect(request.expectations == ["init=ready"])
+        #expect(request.deadlines == ["init=90"])
+        #expect(request.login == "root")
+        #expect(request.commands == [
+            RunCheck(command: "uname -r", expectOutput: "^6\\."), RunCheck(command: "true"), RunCheck(command: "given"),
+        ])
     }
 
     @Test func unknownKeyIsNamedWithASuggestion() {
@@ -137,22 +143,5 @@ struct MatrixReportTests {
         #expect(html.contains("#93c47d"))  // the login segment
         #expect(html.contains("panic&lt;&amp;&gt;"))
         #expect(html.contains("#cc0000"))  // the failure marker
-    }
-}
-
-@Suite("d2l verify --scenario")
-struct ScenarioArgumentsTests {
-    @Test func scenarioOptionsComeFirstSoTheCommandLineWins() throws {
-        let file = NSTemporaryDirectory() + "d2l-scenario-args-\(getpid()).yaml"
-        try Data("recipe: anything\nverify:\n  timeout: 300\n  login: root\n".utf8).write(to: URL(fileURLWithPath: file))
-        defer { try? FileManager.default.removeItem(atPath: file) }
-        let expanded = try ScenarioArguments.expand(["verify", "disk.img", "--scenario", file, "--timeout", "60"])
-        #expect(expanded == ["verify", "--timeout", "300", "--login", "root", "disk.img", "--timeout", "60"])
-        #expect(try ScenarioArguments.expand(["verify", "--scenario=\(file)", "x"]).count == 6)
-        #expect(try ScenarioArguments.expand(["build", "--scenario", file]) == ["build", "--scenario", file])
-    }
-
-    @Test func aMissingScenarioIsAnError() {
-        #expect(throws: ScenarioError.self) { try ScenarioArguments.expand(["verify", "x", "--scenario", "/nonexistent.yaml"]) }
     }
 }

@@ -1,3 +1,4 @@
+import D2LDiskModel
 import Foundation
 import Testing
 @testable import D2LVerify

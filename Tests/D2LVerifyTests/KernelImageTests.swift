@@ -85,37 +85,6 @@ let bookwormBanner = "[    0.000000] Linux version 6.1.0-50-amd64 (debian-kernel
         #expect(other.firstMatch(in: longer) != nil)
     }
 
-    @Test func superblockUUIDIsFormattedLikeBlkid() {
-        var superblock = [UInt8](repeating: 0, count: 1024)
-        superblock[0x38] = 0x53
-        superblock[0x39] = 0xEF
-        let uuid: [UInt8] = [0xfc, 0xd2, 0x7b, 0xb0, 0xdb, 0xaf, 0x4e, 0x13, 0xa1, 0xea, 0xfa, 0x21, 0x4c, 0x41, 0xc0, 0x97]
-        superblock.replaceSubrange(0x68..<0x78, with: uuid)
-        #expect(GuestInspector.superblockUUID(superblock) == "fcd27bb0-dbaf-4e13-a1ea-fa214c41c097")
-        superblock[0x38] = 0
-        #expect(GuestInspector.superblockUUID(superblock) == nil)
-    }
-
-    @Test func rootWithoutAnInitrdIsTheLinuxPartitionsDeviceName() throws {
-        // MBR: FAT in entry 1, Linux in entry 3; the ext4 superblock at the Linux partition's start.
-        var disk = [UInt8](repeating: 0, count: 4096)
-        disk[510] = 0x55
-        disk[511] = 0xAA
-        disk[446 + 4] = 0x0C
-        disk[446 + 2 * 16 + 4] = 0x83
-        disk[446 + 2 * 16 + 8] = 2  // LBA 2
-        disk[1024 + 1024 + 0x38] = 0x53
-        disk[1024 + 1024 + 0x39] = 0xEF
-        disk.replaceSubrange(1024 + 1024 + 0x68..<1024 + 1024 + 0x78, with: [UInt8](repeating: 0xAB, count: 16))
-        let path = NSTemporaryDirectory() + "d2l-mbr-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).img"
-        try Data(disk).write(to: URL(fileURLWithPath: path))
-        defer { try? FileManager.default.removeItem(atPath: path) }
-        #expect(GuestInspector.rootDevice(path: path, format: .raw, bus: .virtio) == "UUID=abababab-abab-abab-abab-abababababab")
-        #expect(GuestInspector.rootDevice(path: path, format: .raw, bus: .virtio, initrd: false) == "/dev/vda3")
-        #expect(GuestInspector.rootDevice(path: path, format: .raw, bus: .sata, initrd: false) == "/dev/sda3")
-        #expect(GuestInspector.rootDevice(path: path, format: .qcow2, bus: .virtio) == "/dev/vda2")
-    }
-
     @Test func directBootXMLLoadsKernelInitrdAndCommandLineInsteadOfTheDisk() {
         let line = DirectKernelBoot.commandLine(root: "UUID=abc", extra: "init=/bin/false")
         #expect(line.hasPrefix("root=UUID=abc ro "))

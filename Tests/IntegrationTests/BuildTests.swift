@@ -17,8 +17,8 @@ struct BuildTests {
         try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasPrefix(".") }
     }
 
-    private func partitions(_ disk: String) throws -> [(start: Int64, size: Int64, type: String)] {
-        let out = try Fixtures.run(["sfdisk", "--json", disk])
+    private func partitions(_ disk: String) async throws -> [(start: Int64, size: Int64, type: String)] {
+        let out = try await Fixtures.run(["sfdisk", "--json", disk])
         #expect(out.status == 0, "sfdisk: \(out.stderr)")
         struct Table: Decodable {
             struct PT: Decodable {
@@ -31,18 +31,18 @@ struct BuildTests {
         return table.partitiontable.partitions.map { ($0.start * 512, $0.size * 512, $0.type) }
     }
 
-    private func verifyBoots(_ disk: String) throws {
-        let result = try Fixtures.d2l(["verify", disk, "--timeout", "300"])
+    private func verifyBoots(_ disk: String) async throws {
+        let result = try await Fixtures.d2l(["verify", disk, "--timeout", "300"])
         #expect(result.status == 0, "d2l verify \(disk) failed:\n\(result.stdout)\n\(result.stderr)")
     }
 
     @Test("docker-archive -> raw disk, built as nobody, passes e2fsck and boots to login")
-    func dockerArchiveAsNobody() throws {
+    func dockerArchiveAsNobody() async throws {
         let dir = try Fixtures.scratchDirectory("docker")
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let input = try readableCopy(try Fixtures.debianDockerArchive(), in: dir)
+        let input = try readableCopy(try await Fixtures.debianDockerArchive(), in: dir)
         let disk = dir + "/linux.img"
-        let result = try Fixtures.d2l(
+        let result = try await Fixtures.d2l(
             ["build", input, "-o", disk, "--root-password-empty", "--hostname", "itest", "--json"], asUser: "nobody")
         try #require(result.status == 0, "build failed: \(result.stderr)")
         #expect(try leftovers(in: dir).isEmpty)
@@ -53,42 +53,42 @@ struct BuildTests {
         stat(disk, &st)
         #expect(st.st_uid == 65534, "the disk belongs to the user who built it")
 
-        let parts = try partitions(disk)
+        let parts = try await partitions(disk)
         try #require(parts.count == 2)
         #expect(parts[1].type == "83")
-        let fsck = try Fixtures.run(["e2fsck", "-fn", "\(disk)?offset=\(parts[1].start)"])
+        let fsck = try await Fixtures.run(["e2fsck", "-fn", "\(disk)?offset=\(parts[1].start)"])
         #expect(fsck.status == 0, "e2fsck: \(fsck.stdout)\(fsck.stderr)")
-        let fstab = try Fixtures.run(["debugfs", "-R", "cat /etc/fstab", "\(disk)?offset=\(parts[1].start)"])
+        let fstab = try await Fixtures.run(["debugfs", "-R", "cat /etc/fstab", "\(disk)?offset=\(parts[1].start)"])
         #expect(fstab.stdout.contains("/boot vfat"))
-        let cfg = try Fixtures.run(["mtype", "-i", "\(disk)@@\(parts[0].start)", "::/syslinux/syslinux.cfg"])
+        let cfg = try await Fixtures.run(["mtype", "-i", "\(disk)@@\(parts[0].start)", "::/syslinux/syslinux.cfg"])
         #expect(cfg.stdout.hasPrefix("SERIAL 0 115200"))
         #expect(cfg.stdout.contains("console=ttyS0,115200"))
-        try verifyBoots(disk)
+        try await verifyBoots(disk)
     }
 
     @Test("oci-archive -> qcow2 disk boots to login")
-    func ociArchiveToQcow2() throws {
+    func ociArchiveToQcow2() async throws {
         let dir = try Fixtures.scratchDirectory("oci")
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let input = try readableCopy(try Fixtures.debianOCIArchive(), in: dir)
+        let input = try readableCopy(try await Fixtures.debianOCIArchive(), in: dir)
         let disk = dir + "/linux.qcow2"
-        let result = try Fixtures.d2l(["build", input, "-o", disk, "--root-password-empty", "-q"], asUser: "nobody")
+        let result = try await Fixtures.d2l(["build", input, "-o", disk, "--root-password-empty", "-q"], asUser: "nobody")
         try #require(result.status == 0, "build failed: \(result.stderr)")
-        let info = try Fixtures.run(["qemu-img", "info", "--output=json", disk])
+        let info = try await Fixtures.run(["qemu-img", "info", "--output=json", disk])
         #expect(info.stdout.contains("\"format\": \"qcow2\""))
         #expect(try leftovers(in: dir).isEmpty)
-        try verifyBoots(disk)
+        try await verifyBoots(disk)
     }
 
     @Test("same input and SOURCE_DATE_EPOCH give a byte-identical disk, flushed with --sync or not")
-    func reproducible() throws {
+    func reproducible() async throws {
         let dir = try Fixtures.scratchDirectory("repro")
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let input = try Fixtures.debianDockerArchive()
+        let input = try await Fixtures.debianDockerArchive()
         var digests: [String] = []
         for n in 1...2 {
             let disk = dir + "/r\(n).img"
-            let r = try Fixtures.d2l(
+            let r = try await Fixtures.d2l(
                 ["build", input, "-o", disk, "-q"] + (n == 2 ? ["--sync"] : []), environment: ["SOURCE_DATE_EPOCH": "1700000000"])
             try #require(r.status == 0, "build failed: \(r.stderr)")
             digests.append(try SHA256Hasher.hex(ofFile: disk))
@@ -98,14 +98,14 @@ struct BuildTests {
     }
 
     @Test("an image without a kernel is refused before any disk is written")
-    func refusesImageWithoutKernel() throws {
+    func refusesImageWithoutKernel() async throws {
         let dir = try Fixtures.scratchDirectory("nokernel")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         // The minbase userland alone: a valid rootfs tar with an init but no kernel.
         let base = CacheDirectory.path + "/base/debian-bookworm-minbase.tar"
         try #require(FileManager.default.fileExists(atPath: base), "Scripts/make-base leaves \(base)")
         let disk = dir + "/linux.img"
-        let r = try Fixtures.d2l(["build", base, "-o", disk])
+        let r = try await Fixtures.d2l(["build", base, "-o", disk])
         #expect(r.status == 1)
         #expect(r.stderr.contains("no kernel"))
         #expect(r.stderr.contains("linux-image-amd64"))
@@ -114,24 +114,24 @@ struct BuildTests {
     }
 
     @Test("an existing output is kept without --force")
-    func keepsExistingOutput() throws {
+    func keepsExistingOutput() async throws {
         let dir = try Fixtures.scratchDirectory("force")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let disk = dir + "/linux.img"
         try Data("precious".utf8).write(to: URL(fileURLWithPath: disk))
-        let r = try Fixtures.d2l(["build", try Fixtures.debianDockerArchive(), "-o", disk])
+        let r = try await Fixtures.d2l(["build", try await Fixtures.debianDockerArchive(), "-o", disk])
         #expect(r.status == 1)
         #expect(r.stderr.contains("--force"))
         #expect(try String(contentsOfFile: disk, encoding: .utf8) == "precious")
     }
 
     @Test("an interrupted build leaves neither a partial image nor temporary files")
-    func interruptLeavesNothing() throws {
+    func interruptLeavesNothing() async throws {
         let dir = try Fixtures.scratchDirectory("interrupt")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: try Fixtures.d2lBinary())
-        process.arguments = ["build", try Fixtures.debianDockerArchive(), "-o", dir + "/linux.img"]
+        process.arguments = ["build", try await Fixtures.debianDockerArchive(), "-o", dir + "/linux.img"]
         process.standardError = FileHandle.nullDevice
         process.standardOutput = FileHandle.nullDevice
         try process.run()

@@ -23,19 +23,19 @@ enum Fixtures {
     }
 
     /// The Debian bookworm recipe as a docker-archive (built and cached by Scripts/build-recipe).
-    static func debianDockerArchive() throws -> String {
-        try Shared.shared.recipe()
+    static func debianDockerArchive() async throws -> String {
+        try await Shared.shared.recipe()
     }
 
     /// The same image as an oci-archive.
-    static func debianOCIArchive() throws -> String {
-        let docker = try debianDockerArchive()
+    static func debianOCIArchive() async throws -> String {
+        let docker = try await debianDockerArchive()
         return String(docker.dropLast(".docker.tar".count)) + ".oci.tar"
     }
 
     /// A raw disk built by `d2l build` from the Debian recipe, with an empty root password; built once per run.
     static func debianDisk() async throws -> String {
-        try Shared.shared.disk()
+        try await Shared.shared.disk()
     }
 
     /// A scratch directory every user can write (the build runs as nobody).
@@ -49,7 +49,7 @@ enum Fixtures {
 
     /// Runs d2l; returns its exit status, stdout and stderr.
     @discardableResult
-    static func d2l(_ arguments: [String], asUser user: String? = nil, environment: [String: String] = [:]) throws
+    static func d2l(_ arguments: [String], asUser user: String? = nil, environment: [String: String] = [:]) async throws
         -> (status: Int32, stdout: String, stderr: String)
     {
         var command = [try d2lBinary()] + arguments
@@ -57,54 +57,50 @@ enum Fixtures {
             command = ["setpriv", "--reuid=\(user)", "--regid=\(user == "nobody" ? "nogroup" : user)", "--clear-groups"]
                 + command
         }
-        return try run(command, environment: environment)
+        return try await run(command, environment: environment)
     }
 
-    static func run(_ command: [String], environment: [String: String] = [:]) throws
+    static func run(_ command: [String], environment: [String: String] = [:]) async throws
         -> (status: Int32, stdout: String, stderr: String)
     {
-        let r = ProcessRunner.captureSync(command, environment: environment)
+        let r = await ProcessRunner.capture(command, environment: environment)
         return (r.status, r.stdout, r.stderr)
     }
 
     /// Caches the recipe and the disk for the whole test run.
-    final class Shared: @unchecked Sendable {
+    actor Shared {
         static let shared = Shared()
-        private let lock = NSLock()
-        private var recipePath: String?
-        private var diskPath: String?
+        private var recipeTask: Task<String, any Error>?
+        private var diskTask: Task<String, any Error>?
 
-        func recipe() throws -> String {
-            try lock.withLock {
-                if let recipePath { return recipePath }
-                let path: String
+        func recipe() async throws -> String {
+            let task = recipeTask ?? Task {
                 if let given = ProcessInfo.processInfo.environment["D2L_RECIPE_DEBIAN_BOOKWORM"],
                     FileManager.default.fileExists(atPath: given)
                 {
-                    path = given
-                } else {
-                    let result = try Fixtures.run([Fixtures.repositoryRoot + "/Scripts/build-recipe", "debian-bookworm"])
-                    guard result.status == 0 else {
-                        throw FixtureError("Scripts/build-recipe debian-bookworm failed:\n\(result.stderr)")
-                    }
-                    path = result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+                    return given
                 }
-                recipePath = path
-                return path
+                let result = try await Fixtures.run([Fixtures.repositoryRoot + "/Scripts/build-recipe", "debian-bookworm"])
+                guard result.status == 0 else {
+                    throw FixtureError("Scripts/build-recipe debian-bookworm failed:\n\(result.stderr)")
+                }
+                return result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
             }
+            recipeTask = task
+            return try await task.value
         }
 
-        func disk() throws -> String {
-            let archive = try recipe()
-            return try lock.withLock {
-                if let diskPath { return diskPath }
+        func disk() async throws -> String {
+            let archive = try await recipe()
+            let task = diskTask ?? Task {
                 let dir = try Fixtures.scratchDirectory("disk")
                 let path = dir + "/debian.img"
-                let result = try Fixtures.d2l(["build", archive, "-o", path, "--root-password-empty", "-q"])
+                let result = try await Fixtures.d2l(["build", archive, "-o", path, "--root-password-empty", "-q"])
                 guard result.status == 0 else { throw FixtureError("d2l build failed:\n\(result.stderr)") }
-                diskPath = path
                 return path
             }
+            diskTask = task
+            return try await task.value
         }
     }
 }

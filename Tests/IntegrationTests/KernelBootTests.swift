@@ -39,9 +39,9 @@ import Testing
         var endBoots: Int
     }
 
-    static func verify(_ arguments: [String]) throws -> (status: Int32, report: Report?, stderr: String) {
+    static func verify(_ arguments: [String]) async throws -> (status: Int32, report: Report?, stderr: String) {
         let before = Fixtures.orphanedQEMUProcesses()
-        let result = try Fixtures.d2l(["verify"] + arguments)
+        let result = try await Fixtures.d2l(["verify"] + arguments)
         // The domain goes down right after the verdict; give QEMU a moment to exit.
         var leftover = Fixtures.orphanedQEMUProcesses().subtracting(before)
         for _ in 0..<20 where !leftover.isEmpty {
@@ -54,9 +54,9 @@ import Testing
 
     @Test(.timeLimit(.minutes(10)), arguments: ["bullseye", "bookworm", "trixie"])
     func debianKernelBootsTheBookwormRootFileSystem(suite: String) async throws {
-        let kernel = try KernelFixtures.debian(suite)
+        let kernel = try await KernelFixtures.debian(suite)
         let disk = try await Fixtures.debianDisk()
-        let (status, report, stderr) = try Self.verify([
+        let (status, report, stderr) = try await Self.verify([
             disk, "--kernel", kernel.kernel, "--initrd", kernel.initrd, "--timeout", "900",
             "--login", "root", "--run", "uname -r", "--expect-output", "^" + NSRegularExpression.escapedPattern(for: kernel.release) + "$",
             "--json",
@@ -74,12 +74,12 @@ import Testing
     }
 
     @Test(.timeLimit(.minutes(10))) func staleKernelFailsAtTheKernelStage() async throws {
-        let kernel = try KernelFixtures.debian("trixie")
+        let kernel = try await KernelFixtures.debian("trixie")
         let disk = try await Fixtures.debianDisk()
         let dir = try Fixtures.scratchDirectory("kernel-stale")
         let stale = dir + "/bzImage"
-        try KernelFixtures.staleCopy(of: kernel.kernel, to: stale)
-        let (status, report, stderr) = try Self.verify([disk, "--kernel", stale, "--initrd", kernel.initrd, "--json"])
+        try await KernelFixtures.staleCopy(of: kernel.kernel, to: stale)
+        let (status, report, stderr) = try await Self.verify([disk, "--kernel", stale, "--initrd", kernel.initrd, "--json"])
         #expect(status == 1, "\(stderr)")
         let parsed = try #require(report, "no JSON report; stderr:\n\(stderr)")
         #expect(parsed.failedStage == "kernel")
@@ -92,16 +92,16 @@ import Testing
         let dir = try Fixtures.scratchDirectory("kernel-skip")
         let truncated = dir + "/bzImage"
         _ = FileManager.default.createFile(atPath: truncated, contents: Data("#!/bin/sh\nnot a kernel\n".utf8))
-        let notKernel = try Self.verify([disk, "--kernel", truncated])
+        let notKernel = try await Self.verify([disk, "--kernel", truncated])
         #expect(notKernel.status == 125)
         #expect(notKernel.stderr.contains("not an x86 bzImage") || notKernel.stderr.contains("too short"))
-        let missing = try Self.verify([disk, "--kernel", dir + "/missing"])
+        let missing = try await Self.verify([disk, "--kernel", dir + "/missing"])
         #expect(missing.status == 125)
         #expect(missing.stderr.contains("does not exist"))
-        let kernel = try KernelFixtures.debian("bookworm")
-        let noInitrd = try Self.verify([disk, "--kernel", kernel.kernel, "--initrd", dir + "/missing.img"])
+        let kernel = try await KernelFixtures.debian("bookworm")
+        let noInitrd = try await Self.verify([disk, "--kernel", kernel.kernel, "--initrd", dir + "/missing.img"])
         #expect(noInitrd.status == 125)
-        let appendAlone = try Self.verify([disk, "--append", "quiet"])
+        let appendAlone = try await Self.verify([disk, "--append", "quiet"])
         #expect(appendAlone.status == 125)
         #expect(appendAlone.stderr.contains("need --kernel"))
     }
@@ -113,15 +113,15 @@ import Testing
         let dir = try Fixtures.scratchDirectory("kernel-bisect")
         let kernels = dir + "/kernels"
         try FileManager.default.createDirectory(atPath: kernels, withIntermediateDirectories: true)
-        let bullseye = try KernelFixtures.debian("bullseye")
-        let bookworm = try KernelFixtures.debian("bookworm")
-        let trixie = try KernelFixtures.debian("trixie")
+        let bullseye = try await KernelFixtures.debian("bullseye")
+        let bookworm = try await KernelFixtures.debian("bookworm")
+        let trixie = try await KernelFixtures.debian("trixie")
         let list: [(String, KernelFixtures.Kernel, Bool)] = [
             ("1-bullseye", bullseye, true), ("2-bookworm", bookworm, true), ("3-trixie", trixie, true),
             ("4-trixie", trixie, false), ("5-trixie", trixie, false),
         ]
         for (name, kernel, good) in list where name == "3-trixie" {
-            try KernelFixtures.linuxImagePackage(kernel, at: "\(kernels)/linux-image-\(name).deb")
+            try await KernelFixtures.linuxImagePackage(kernel, at: "\(kernels)/linux-image-\(name).deb")
             try FileManager.default.createSymbolicLink(
                 atPath: "\(kernels)/initrd.img-\(kernel.release)", withDestinationPath: kernel.initrd)
             #expect(good)
@@ -132,7 +132,7 @@ import Testing
                 try FileManager.default.createSymbolicLink(
                     atPath: "\(kernels)/initrd.img-\(name)", withDestinationPath: kernel.initrd)
             } else {
-                try KernelFixtures.garbageInitrd(at: "\(kernels)/initrd.img-\(name)")
+                try await KernelFixtures.garbageInitrd(at: "\(kernels)/initrd.img-\(name)")
             }
         }
         let state = dir + "/bisect.json"
@@ -143,7 +143,7 @@ import Testing
         ]
         let before = Fixtures.orphanedQEMUProcesses()
         let start = Date()
-        let result = try Fixtures.d2l(arguments)
+        let result = try await Fixtures.d2l(arguments)
         let wall = Date().timeIntervalSince(start)
         #expect(Fixtures.orphanedQEMUProcesses().subtracting(before).isEmpty)
         #expect(result.status == 0, "\(result.stderr)")
@@ -162,7 +162,7 @@ import Testing
         #expect(goodTranscript.contains("login:"))
 
         // Run again: the state file already holds every step; nothing boots.
-        let again = try Fixtures.d2l(arguments)
+        let again = try await Fixtures.d2l(arguments)
         #expect(again.status == 0, "\(again.stderr)")
         #expect(again.stderr.contains("resuming from"))
         #expect(!again.stderr.contains("booting ["))
@@ -176,17 +176,17 @@ import Testing
     @Test(.timeLimit(.minutes(15))) func debWithoutInitrdBootsWithOneMadeByTheImagesOwnTools() async throws {
         let disk = try await Fixtures.debianDisk()
         let dir = try Fixtures.scratchDirectory("kernel-make-initrd")
-        let bullseye = try KernelFixtures.debian("bullseye")
-        let bookworm = try KernelFixtures.debian("bookworm")
+        let bullseye = try await KernelFixtures.debian("bullseye")
+        let bookworm = try await KernelFixtures.debian("bookworm")
         let package = dir + "/linux-image-trixie.deb"
-        let trixie = try KernelFixtures.realLinuxImagePackage("trixie", at: package)
+        let trixie = try await KernelFixtures.realLinuxImagePackage("trixie", at: package)
         try FileManager.default.createSymbolicLink(atPath: dir + "/vmlinuz-1-bullseye", withDestinationPath: bullseye.kernel)
         try FileManager.default.createSymbolicLink(atPath: dir + "/initrd.img-1-bullseye", withDestinationPath: bullseye.initrd)
         try FileManager.default.createSymbolicLink(atPath: dir + "/vmlinuz-3-bookworm", withDestinationPath: bookworm.kernel)
-        try KernelFixtures.garbageInitrd(at: dir + "/initrd.img-3-bookworm")
+        try await KernelFixtures.garbageInitrd(at: dir + "/initrd.img-3-bookworm")
         let state = dir + "/bisect.json"
         let before = Fixtures.orphanedQEMUProcesses()
-        let result = try Fixtures.d2l([
+        let result = try await Fixtures.d2l([
             "bisect", "--image", disk, "--order", "given", "--good", dir + "/vmlinuz-1-bullseye",
             "--bad", dir + "/vmlinuz-3-bookworm", package, "--state", state, "--json",
         ])
@@ -220,23 +220,23 @@ import Testing
     @Test(.timeLimit(.minutes(15))) func gitBisectRunEndsOnTheRightCommitAndSkipsTheUnreadableKernel() async throws {
         let disk = try await Fixtures.debianDisk()
         let dir = try Fixtures.scratchDirectory("kernel-git-bisect")
-        let bookworm = try KernelFixtures.debian("bookworm")
-        let trixie = try KernelFixtures.debian("trixie")
+        let bookworm = try await KernelFixtures.debian("bookworm")
+        let trixie = try await KernelFixtures.debian("trixie")
         let garbage = dir + "/garbage.initrd"
-        try KernelFixtures.garbageInitrd(at: garbage)
+        try await KernelFixtures.garbageInitrd(at: garbage)
         let truncated = dir + "/truncated-bzImage"
         try Data(try Data(contentsOf: URL(fileURLWithPath: trixie.kernel)).prefix(300)).write(to: URL(fileURLWithPath: truncated))
         let repo = dir + "/repo"
         try FileManager.default.createDirectory(atPath: repo, withIntermediateDirectories: true)
-        func git(_ arguments: String...) throws -> String {
-            let result = try Fixtures.run(["git", "-C", repo] + arguments, environment: [
+        func git(_ arguments: String...) async throws -> String {
+            let result = try await Fixtures.run(["git", "-C", repo] + arguments, environment: [
                 "GIT_AUTHOR_NAME": "d2l", "GIT_AUTHOR_EMAIL": "d2l@example.org",
                 "GIT_COMMITTER_NAME": "d2l", "GIT_COMMITTER_EMAIL": "d2l@example.org",
             ])
             guard result.status == 0 else { throw FixtureError("git \(arguments.joined(separator: " ")):\n\(result.stderr)") }
             return result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         }
-        _ = try git("init", "-q")
+        _ = try await git("init", "-q")
         // c0 and c1 boot, c2's kernel is not a bzImage (a broken build), c3 boots, c4 and c5 panic.
         let commits: [(String, String, String)] = [
             ("c0 bookworm", bookworm.kernel, bookworm.initrd), ("c1 trixie", trixie.kernel, trixie.initrd),
@@ -247,19 +247,19 @@ import Testing
         for (message, kernel, initrd) in commits {
             try "\(kernel)\n".write(toFile: repo + "/kernel", atomically: true, encoding: .utf8)
             try "\(initrd)\n".write(toFile: repo + "/initrd", atomically: true, encoding: .utf8)
-            _ = try git("add", "kernel", "initrd")
-            _ = try git("commit", "-q", "-m", message)
-            hashes.append(try git("rev-parse", "HEAD"))
+            _ = try await git("add", "kernel", "initrd")
+            _ = try await git("commit", "-q", "-m", message)
+            hashes.append(try await git("rev-parse", "HEAD"))
         }
-        _ = try git("bisect", "start", hashes[5], hashes[0])
+        _ = try await git("bisect", "start", hashes[5], hashes[0])
         let start = Date()
-        let run = try Fixtures.run(
+        let run = try await Fixtures.run(
             ["git", "-C", repo, "bisect", "run", "sh", "-c",
              #"exec "$D2L" verify "$DISK" --kernel "$(cat kernel)" --initrd "$(cat initrd)" --timeout 900"#],
             environment: ["D2L": try Fixtures.d2lBinary(), "DISK": disk])
         let wall = Date().timeIntervalSince(start)
-        let log = try git("bisect", "log")
-        _ = try git("bisect", "reset")
+        let log = try await git("bisect", "log")
+        _ = try await git("bisect", "reset")
         #expect(run.stdout.contains("\(hashes[4]) is the first bad commit"), "\(run.stdout)\n\(run.stderr)")
         // The truncated kernel exited 125: skipped, never called good or bad.
         #expect(log.contains("git bisect skip \(hashes[2])"), "\(log)")

@@ -19,13 +19,13 @@ enum KernelFixtures {
         return base + "/kernels"
     }()
 
-    private static let lock = NSLock()
+    private static let builds = KernelBuilds()
 
     /// The kernel and initrd of the Debian SUITE recipe (Images/debian-SUITE): bullseye, bookworm or trixie.
-    static func debian(_ suite: String) throws -> Kernel {
-        try lock.withLock {
+    static func debian(_ suite: String) async throws -> Kernel {
+        try await builds.once(suite) {
             let recipe = "debian-\(suite)"
-            let result = try Fixtures.run([Fixtures.repositoryRoot + "/Scripts/build-recipe", recipe])
+            let result = try await Fixtures.run([Fixtures.repositoryRoot + "/Scripts/build-recipe", recipe])
             guard result.status == 0 else { throw FixtureError("Scripts/build-recipe \(recipe) failed:\n\(result.stderr)") }
             let docker = result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
             let exported = String(docker.dropLast(".docker.tar".count)) + ".export.tar"
@@ -41,7 +41,7 @@ enum KernelFixtures {
             let fresh = directory + ".new-\(getpid())"
             try? FileManager.default.removeItem(atPath: fresh)
             try FileManager.default.createDirectory(atPath: fresh, withIntermediateDirectories: true)
-            let tar = try Fixtures.run([
+            let tar = try await Fixtures.run([
                 "tar", "-xf", exported, "-C", fresh, "--wildcards", "--no-same-owner",
                 "boot/vmlinuz-*", "boot/initrd.img-*",
             ])
@@ -65,7 +65,7 @@ enum KernelFixtures {
     }
 
     /// Random bytes where an initrd should be: the kernel panics at once, unable to mount its root.
-    static func garbageInitrd(at path: String) throws {
+    static func garbageInitrd(at path: String) async throws {
         var bytes = [UInt8](repeating: 0, count: 64 * 1024)
         for index in bytes.indices { bytes[index] = UInt8.random(in: 0...255) }
         try Data(bytes).write(to: URL(fileURLWithPath: path))
@@ -73,7 +73,7 @@ enum KernelFixtures {
 
     /// A copy of `kernel` whose header version string has one character changed: what a stale bzImage looks like
     /// to the check (the header says one build, the kernel that runs prints another).
-    static func staleCopy(of kernel: String, to path: String) throws {
+    static func staleCopy(of kernel: String, to path: String) async throws {
         var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: kernel)))
         let pointer = Int(bytes[0x20E]) | Int(bytes[0x20F]) << 8
         let offset = pointer + 0x200
@@ -86,7 +86,7 @@ enum KernelFixtures {
 
     /// A linux-image .deb holding `kernel` as boot/vmlinuz-RELEASE (and a module, so data.tar is not all kernel),
     /// made with dpkg-deb like Debian's own.
-    static func linuxImagePackage(_ kernel: Kernel, at path: String) throws {
+    static func linuxImagePackage(_ kernel: Kernel, at path: String) async throws {
         let root = path + ".root"
         try? FileManager.default.removeItem(atPath: root)
         try FileManager.default.createDirectory(atPath: root + "/DEBIAN", withIntermediateDirectories: true)
@@ -104,22 +104,22 @@ enum KernelFixtures {
 
             """
         try control.write(toFile: root + "/DEBIAN/control", atomically: true, encoding: .utf8)
-        let result = try Fixtures.run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", root, path])
+        let result = try await Fixtures.run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", root, path])
         guard result.status == 0 else { throw FixtureError("dpkg-deb failed:\n\(result.stderr)") }
         try? FileManager.default.removeItem(atPath: root)
     }
 
     /// A linux-image .deb as Debian ships it, with the SUITE recipe's real kernel, config and modules (no initrd:
     /// Debian makes that on the installed system), packed with dpkg-deb.
-    static func realLinuxImagePackage(_ suite: String, at path: String) throws -> Kernel {
-        let kernel = try debian(suite)
-        let recipe = try Fixtures.run([Fixtures.repositoryRoot + "/Scripts/build-recipe", "debian-\(suite)"])
+    static func realLinuxImagePackage(_ suite: String, at path: String) async throws -> Kernel {
+        let kernel = try await debian(suite)
+        let recipe = try await Fixtures.run([Fixtures.repositoryRoot + "/Scripts/build-recipe", "debian-\(suite)"])
         guard recipe.status == 0 else { throw FixtureError("Scripts/build-recipe debian-\(suite) failed:\n\(recipe.stderr)") }
         let exported = String(recipe.stdout.trimmingCharacters(in: .whitespacesAndNewlines).dropLast(".docker.tar".count)) + ".export.tar"
         let root = path + ".root"
         try? FileManager.default.removeItem(atPath: root)
         try FileManager.default.createDirectory(atPath: root + "/DEBIAN", withIntermediateDirectories: true)
-        let tar = try Fixtures.run([
+        let tar = try await Fixtures.run([
             "tar", "-xf", exported, "-C", root, "--no-same-owner", "--wildcards", "--no-wildcards-match-slash",
             "boot/vmlinuz-\(kernel.release)", "boot/config-\(kernel.release)", "usr/lib/modules/\(kernel.release)",
         ])
@@ -138,11 +138,25 @@ enum KernelFixtures {
 
             """
         try control.write(toFile: root + "/DEBIAN/control", atomically: true, encoding: .utf8)
-        let result = try Fixtures.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "--build", root, path])
+        let result = try await Fixtures.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "--build", root, path])
         guard result.status == 0 else { throw FixtureError("dpkg-deb failed:\n\(result.stderr)") }
         try? FileManager.default.removeItem(atPath: root)
         return kernel
     }
 
     static func ceilLog2(_ n: Int) -> Int { Int(ceil(log2(Double(n)))) }
+}
+
+/// Runs each suite's kernel extraction once at a time (tests may ask for the same suite together).
+actor KernelBuilds {
+    private var running: [String: Task<KernelFixtures.Kernel, any Error>] = [:]
+
+    func once(_ suite: String, _ work: @escaping @Sendable () async throws -> KernelFixtures.Kernel) async throws
+        -> KernelFixtures.Kernel
+    {
+        if let task = running[suite], let kernel = try? await task.value { return kernel }
+        let task = Task { try await work() }
+        running[suite] = task
+        return try await task.value
+    }
 }

@@ -28,10 +28,10 @@ import Testing
     }
 
     /// Runs `d2l verify` and checks that it left no QEMU process behind.
-    static func verify(_ arguments: [String]) throws -> (status: Int32, report: Report?, stderr: String, wall: Double) {
+    static func verify(_ arguments: [String]) async throws -> (status: Int32, report: Report?, stderr: String, wall: Double) {
         let before = Fixtures.orphanedQEMUProcesses()
         let start = Date()
-        let result = try Fixtures.d2l(["verify"] + arguments)
+        let result = try await Fixtures.d2l(["verify"] + arguments)
         let wall = Date().timeIntervalSince(start)
         let leftover = Fixtures.orphanedQEMUProcesses().subtracting(before)
         #expect(leftover.isEmpty, "QEMU processes left running: \(leftover)")
@@ -45,7 +45,7 @@ import Testing
         let dir = try Fixtures.scratchDirectory("verify-debian")
         let junit = dir + "/junit.xml"
         let transcript = dir + "/console.log"
-        let (status, report, stderr, _) = try Self.verify([
+        let (status, report, stderr, _) = try await Self.verify([
             disk, "--timeout", "900", "--login", "root",
             "--run", "systemctl is-system-running --wait", "--expect-output", "running|degraded",
             "--json", "--junit", junit, "--transcript", transcript,
@@ -74,12 +74,12 @@ import Testing
     }
 
     @Test(.timeLimit(.minutes(10))) func panickingKernelFailsAtTheInitStageRightAway() async throws {
-        let archive = try Fixtures.debianDockerArchive()
+        let archive = try await Fixtures.debianDockerArchive()
         let dir = try Fixtures.scratchDirectory("verify-panic")
         let disk = dir + "/panic.img"
-        let build = try Fixtures.d2l(["build", archive, "-o", disk, "--append", "init=/bin/false", "-q"])
+        let build = try await Fixtures.d2l(["build", archive, "-o", disk, "--append", "init=/bin/false", "-q"])
         try #require(build.status == 0, "\(build.stderr)")
-        let (status, report, stderr, wall) = try Self.verify([disk, "--json"])
+        let (status, report, stderr, wall) = try await Self.verify([disk, "--json"])
         #expect(status == 1, "\(stderr)")
         let parsed = try #require(report, "no JSON report; stderr:\n\(stderr)")
         #expect(parsed.failedStage == "init")
@@ -93,16 +93,16 @@ import Testing
         #expect(wall - parsed.seconds < 10, "wall \(wall) s, verdict at \(parsed.seconds) s after power-on")
     }
 
-    @Test func missingImageCannotBeTested() throws {
-        let (status, _, stderr, _) = try Self.verify(["/nonexistent/d2l-missing.img"])
+    @Test func missingImageCannotBeTested() async throws {
+        let (status, _, stderr, _) = try await Self.verify(["/nonexistent/d2l-missing.img"])
         #expect(status == 125)
         #expect(stderr.contains("no such file"))
     }
 
-    @Test func badOptionsCannotBeTested() throws {
-        let (status, _, _, _) = try Self.verify(["/dev/null", "--accel", "warp"])
+    @Test func badOptionsCannotBeTested() async throws {
+        let (status, _, _, _) = try await Self.verify(["/dev/null", "--accel", "warp"])
         #expect(status == 125)
-        let (runWithoutLogin, _, stderr, _) = try Self.verify(["/dev/null", "--run", "true"])
+        let (runWithoutLogin, _, stderr, _) = try await Self.verify(["/dev/null", "--run", "true"])
         #expect(runWithoutLogin == 125)
         #expect(stderr.contains("--run needs --login"))
     }

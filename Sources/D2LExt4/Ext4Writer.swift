@@ -1,5 +1,4 @@
 import CExt2fs
-import D2LImage
 import Foundation
 
 /// Writes files into an ext4 file system that lies at an offset inside a disk
@@ -22,7 +21,10 @@ public final class Ext4Writer {
     public var startWritebackEvery: UInt64?
     private var sinceWriteback: UInt64 = 0
 
-    public static let rootInode = ext2_ino_t(EXT2_ROOT_INO)
+    /// An inode number.
+    public typealias Inode = UInt32
+    /// The root directory's inode (2).
+    public static let rootInode = Inode(EXT2_ROOT_INO)
 
     /// Opens the file system inside `path` at byte `offset`, read-write.
     /// `timestamp` fixes the times libext2fs writes itself (for reproducible builds).
@@ -32,16 +34,16 @@ public final class Ext4Writer {
         var handle: ext2_filsys?
         let flags = EXT2_FLAG_RW | EXT2_FLAG_64BITS
         let code = ext2fs_open2(path, "offset=\(offset)", Int32(flags), 0, 0, d2l_unix_io_manager(), &handle)
-        try Self.check(code, "open \(path) at offset \(offset)")
-        guard let handle else { throw DiskError.ext2fs("open", code: 0, message: "no handle") }
+        try Ext4Error.check(code, "open \(path) at offset \(offset)")
+        guard let handle else { throw Ext4Error.library(operation: "open", code: 0, message: "no handle") }
         fs = handle
         blockSize = Int(d2l_ext2_block_size(handle))
         if let timestamp { d2l_ext2_set_now(handle, timestamp) }
-        try Self.check(ext2fs_read_bitmaps(handle), "read bitmaps")
+        try Ext4Error.check(ext2fs_read_bitmaps(handle), "read bitmaps")
         dataFD = Foundation.open(path, O_WRONLY | O_CLOEXEC)
         guard dataFD >= 0 else {
             ext2fs_close_free(&fs)
-            throw DiskError.io(path, message: String(cString: strerror(errno)))
+            throw Ext4Error.io(path: path, reason: String(cString: strerror(errno)))
         }
     }
 
@@ -68,25 +70,19 @@ public final class Ext4Writer {
             ext2fs_free(handle)
         }
         fs = nil
-        try Self.check(code, "close")
-    }
-
-    static func check(_ code: errcode_t, _ op: @autoclosure () -> String) throws {
-        guard code != 0 else { return }
-        let message = error_message(code).map { String(cString: $0) } ?? "unknown error"
-        throw DiskError.ext2fs(op(), code: Int(code), message: message)
+        try Ext4Error.check(code, "close")
     }
 
     private var handle: ext2_filsys {
         get throws {
-            guard let fs else { throw DiskError.ext2fs("use", code: 0, message: "file system is closed") }
+            guard let fs else { throw Ext4Error.library(operation: "use", code: 0, message: "file system is closed") }
             return fs
         }
     }
 
     // MARK: inodes
 
-    private func fill(_ inode: inout ext2_inode_large, mode: UInt16, _ meta: EntryMetadata) {
+    private func fill(_ inode: inout ext2_inode_large, mode: UInt16, _ meta: InodeAttributes) {
         inode.i_mode = mode | (meta.permissions & 0o7777)
         inode.i_uid = UInt16(truncatingIfNeeded: meta.uid)
         inode.osd2.linux2.l_i_uid_high = UInt16(truncatingIfNeeded: meta.uid >> 16)
@@ -111,7 +107,7 @@ public final class Ext4Writer {
         var inode = ext2_inode_large()
         try withUnsafeMutablePointer(to: &inode) { p in
             try p.withMemoryRebound(to: ext2_inode.self, capacity: 1) {
-                try Self.check(
+                try Ext4Error.check(
                     ext2fs_read_inode_full(try handle, ino, $0, Int32(MemoryLayout<ext2_inode_large>.size)),
                     "read inode \(ino)")
             }
@@ -127,13 +123,13 @@ public final class Ext4Writer {
             var scratch = inode
             try withUnsafeMutablePointer(to: &scratch) { p in
                 try p.withMemoryRebound(to: ext2_inode.self, capacity: 1) {
-                    try Self.check(ext2fs_write_new_inode(fs, ino, $0), "write inode \(ino)")
+                    try Ext4Error.check(ext2fs_write_new_inode(fs, ino, $0), "write inode \(ino)")
                 }
             }
         }
         try withUnsafeMutablePointer(to: &inode) { p in
             try p.withMemoryRebound(to: ext2_inode.self, capacity: 1) {
-                try Self.check(
+                try Ext4Error.check(
                     ext2fs_write_inode_full(fs, ino, $0, Int32(MemoryLayout<ext2_inode_large>.size)),
                     "write inode \(ino)")
             }
@@ -143,7 +139,7 @@ public final class Ext4Writer {
     private func newInode(parent: ext2_ino_t, mode: UInt16, isDirectory: Bool = false) throws -> ext2_ino_t {
         let fs = try handle
         var ino: ext2_ino_t = 0
-        try Self.check(ext2fs_new_inode(fs, parent, Int32(mode), nil, &ino), "allocate an inode (out of inodes?)")
+        try Ext4Error.check(ext2fs_new_inode(fs, parent, Int32(mode), nil, &ino), "allocate an inode (out of inodes?)")
         return ino
     }
 
@@ -152,10 +148,10 @@ public final class Ext4Writer {
         let fs = try handle
         var code = withCName(name) { ext2fs_link(fs, parent, $0, ino, type) }
         if code == EXT2_ET_DIR_NO_SPACE {
-            try Self.check(ext2fs_expand_dir(fs, parent), "expand directory \(parent)")
+            try Ext4Error.check(ext2fs_expand_dir(fs, parent), "expand directory \(parent)")
             code = withCName(name) { ext2fs_link(fs, parent, $0, ino, type) }
         }
-        try Self.check(code, "link \(String(decoding: name, as: UTF8.self))")
+        try Ext4Error.check(code, "link \(String(decoding: name, as: UTF8.self))")
     }
 
     private func withCName<T>(_ name: [UInt8], _ body: (UnsafePointer<CChar>) -> T) -> T {
@@ -167,7 +163,7 @@ public final class Ext4Writer {
     // MARK: public operations
 
     /// Sets owner, mode, times and xattrs of an existing inode (the root directory, say).
-    public func setMetadata(_ ino: ext2_ino_t, _ meta: EntryMetadata) throws {
+    public func setMetadata(_ ino: Inode, _ meta: InodeAttributes) throws {
         var inode = try readInode(ino)
         fill(&inode, mode: inode.i_mode & 0o170000, meta)
         try writeInode(ino, &inode)
@@ -175,15 +171,15 @@ public final class Ext4Writer {
     }
 
     /// Creates a directory and returns its inode.
-    public func mkdir(parent: ext2_ino_t, name: [UInt8], metadata: EntryMetadata) throws -> ext2_ino_t {
+    public func mkdir(parent: Inode, name: [UInt8], metadata: InodeAttributes) throws -> Inode {
         let fs = try handle
         let ino = try newInode(parent: parent, mode: UInt16(LINUX_S_IFDIR) | 0o755, isDirectory: true)
         var code = withCName(name) { ext2fs_mkdir(fs, parent, ino, $0) }
         if code == EXT2_ET_DIR_NO_SPACE {
-            try Self.check(ext2fs_expand_dir(fs, parent), "expand directory \(parent)")
+            try Ext4Error.check(ext2fs_expand_dir(fs, parent), "expand directory \(parent)")
             code = withCName(name) { ext2fs_mkdir(fs, parent, ino, $0) }
         }
-        try Self.check(code, "mkdir \(String(decoding: name, as: UTF8.self))")
+        try Ext4Error.check(code, "mkdir \(String(decoding: name, as: UTF8.self))")
         try setMetadata(ino, metadata)
         return ino
     }
@@ -192,9 +188,9 @@ public final class Ext4Writer {
     /// (bytes, offset in the file). `linked` false makes an inode with no name yet
     /// (a hard link adds one later).
     public func createFile(
-        parent: ext2_ino_t, name: [UInt8], metadata: EntryMetadata, size: UInt64, linked: Bool = true,
+        parent: Inode, name: [UInt8], metadata: InodeAttributes, size: UInt64, linked: Bool = true,
         produce: ((UnsafeRawBufferPointer, Int64) throws -> Void) throws -> Void
-    ) throws -> ext2_ino_t {
+    ) throws -> Inode {
         let fs = try handle
         let ino = try newInode(parent: parent, mode: UInt16(LINUX_S_IFREG))
         ext2fs_inode_alloc_stats2(fs, ino, 1, 0)
@@ -203,7 +199,7 @@ public final class Ext4Writer {
         inode.i_links_count = linked ? 1 : 0
         try withUnsafeMutablePointer(to: &inode) { p in
             try p.withMemoryRebound(to: ext2_inode.self, capacity: 1) {
-                try Self.check(ext2fs_inode_size_set(fs, $0, Int64(size)), "set size")
+                try Ext4Error.check(ext2fs_inode_size_set(fs, $0, Int64(size)), "set size")
             }
         }
         inode.i_flags |= UInt32(EXT4_EXTENTS_FL)
@@ -222,7 +218,7 @@ public final class Ext4Writer {
             let flags = Int32(EXT2_FALLOCATE_FORCE_INIT | EXT2_FALLOCATE_INIT_BEYOND_EOF)
             try withUnsafeMutablePointer(to: &inode) { p in
                 try p.withMemoryRebound(to: ext2_inode.self, capacity: 1) {
-                    try Self.check(
+                    try Ext4Error.check(
                         ext2fs_fallocate(fs, flags, ino, $0, goal, 0, blocks),
                         "allocate \(blocks) blocks (file system full?)")
                 }
@@ -250,7 +246,7 @@ public final class Ext4Writer {
         var extentHandle: ext2_extent_handle_t?
         try withUnsafeMutablePointer(to: &inode) { p in
             try p.withMemoryRebound(to: ext2_inode.self, capacity: 1) {
-                try Self.check(ext2fs_extent_open2(fs, ino, $0, &extentHandle), "open extents")
+                try Ext4Error.check(ext2fs_extent_open2(fs, ino, $0, &extentHandle), "open extents")
             }
         }
         defer { ext2fs_extent_free(extentHandle) }
@@ -273,7 +269,7 @@ public final class Ext4Writer {
             let fileOffset = UInt64(offset) + UInt64(done)
             let lblk = fileOffset / bs
             guard let run = runs.first(where: { lblk >= $0.logical && lblk < $0.logical + $0.length }) else {
-                throw DiskError.io(path, message: "internal error: block \(lblk) of a file is not mapped")
+                throw Ext4Error.io(path: path, reason: "internal error: block \(lblk) of a file is not mapped")
             }
             let runEnd = (run.logical + run.length) * bs
             let count = Int(min(UInt64(bytes.count - done), runEnd - fileOffset))
@@ -281,7 +277,7 @@ public final class Ext4Writer {
             var written = 0
             while written < count {
                 let n = pwrite(dataFD, bytes.baseAddress! + done + written, count - written, off_t(diskOffset) + off_t(written))
-                guard n > 0 else { throw DiskError.io(path, message: String(cString: strerror(errno))) }
+                guard n > 0 else { throw Ext4Error.io(path: path, reason: String(cString: strerror(errno))) }
                 written += n
             }
             done += count
@@ -297,22 +293,22 @@ public final class Ext4Writer {
     }
 
     /// Creates a symbolic link.
-    public func symlink(parent: ext2_ino_t, name: [UInt8], target: [UInt8], metadata: EntryMetadata) throws {
+    public func symlink(parent: Inode, name: [UInt8], target: [UInt8], metadata: InodeAttributes) throws {
         let fs = try handle
         let ino = try newInode(parent: parent, mode: UInt16(LINUX_S_IFLNK))
         var code = withCName(name) { cname in withCName(target) { ext2fs_symlink(fs, parent, ino, cname, $0) } }
         if code == EXT2_ET_DIR_NO_SPACE {
-            try Self.check(ext2fs_expand_dir(fs, parent), "expand directory \(parent)")
+            try Ext4Error.check(ext2fs_expand_dir(fs, parent), "expand directory \(parent)")
             code = withCName(name) { cname in withCName(target) { ext2fs_symlink(fs, parent, ino, cname, $0) } }
         }
-        try Self.check(code, "symlink \(String(decoding: name, as: UTF8.self))")
+        try Ext4Error.check(code, "symlink \(String(decoding: name, as: UTF8.self))")
         var meta = metadata
         meta.permissions = 0o777
         try setMetadata(ino, meta)
     }
 
     /// Creates a device node, FIFO or socket.
-    public func special(parent: ext2_ino_t, name: [UInt8], kind: EntryKind, metadata: EntryMetadata) throws {
+    public func special(parent: Inode, name: [UInt8], kind: SpecialFileKind, metadata: InodeAttributes) throws {
         let fs = try handle
         let mode: UInt16
         let type: Int32
@@ -327,8 +323,6 @@ public final class Ext4Writer {
             mode = UInt16(LINUX_S_IFIFO); type = EXT2_FT_FIFO
         case .socket:
             mode = UInt16(LINUX_S_IFSOCK); type = EXT2_FT_SOCK
-        default:
-            return
         }
         let ino = try newInode(parent: parent, mode: mode)
         ext2fs_inode_alloc_stats2(fs, ino, 1, 0)
@@ -346,23 +340,23 @@ public final class Ext4Writer {
     }
 
     /// Adds another name for an existing regular file.
-    public func hardlink(parent: ext2_ino_t, name: [UInt8], to ino: ext2_ino_t) throws {
+    public func hardlink(parent: Inode, name: [UInt8], to ino: Inode) throws {
         try link(parent: parent, name: name, ino: ino, type: EXT2_FT_REG_FILE)
         var inode = try readInode(ino)
         inode.i_links_count += 1
         try writeInode(ino, &inode)
     }
 
-    private func setXattrs(_ ino: ext2_ino_t, _ xattrs: [EntryMetadata.Xattr]) throws {
+    private func setXattrs(_ ino: ext2_ino_t, _ xattrs: [(name: String, value: [UInt8])]) throws {
         guard !xattrs.isEmpty else { return }
         let fs = try handle
         var h: OpaquePointer?
-        try Self.check(ext2fs_xattrs_open(fs, ino, &h), "open xattrs of inode \(ino)")
+        try Ext4Error.check(ext2fs_xattrs_open(fs, ino, &h), "open xattrs of inode \(ino)")
         defer { ext2fs_xattrs_close(&h) }
-        try Self.check(ext2fs_xattrs_read(h), "read xattrs of inode \(ino)")
+        try Ext4Error.check(ext2fs_xattrs_read(h), "read xattrs of inode \(ino)")
         for x in xattrs {
             let code = x.value.withUnsafeBytes { ext2fs_xattr_set(h, x.name, $0.baseAddress, $0.count) }
-            try Self.check(code, "set xattr \(x.name)")
+            try Ext4Error.check(code, "set xattr \(x.name)")
         }
     }
 

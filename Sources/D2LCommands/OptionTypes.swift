@@ -1,0 +1,24 @@
+import ArgumentParser
+import D2LBisect
+import D2LDiskModel
+import D2LScenario
+import D2LVerify
+
+// Options with a fixed set of values parse into these enums; --help lists the values.
+extension Accelerator: ExpressibleByArgument {}
+extension DiskBus: ExpressibleByArgument {}
+extension DiskFormat: ExpressibleByArgument {}
+extension FailedUnitsPolicy: ExpressibleByArgument {}
+extension BisectOrder: ExpressibleByArgument {}
+extension ContainerEngine: ExpressibleByArgument {}
+
+extension Platform {
+    /// `--platform` as the OCI image spec spells platforms; a usage error naming the form otherwise.
+    static func argument(_ text: String) throws -> Platform {
+        do {
+            return try Platform(parsing: text)
+        } catch {
+            throw ValidationError("--platform: \(error)")
+        }
+    }
+}

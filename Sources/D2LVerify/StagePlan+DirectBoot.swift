@@ -1,0 +1,21 @@
+import D2LDiskModel
+import Foundation
+
+extension StagePlan {
+    /// For a direct kernel boot: no bootloader stage, and the kernel stage accepts only `kernel`'s banner.
+    ///
+    /// Any other `Linux version` line fails the run at once ("another kernel booted"), so a stale or
+    /// mixed-up kernel is a failure even when the rest of the boot goes well.
+    public mutating func bootDirectly(_ kernel: KernelImage) {
+        stages.removeAll { $0.name == "bootloader" }
+        let banner = ConsolePattern(builtIn: kernel.bannerPattern)
+        if let index = stages.firstIndex(where: { $0.name == "kernel" }) {
+            stages[index].pattern = banner
+        } else {
+            stages.insert(BootStage(name: "kernel", pattern: banner, deadline: .seconds(60)), at: 0)
+        }
+        failures.removeAll { $0.name == "bootloader error" || $0.name == "another kernel booted" }
+        failures.append(
+            FailurePattern(name: "another kernel booted", pattern: ConsolePattern(builtIn: kernel.otherKernelPattern)))
+    }
+}

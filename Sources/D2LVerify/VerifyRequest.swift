@@ -1,0 +1,193 @@
+import D2LDiskModel
+import D2LSupport
+import Foundation
+
+/// The machine a boot runs in, as asked for on the command line or in a scenario.
+public struct MachineRequest: Sendable, Equatable {
+    /// libvirt URI; nil for the default (`LibvirtHypervisor.defaultURI()`).
+    public var connect: String?
+    public var accelerator: Accelerator = .auto
+    /// Guest memory in MiB (at least 64).
+    public var memoryMiB: Int = 1024
+    /// Guest CPUs (1-64).
+    public var cpus: Int = 2
+    public var diskBus: DiskBus = .virtio
+
+    public init() {}
+
+    /// - Throws: `VerifyError.badOption` for memory or CPUs out of range.
+    public func validate() throws(VerifyError) {
+        guard memoryMiB >= 64 else { throw .badOption("--memory is in MiB and must be at least 64") }
+        guard (1...64).contains(cpus) else { throw .badOption("--cpus must be between 1 and 64") }
+    }
+}
+
+/// A command to run after login and, when given, a regular expression its output must match
+/// (then its exit status is only reported).
+public struct RunCheck: Sendable, Equatable {
+    public var command: String
+    public var expectOutput: String?
+
+    public init(command: String, expectOutput: String? = nil) {
+        self.command = command
+        self.expectOutput = expectOutput
+    }
+}
+
+/// Everything `d2l verify` is asked to do, before anything is booted.
+public struct VerifyRequest: Sendable {
+    /// The disk image to boot.
+    public var image: String
+    /// Direct kernel boot: an x86 bzImage, with an optional initrd and extra command line.
+    public var kernel: String?
+    public var initrd: String?
+    public var append: String?
+    public var machine = MachineRequest()
+    /// Overall limit for the whole run, in seconds.
+    public var timeout: Int = 600
+    /// `--expect NAME=REGEX`, in order.
+    public var expectations: [String] = []
+    /// `--deadline NAME=SECONDS`, in order.
+    public var deadlines: [String] = []
+    public var failedUnits: FailedUnitsPolicy = .fail
+    /// `--login USER[:PASSWORD]`.
+    public var login: String?
+    /// The commands to run after login, each with the output it must show, if any.
+    public var commands: [RunCheck] = []
+
+    public init(image: String) { self.image = image }
+
+    /// Checks everything that can be checked without the disk.
+    ///
+    /// - Throws: `VerifyError.badOption` naming the option and what it needs.
+    public func validate() throws(VerifyError) {
+        try machine.validate()
+        _ = try plan(initSystem: .unknown)
+        _ = try guestSession()
+    }
+
+    /// The stages and failure patterns for a guest with `initSystem`, booted with `directKernel` when given.
+    ///
+    /// - Throws: `VerifyError.badOption` for a bad --timeout, --expect, --deadline or option mix.
+    public func plan(initSystem: InitSystem, directKernel: KernelImage? = nil) throws(VerifyError) -> StagePlan {
+        guard timeout > 0 else { throw .badOption("--timeout must be positive") }
+        guard kernel != nil || (initrd == nil && append == nil) else {
+            throw .badOption(
+                "--initrd and --append need --kernel: a disk's own command line is in its bootloader configuration")
+        }
+        var plan = StagePlan(
+            stages: StagePlan.defaultStages(initSystem: initSystem),
+            failures: StagePlan.defaultFailures(failedUnits: failedUnits), timeout: .seconds(timeout))
+        if let directKernel { plan.bootDirectly(directKernel) }
+        for expectation in expectations {
+            let (name, value) = try Self.split(expectation, option: "--expect")
+            plan.expect(name, try ConsolePattern(value))
+        }
+        for deadline in deadlines {
+            let (name, value) = try Self.split(deadline, option: "--deadline")
+            guard let seconds = Double(value), seconds > 0 else {
+                throw .badOption("--deadline \(deadline): the deadline must be a number of seconds")
+            }
+            guard let index = plan.stages.firstIndex(where: { $0.name == name }) else {
+                throw .badOption("--deadline \(deadline): no stage named \(name)")
+            }
+            plan.stages[index].deadline = .milliseconds(Int(seconds * 1000))
+        }
+        return plan
+    }
+
+    /// The login and the commands to run after it.
+    ///
+    /// - Throws: `VerifyError.badOption` for a malformed --login, --run without --login, or an
+    ///   expected output that is not a regular expression.
+    public func guestSession() throws(VerifyError) -> (login: LoginCredentials?, commands: [GuestCommand]) {
+        var credentials: LoginCredentials?
+        if let login {
+            guard let parsed = LoginCredentials(login) else { throw .badOption("--login needs USER[:PASSWORD]") }
+            credentials = parsed
+        }
+        guard commands.isEmpty || credentials != nil else {
+            throw .badOption("--run needs --login: commands are typed into a logged-in shell")
+        }
+        var guestCommands: [GuestCommand] = []
+        for check in commands {
+            let expected = try check.expectOutput.map { (text) throws(VerifyError) in try ConsolePattern(text) }
+            guestCommands.append(GuestCommand(command: check.command, expectOutput: expected))
+        }
+        return (credentials, guestCommands)
+    }
+
+    private static func split(_ text: String, option: String) throws(VerifyError) -> (String, String) {
+        guard let equals = text.firstIndex(of: "="), equals != text.startIndex else {
+            throw .badOption("\(option) \(text): expected NAME=VALUE")
+        }
+        return (String(text[..<equals]), String(text[text.index(after: equals)...]))
+    }
+}
+
+/// What the verifier says while a request runs, besides the boot's own progress.
+public enum VerifyNote: Sendable {
+    /// A line for the log: the machine, the kernel, the command line, a warning.
+    case note(String)
+    case boot(VerifyProgress)
+}
+
+/// Runs a `VerifyRequest`: opens the disk once, prepares a direct kernel boot when asked, chooses the
+/// accelerator and boots.
+public enum DiskVerifier {
+    /// Boots the request's disk and returns the verdict.
+    ///
+    /// - Throws: `VerifyError` (could not test: missing or unreadable image, kernel or initrd, bad
+    ///   options), `DiskModelError` for a corrupt partition table, `LibvirtError` when libvirt fails.
+    ///   A boot that fails is a report with `passed == false`, not an error.
+    public static func run(
+        _ request: VerifyRequest, transcript: (@Sendable ([UInt8]) -> Void)? = nil,
+        notes: @escaping @Sendable (VerifyNote) -> Void
+    ) async throws -> BootReport {
+        let path = URL(fileURLWithPath: request.image).standardizedFileURL.path
+        let disk = try DiskImage.open(path)
+        let bzImage = try request.kernel.map { try KernelImage(path: URL(fileURLWithPath: $0).standardizedFileURL.path) }
+        let plan = try request.plan(initSystem: disk.guest?.initSystem ?? .unknown, directKernel: bzImage)
+        let (login, commands) = try request.guestSession()
+        let bus = request.machine.diskBus
+        var directBoot: DirectKernelBoot?
+        if let bzImage {
+            var initrdPath: String?
+            if let initrd = request.initrd {
+                let full = URL(fileURLWithPath: initrd).standardizedFileURL.path
+                guard FileManager.default.isReadableFile(atPath: full) else {
+                    throw VerifyError.unreadableImage(path: full, reason: "the --initrd cannot be read")
+                }
+                initrdPath = full
+            }
+            let root = disk.rootArgument(device: bus.devicePrefix, initrd: initrdPath != nil)
+            directBoot = DirectKernelBoot(
+                kernel: bzImage.path, initrd: initrdPath,
+                commandLine: DirectKernelBoot.commandLine(root: root, extra: request.append))
+            notes(.note("kernel \(bzImage.versionString)"))
+            notes(.note("initrd \(initrdPath ?? "none")"))
+            notes(.note("command line \(directBoot?.commandLine ?? "")"))
+        }
+
+        let hypervisor = try LibvirtHypervisor(uri: request.machine.connect ?? LibvirtHypervisor.defaultURI())
+        var spec = MachineSpec(
+            diskPath: path, diskFormat: disk.format, accelerator: .tcg, memoryMiB: request.machine.memoryMiB,
+            cpus: request.machine.cpus, diskBus: bus, directBoot: directBoot)
+        let (accelerator, warning) = await AcceleratorProbe.shared.resolve(
+            request.machine.accelerator, hypervisor: hypervisor, probe: spec)
+        if let warning { notes(.note(warning)) }
+        spec.accelerator = accelerator
+        var about = "\(request.image): \(disk.format), \(bus.rawValue), \(accelerator.rawValue)"
+        about += ", \(request.machine.memoryMiB) MiB, \(request.machine.cpus) CPUs"
+        if let guest = disk.guest {
+            about += "; \(guest.prettyName ?? "unknown OS"), init \(guest.initSystem.rawValue)"
+        } else {
+            about += "; root file system not readable, any init accepted"
+        }
+        notes(.note(about))
+
+        let verifier = BootVerifier(
+            hypervisor: hypervisor, options: VerifyOptions(plan: plan, login: login, commands: commands))
+        return try await verifier.verify(spec, guest: disk.guest, transcript: transcript) { notes(.boot($0)) }
+    }
+}

@@ -1,0 +1,21 @@
+import D2LDiskModel
+import Foundation
+import Testing
+@testable import D2LVerify
+
+@Suite struct MachineSpecTests {
+    @Test func domainXMLIsTransientUnlabelledAndEndsOnEveryStop() {
+        let spec = MachineSpec(name: "d2l-verify-test", diskPath: "/d/a&b.img", diskFormat: .qcow2, diskBus: .sata)
+        let xml = spec.domainXML
+        for needle in [
+            "<domain type='qemu'>", "<transient shareBacking='yes'/>", "<seclabel type='none'/>", "<bios useserial='yes'/>",
+            "<on_reboot>destroy</on_reboot>", "<on_poweroff>destroy</on_poweroff>", "<on_crash>destroy</on_crash>",
+            "type='qcow2'", "bus='sata'", "/d/a&amp;b.img", "<serial type='pty'>",
+        ] {
+            #expect(xml.contains(needle), "\(needle)")
+        }
+        #expect(!xml.contains("<graphics"))
+        #expect(!xml.contains("<interface"))
+        #expect(MachineSpec.uniqueName() != MachineSpec.uniqueName())
+    }
+}
