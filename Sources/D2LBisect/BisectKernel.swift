@@ -92,6 +92,8 @@ public struct BisectKernel: Sendable, Codable, Equatable {
 
     /// The bzImages directly inside `directory` (initrds and other files are passed over), by file name;
     /// `package` loads the .deb files among them (path, name), when given.
+    ///
+    /// - Throws: `BisectError.badOption` when the directory cannot be listed; what `package` throws for a .deb.
     public static func discover(
         in directory: String, initrd choice: InitrdChoice,
         package: ((_ path: String, _ name: String) throws -> BisectKernel)? = nil

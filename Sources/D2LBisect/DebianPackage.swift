@@ -24,6 +24,8 @@ public enum DebianPackage {
     }
 
     /// The members of the ar archive at `path`.
+    ///
+    /// - Throws: `BisectError.notAPackage` when the file cannot be read or is not an ar archive.
     public static func members(path: String) throws -> [Member] {
         guard let handle = FileHandle(forReadingAtPath: path) else {
             throw BisectError.notAPackage(path: path, reason: "cannot be read")
@@ -52,6 +54,8 @@ public enum DebianPackage {
     }
 
     /// The data.tar(.gz|.xz|.zst|...) member, which holds the package's files.
+    ///
+    /// - Throws: `BisectError.notAPackage` when the file is not a .deb or has no data.tar member.
     public static func dataMember(path: String) throws -> Member {
         guard let member = try members(path: path).first(where: { $0.name.hasPrefix("data.tar") }) else {
             throw BisectError.notAPackage(path: path, reason: "a .deb without data.tar")

@@ -74,6 +74,8 @@ public actor ImageInitramfs {
     /// .deb, with the linux-modules-RELEASE .debs beside it, as Ubuntu splits them) or, when nil, must be
     /// in the image already. `kernel` is the bzImage, whose folder may hold its config. `note` hears what
     /// is going on (this takes tens of seconds).
+    ///
+    /// - Throws: `BisectError.initrd` with what went wrong (no modules, no initramfs tool, the tool failed), `BisectError.stopped` when `stop()` ended it.
     public func build(
         release: String, package: String?, kernel: String? = nil, output: String, note: @Sendable (String) -> Void
     ) async throws {

@@ -128,11 +128,7 @@ struct BisectCommand: PolicedCommand {
     }
 
     func validate() throws {
-        do {
-            try request().validate()
-        } catch {
-            throw ValidationError("\(error)")
-        }
+        try usageErrors { try request().validate() }
     }
 
     func run() async throws {

@@ -81,7 +81,15 @@ struct BuildCommand: PolicedCommand {
     @Flag(name: .shortAndLong, help: "Print only warnings and errors.")
     var quiet = false
 
+    /// SOURCE_DATE_EPOCH (reproducible-builds.org), when set.
+    static var sourceDateEpoch: Int64? {
+        ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"].flatMap { $0.isEmpty ? nil : Int64($0) }
+    }
+
     func validate() throws {
+        if let epoch = ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"], !epoch.isEmpty, Int64(epoch) == nil {
+            throw ValidationError("SOURCE_DATE_EPOCH=\(epoch) is not a number of seconds")
+        }
         if let size, SizeParser.bytes(size) == nil { throw ValidationError("--size \(size): give a size such as 2G or 1500M") }
         if let headroom, SizeParser.headroom(headroom) == nil {
             throw ValidationError("--headroom \(headroom): give a percentage (25%) or a size (512M)")
@@ -112,12 +120,7 @@ struct BuildCommand: PolicedCommand {
         options.initPath = initPath
         options.force = force
         options.sync = sync
-        if let epoch = ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"], !epoch.isEmpty {
-            guard let value = Int64(epoch) else {
-                throw DiskError.badOption("SOURCE_DATE_EPOCH=\(epoch) is not a number of seconds")
-            }
-            options.sourceDateEpoch = value
-        }
+        options.sourceDateEpoch = Self.sourceDateEpoch
         let started = Date()
         progress.begin("reading \(input)")
         defer { progress.done() }

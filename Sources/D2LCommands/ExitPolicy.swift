@@ -42,6 +42,15 @@ protocol PolicedCommand: AsyncParsableCommand {
     static var exitPolicy: ExitPolicy { get }
 }
 
+/// Runs a command's checks of its options; what they throw becomes a usage error (exit `parse`).
+func usageErrors(_ check: () throws -> Void) throws {
+    do {
+        try check()
+    } catch {
+        throw ValidationError("\(error)")
+    }
+}
+
 /// The outcome was reported by the command itself (a verdict, a table); only the exit status is left.
 struct Reported: CategorizedError {
     var category: ErrorCategory

@@ -18,7 +18,7 @@ extension Platform {
         do {
             return try Platform(parsing: text)
         } catch {
-            throw ValidationError("--platform: \(error)")
+            throw ValidationError("\(error)")
         }
     }
 }

@@ -125,11 +125,7 @@ struct VerifyCommand: PolicedCommand {
     }
 
     func validate() throws {
-        do {
-            try request().validate()
-        } catch {
-            throw ValidationError("\(error)")
-        }
+        try usageErrors { try request().validate() }
     }
 
     func run() async throws {

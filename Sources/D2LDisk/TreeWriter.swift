@@ -27,13 +27,15 @@ public struct TreeWriter {
 
     /// Writes the tree. `digests` checks the layers' blob digests; pass one started
     /// earlier to overlap the hashing with other work (it is waited for at the end).
+    ///
+    /// - Throws: `Ext4Error` when libext2fs fails (full file system, too many inodes), `ImageError` when a layer cannot be read or its digest does not match, `DiskError.io` when a /boot file cannot be saved.
     public func write(
         tree: FileTree, layers: [LayerSource], to ext4: Ext4Writer, progress: ProgressReporter?,
         digests: LayerDigests? = nil
     ) throws -> Result {
         var result = Result()
         var directoryInodes: [ImagePath: Ext4Writer.Inode] = [[]: Ext4Writer.rootInode]
-        try ext4.setMetadata(Ext4Writer.rootInode, tree.root.metadata.inodeAttributes)
+        try ext4.setMetadata(Ext4Writer.rootInode, tree.root.metadata)
         for (path, node) in tree.directories() where !path.isEmpty {
             let (parentPath, name) = path.splitParent
             guard let parent = directoryInodes[parentPath] else { continue }
@@ -48,7 +50,7 @@ public struct TreeWriter {
                 }
                 continue
             }
-            directoryInodes[path] = try ext4.mkdir(parent: parent, name: name, metadata: node.metadata.inodeAttributes)
+            directoryInodes[path] = try ext4.mkdir(parent: parent, name: name, metadata: node.metadata)
         }
 
         var linkInodes: [EntryRef: Ext4Writer.Inode] = [:]
@@ -79,7 +81,7 @@ public struct TreeWriter {
                     let tee = final != nil ? try extraCaptures[entry.path].map(Self.createCapture) : nil
                     defer { try? tee?.close() }
                     let ino = try ext4.createFile(
-                        parent: parent, name: name, metadata: entry.metadata.inodeAttributes, size: size, linked: final != nil
+                        parent: parent, name: name, metadata: entry.metadata, size: size, linked: final != nil
                     ) { sink in
                         try stream.readData { bytes, offset in
                             try sink(bytes, offset)
@@ -116,18 +118,17 @@ public struct TreeWriter {
     private func writeOther(
         _ kind: EntryKind, parent: Ext4Writer.Inode, name: ImagePath, metadata: EntryMetadata, ext4: Ext4Writer
     ) throws {
-        let attributes = metadata.inodeAttributes
         switch kind {
         case .symlink(let target):
-            try ext4.symlink(parent: parent, name: name, target: target, metadata: attributes)
+            try ext4.symlink(parent: parent, name: name, target: target, metadata: metadata)
         case .characterDevice(let major, let minor):
-            try ext4.special(parent: parent, name: name, kind: .characterDevice(major: major, minor: minor), metadata: attributes)
+            try ext4.special(parent: parent, name: name, kind: .characterDevice(major: major, minor: minor), metadata: metadata)
         case .blockDevice(let major, let minor):
-            try ext4.special(parent: parent, name: name, kind: .blockDevice(major: major, minor: minor), metadata: attributes)
+            try ext4.special(parent: parent, name: name, kind: .blockDevice(major: major, minor: minor), metadata: metadata)
         case .fifo:
-            try ext4.special(parent: parent, name: name, kind: .fifo, metadata: attributes)
+            try ext4.special(parent: parent, name: name, kind: .fifo, metadata: metadata)
         case .socket:
-            try ext4.special(parent: parent, name: name, kind: .socket, metadata: attributes)
+            try ext4.special(parent: parent, name: name, kind: .socket, metadata: metadata)
         case .regular, .directory, .hardlink:
             break
         }
@@ -158,14 +159,5 @@ public struct TreeWriter {
             try handle.seek(toOffset: UInt64(offset))
             handle.write(Data(bytes))
         }
-    }
-}
-
-extension EntryMetadata {
-    /// The same owner, mode, times and attributes as libext2fs stores them.
-    var inodeAttributes: InodeAttributes {
-        InodeAttributes(
-            permissions: permissions, uid: uid, gid: gid, mtime: mtime, mtimeNanoseconds: mtimeNanoseconds,
-            xattrs: xattrs.map { ($0.name, $0.value) })
     }
 }

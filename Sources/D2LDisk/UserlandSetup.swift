@@ -32,6 +32,8 @@ public struct UserlandSetup: Sendable {
     }
 
     /// The files to lay on top of the image.
+    ///
+    /// - Throws: `DiskError.tool` when crypt(3) cannot make the password hash.
     public func files(for tree: FileTree, facts: BootFacts) throws -> [SyntheticFile] {
         var files: [SyntheticFile] = []
         func add(_ path: String, _ text: String, permissions: UInt16 = 0o644) {

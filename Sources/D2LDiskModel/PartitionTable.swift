@@ -236,6 +236,8 @@ public struct PartitionTable: Sendable, Equatable {
     ///
     /// - Throws: `DiskModelError.unreadable` when the file cannot be read, `.corruptTable` when a GPT
     ///   header or entry array fails its CRC-32.
+    ///
+    /// - Throws: `DiskModelError.corruptTable` when a GPT header or entry array fails its checks.
     public static func read(path: String) throws(DiskModelError) -> PartitionTable? {
         guard let handle = FileHandle(forReadingAtPath: path) else {
             throw .unreadable(path: path, reason: "cannot open it for reading")

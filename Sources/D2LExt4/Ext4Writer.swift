@@ -1,4 +1,5 @@
 import CExt2fs
+import D2LSupport
 import Foundation
 
 /// Writes files into an ext4 file system that lies at an offset inside a disk
@@ -28,6 +29,8 @@ public final class Ext4Writer {
 
     /// Opens the file system inside `path` at byte `offset`, read-write.
     /// `timestamp` fixes the times libext2fs writes itself (for reproducible builds).
+    ///
+    /// - Throws: `Ext4Error.library` when there is no ext4 file system at `offset`, `Ext4Error.io` when the file cannot be opened for writing.
     public init(path: String, offset: Int64, timestamp: Int64? = nil) throws {
         self.path = path
         partitionOffset = offset
@@ -57,6 +60,8 @@ public final class Ext4Writer {
     /// Every write error is reported, but nothing is forced to the device: the disk file is a build
     /// output, left to the page cache as `cp` and `qemu-img convert` leave theirs (libext2fs's own
     /// fsync cost 0.6 s of a 0.9 s build here). `DiskBuilder` syncs the whole file when asked to.
+    ///
+    /// - Throws: `Ext4Error.library` when the metadata cannot be written out.
     public func close() throws {
         guard let handle = fs else { return }
         let noSync = Int32(EXT2_FLAG_FLUSH_NO_SYNC)
@@ -82,7 +87,7 @@ public final class Ext4Writer {
 
     // MARK: inodes
 
-    private func fill(_ inode: inout ext2_inode_large, mode: UInt16, _ meta: InodeAttributes) {
+    private func fill(_ inode: inout ext2_inode_large, mode: UInt16, _ meta: FileMetadata) {
         inode.i_mode = mode | (meta.permissions & 0o7777)
         inode.i_uid = UInt16(truncatingIfNeeded: meta.uid)
         inode.osd2.linux2.l_i_uid_high = UInt16(truncatingIfNeeded: meta.uid >> 16)
@@ -163,7 +168,9 @@ public final class Ext4Writer {
     // MARK: public operations
 
     /// Sets owner, mode, times and xattrs of an existing inode (the root directory, say).
-    public func setMetadata(_ ino: Inode, _ meta: InodeAttributes) throws {
+    ///
+    /// - Throws: `Ext4Error.library` when libext2fs cannot read or write the inode or its attributes.
+    public func setMetadata(_ ino: Inode, _ meta: FileMetadata) throws {
         var inode = try readInode(ino)
         fill(&inode, mode: inode.i_mode & 0o170000, meta)
         try writeInode(ino, &inode)
@@ -171,7 +178,9 @@ public final class Ext4Writer {
     }
 
     /// Creates a directory and returns its inode.
-    public func mkdir(parent: Inode, name: [UInt8], metadata: InodeAttributes) throws -> Inode {
+    ///
+    /// - Throws: `Ext4Error.library` when no inode or block is left or the name cannot be linked.
+    public func mkdir(parent: Inode, name: [UInt8], metadata: FileMetadata) throws -> Inode {
         let fs = try handle
         let ino = try newInode(parent: parent, mode: UInt16(LINUX_S_IFDIR) | 0o755, isDirectory: true)
         var code = withCName(name) { ext2fs_mkdir(fs, parent, ino, $0) }
@@ -187,8 +196,10 @@ public final class Ext4Writer {
     /// Creates a regular file of `size` bytes; `produce` hands the data over in blocks
     /// (bytes, offset in the file). `linked` false makes an inode with no name yet
     /// (a hard link adds one later).
+    ///
+    /// - Throws: `Ext4Error.library` when no inode or block is left (the file system is full), `Ext4Error.io` when the data cannot be written, and what `produce` throws.
     public func createFile(
-        parent: Inode, name: [UInt8], metadata: InodeAttributes, size: UInt64, linked: Bool = true,
+        parent: Inode, name: [UInt8], metadata: FileMetadata, size: UInt64, linked: Bool = true,
         produce: ((UnsafeRawBufferPointer, Int64) throws -> Void) throws -> Void
     ) throws -> Inode {
         let fs = try handle
@@ -293,7 +304,9 @@ public final class Ext4Writer {
     }
 
     /// Creates a symbolic link.
-    public func symlink(parent: Inode, name: [UInt8], target: [UInt8], metadata: InodeAttributes) throws {
+    ///
+    /// - Throws: `Ext4Error.library` when no inode or block is left or the name cannot be linked.
+    public func symlink(parent: Inode, name: [UInt8], target: [UInt8], metadata: FileMetadata) throws {
         let fs = try handle
         let ino = try newInode(parent: parent, mode: UInt16(LINUX_S_IFLNK))
         var code = withCName(name) { cname in withCName(target) { ext2fs_symlink(fs, parent, ino, cname, $0) } }
@@ -308,7 +321,9 @@ public final class Ext4Writer {
     }
 
     /// Creates a device node, FIFO or socket.
-    public func special(parent: Inode, name: [UInt8], kind: SpecialFileKind, metadata: InodeAttributes) throws {
+    ///
+    /// - Throws: `Ext4Error.library` when no inode is left or the name cannot be linked.
+    public func special(parent: Inode, name: [UInt8], kind: SpecialFileKind, metadata: FileMetadata) throws {
         let fs = try handle
         let mode: UInt16
         let type: Int32
@@ -340,6 +355,8 @@ public final class Ext4Writer {
     }
 
     /// Adds another name for an existing regular file.
+    ///
+    /// - Throws: `Ext4Error.library` when the name cannot be linked.
     public func hardlink(parent: Inode, name: [UInt8], to ino: Inode) throws {
         try link(parent: parent, name: name, ino: ino, type: EXT2_FT_REG_FILE)
         var inode = try readInode(ino)
@@ -347,7 +364,7 @@ public final class Ext4Writer {
         try writeInode(ino, &inode)
     }
 
-    private func setXattrs(_ ino: ext2_ino_t, _ xattrs: [(name: String, value: [UInt8])]) throws {
+    private func setXattrs(_ ino: ext2_ino_t, _ xattrs: [FileMetadata.Xattr]) throws {
         guard !xattrs.isEmpty else { return }
         let fs = try handle
         var h: OpaquePointer?

@@ -148,6 +148,8 @@ public final class ArchiveStream {
     }
 
     /// The next entry, or nil at the end of the layer.
+    ///
+    /// - Throws: `ImageError.archive` with libarchive's message when the stream is damaged.
     public func next() throws -> LayerEntry? {
         while true {
             let current: OpaquePointer
@@ -241,6 +243,8 @@ public final class ArchiveStream {
     }
 
     /// Reads the current entry's data in blocks; `body` gets each block and its offset.
+    ///
+    /// - Throws: `ImageError.archive` with libarchive's message, and what `body` throws.
     public func readData(_ body: (UnsafeRawBufferPointer, Int64) throws -> Void) throws {
         var buffer: UnsafeRawPointer?
         var size = 0
@@ -254,6 +258,8 @@ public final class ArchiveStream {
     }
 
     /// Reads the current entry's data into memory (for small files).
+    ///
+    /// - Throws: `ImageError.archive` with libarchive's message.
     public func readAll(limit: Int = 1 << 20) throws -> [UInt8] {
         var out: [UInt8] = []
         try readData { block, offset in
@@ -269,6 +275,8 @@ public final class ArchiveStream {
     }
 
     /// Finishes the stream.
+    ///
+    /// - Throws: `ImageError.archive` when the end of the archive is damaged.
     public func finish() throws {
         if diskRoot == nil && !atEnd {
             // Let libarchive consume the end-of-archive blocks.

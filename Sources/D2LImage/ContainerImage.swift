@@ -58,6 +58,8 @@ public struct LayerSource: Sendable {
 
     /// Opens the layer (its digest is checked apart, by LayerDigests); `headersOnly` reads in small
     /// pieces, for a caller that skips most data.
+    ///
+    /// - Throws: `ImageError.archive` when the layer cannot be opened or is not a tar libarchive reads.
     public func open(headersOnly: Bool = false) throws -> EntryStream {
         let chunk = headersOnly ? 64 << 10 : 1 << 20
         switch location {

@@ -19,6 +19,8 @@ public enum ImageReader {
     }
 
     /// Opens a file or directory (not an engine reference).
+    ///
+    /// - Throws: `ImageError` when the input is missing, not an image, malformed, or has no image for `platform`.
     public static func open(path input: String, platform: Platform = Architecture.amd64.platform) throws -> ContainerImage {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: input, isDirectory: &isDir) else {

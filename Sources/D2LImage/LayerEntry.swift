@@ -1,3 +1,5 @@
+import D2LSupport
+
 /// A path inside an image, as raw bytes: names need not be UTF-8.
 public typealias ImagePath = [UInt8]
 
@@ -8,33 +10,7 @@ extension ImagePath {
 }
 
 /// Owner, permissions, time and extended attributes of a file in a layer.
-public struct EntryMetadata: Sendable, Equatable {
-    /// Permission bits including setuid, setgid and sticky (the low 12 bits of st_mode).
-    public var permissions: UInt16
-    public var uid: UInt32
-    public var gid: UInt32
-    public var mtime: Int64
-    public var mtimeNanoseconds: UInt32
-    public var xattrs: [Xattr]
-
-    public struct Xattr: Sendable, Equatable {
-        public var name: String
-        public var value: [UInt8]
-        public init(name: String, value: [UInt8]) { self.name = name; self.value = value }
-    }
-
-    public init(
-        permissions: UInt16, uid: UInt32 = 0, gid: UInt32 = 0, mtime: Int64 = 0,
-        mtimeNanoseconds: UInt32 = 0, xattrs: [Xattr] = []
-    ) {
-        self.permissions = permissions
-        self.uid = uid
-        self.gid = gid
-        self.mtime = mtime
-        self.mtimeNanoseconds = mtimeNanoseconds
-        self.xattrs = xattrs
-    }
-}
+public typealias EntryMetadata = FileMetadata
 
 /// What kind of file an entry is.
 public enum EntryKind: Sendable, Equatable {

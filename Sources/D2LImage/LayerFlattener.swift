@@ -32,6 +32,8 @@ public struct LayerFlattener {
     static let opaqueMarker = Array(".wh..wh..opq".utf8)
 
     /// Scans every layer, bottom first.
+    ///
+    /// - Throws: `ImageError` when a layer cannot be read.
     public func scan(
         _ layers: [LayerSource], progress: ProgressReporter? = nil
     ) throws -> FileTree {
@@ -57,6 +59,8 @@ public struct LayerFlattener {
     }
 
     /// Lays one more layer (files the builder generates) on a scanned tree.
+    ///
+    /// - Throws: `ImageError` when the layer cannot be read.
     public func overlay(_ layer: LayerSource, index: Int, on tree: FileTree) throws {
         let stream = try layer.open()
         var ordinal = 0
@@ -68,6 +72,8 @@ public struct LayerFlattener {
     }
 
     /// Applies one entry to the tree.
+    ///
+    /// - Throws: `ImageError` when a captured file cannot be read from the stream or saved.
     public func apply(_ entry: LayerEntry, ref: EntryRef, whiteouts: Bool, tree: FileTree, stream: EntryStream?)
         throws
     {

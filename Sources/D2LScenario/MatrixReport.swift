@@ -55,6 +55,7 @@ public struct MatrixReport: Sendable {
         return names.isEmpty ? Self.stageOrder : names
     }
 
+    /// - Throws: `EncodingError` (not expected: every field encodes).
     public func json() throws -> String {
         struct Document: Codable {
             var seconds: Double

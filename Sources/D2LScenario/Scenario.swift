@@ -122,6 +122,8 @@ public enum ScenarioParser {
     static let runKeys: Set<String> = ["command", "expect"]
 
     /// Lists the scenario files named: directories give their *.yaml and *.yml files, sorted.
+    ///
+    /// - Throws: `ScenarioError` when a path does not exist or a directory cannot be listed.
     public static func files(_ paths: [String]) throws -> [String] {
         var out: [String] = []
         for path in paths {
@@ -141,6 +143,8 @@ public enum ScenarioParser {
     }
 
     /// Parses one file; `imagesDirectory` is where recipes live (to check they exist; nil: not checked).
+    ///
+    /// - Throws: `ScenarioError` naming the file, the key and what is wrong.
     public static func parse(file: String, imagesDirectory: String?) throws -> Scenario {
         guard let data = FileManager.default.contents(atPath: file) else {
             throw ScenarioError(file: file, message: "cannot read")
@@ -148,6 +152,7 @@ public enum ScenarioParser {
         return try parse(String(decoding: data, as: UTF8.self), file: file, imagesDirectory: imagesDirectory)
     }
 
+    /// - Throws: `ScenarioError` naming the file, the key and what is wrong.
     public static func parse(_ text: String, file: String, imagesDirectory: String?) throws -> Scenario {
         func fail(_ message: String) -> ScenarioError { ScenarioError(file: file, message: message) }
         let loaded: Any?

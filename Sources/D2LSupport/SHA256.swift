@@ -32,6 +32,8 @@ public final class SHA256Hasher {
     }
 
     /// The SHA-256 of a file, read in 1 MiB chunks.
+    ///
+    /// - Throws: `CocoaError` when the file cannot be opened or read.
     public static func hex(ofFile path: String) throws -> String {
         guard let handle = FileHandle(forReadingAtPath: path) else {
             throw CocoaError(.fileReadNoSuchFile, userInfo: [NSFilePathErrorKey: path])

@@ -63,6 +63,7 @@ public struct BootReport: Sendable, Codable {
         self.lastLines = lastLines
     }
 
+    /// - Throws: `DecodingError` for JSON that is not a report.
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         image = try c.decode(String.self, forKey: .image)
@@ -80,6 +81,7 @@ public struct BootReport: Sendable, Codable {
         lastLines = try c.decode([String].self, forKey: .lastLines)
     }
 
+    /// - Throws: `EncodingError` from the encoder.
     public func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(image, forKey: .image)
@@ -99,6 +101,8 @@ public struct BootReport: Sendable, Codable {
     }
 
     /// The report as pretty JSON.
+    ///
+    /// - Throws: `EncodingError` (not expected: every field encodes).
     public func json() throws -> String {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]

@@ -1,63 +1,10 @@
-import D2LSupport
-import Foundation
-
-/// The real thing: a transient libvirt domain.
-public struct LibvirtHypervisor: Hypervisor {
-    public let connection: LibvirtConnection
-
-    public init(uri: String) throws {
-        connection = try LibvirtConnection.shared(uri: uri)
-    }
-
-    /// `qemu:///embed?root=<cache>/libvirt`, or a short directory under /tmp when that path is too long
-    /// for the sockets libvirt creates under it (108 bytes).
-    public static func defaultURI(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
-        if let uri = environment["D2L_LIBVIRT_URI"], !uri.isEmpty { return uri }
-        var root = URL(fileURLWithPath: CacheDirectory.path).appendingPathComponent("libvirt").standardizedFileURL.path
-        // The longest socket is about <root>/run/libvirt/qemu/domain-N-<20 chars>/monitor.sock + slack.
-        if root.utf8.count > 40 { root = "/tmp/d2l-\(getuid())" }
-        return "qemu:///embed?root=\(root)"
-    }
-
-    public var stopwatch: Stopwatch { Stopwatch(clock: ContinuousClock()) }
-
-    public func powerOn(_ machine: MachineSpec) async throws -> any GuestConsole {
-        let domain = try connection.createPausedDomain(xml: machine.domainXML)
-        // From here on the domain must die on every way out, signals included.
-        let token = Cleanup.shared.addAction { domain.destroy() }
-        do {
-            let stream = try domain.openConsole()
-            try domain.resume()
-            return LibvirtGuest(domain: domain, stream: stream, cleanupToken: token)
-        } catch {
-            domain.destroy()
-            Cleanup.shared.removeAction(token)
-            throw error
-        }
-    }
+/// Something that can power on a machine and hand over its console: libvirt, or a replay of a
+/// recorded transcript.
+public protocol Hypervisor: Sendable {
+    /// Creates the machine paused, attaches the console, then powers it on.
+    ///
+    /// - Throws: the hypervisor's error (`LibvirtError`) when the machine cannot be created or started.
+    func powerOn(_ machine: MachineSpec) async throws -> any GuestConsole
+    /// The clock the console's times are measured on.
+    var stopwatch: Stopwatch { get }
 }
-
-/// A libvirt domain's serial console, with a tick every 100 ms of wall-clock time.
-final class LibvirtGuest: GuestConsole, Sendable {
-    let domain: LibvirtDomain
-    let stream: ConsoleStream
-    let cleanupToken: Int
-    private let feed: LiveConsoleFeed
-
-    init(domain: LibvirtDomain, stream: ConsoleStream, cleanupToken: Int) {
-        self.domain = domain
-        self.stream = stream
-        self.cleanupToken = cleanupToken
-        feed = LiveConsoleFeed(output: stream.output)
-    }
-
-    func next() async -> ConsoleEvent { await feed.next() }
-    func send(_ bytes: [UInt8]) throws { try stream.send(bytes) }
-    func destroy() {
-        feed.stop()
-        stream.close()
-        domain.destroy()
-        Cleanup.shared.removeAction(cleanupToken)
-    }
-}
-

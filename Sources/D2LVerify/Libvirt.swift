@@ -70,6 +70,8 @@ public final class LibvirtConnection: @unchecked Sendable {
     ///
     /// An embedded driver's root belongs to one process at a time; when another
     /// `d2l verify` holds it, this one uses a private root beside it, removed at exit.
+    ///
+    /// - Throws: `LibvirtError` with libvirt's message when the connection cannot be opened.
     public static func shared(uri: String) throws -> LibvirtConnection {
         try connections.withLock { connections in
             if let existing = connections[uri] { return existing }
@@ -154,6 +156,8 @@ public final class LibvirtConnection: @unchecked Sendable {
     }
 
     /// Creates and starts a transient domain, paused so that no console output is lost.
+    ///
+    /// - Throws: `LibvirtError` with libvirt's message.
     public func createPausedDomain(xml: String) throws -> LibvirtDomain {
         let flags = UInt32(VIR_DOMAIN_START_PAUSED.rawValue)
         guard let domain = virDomainCreateXML(pointer, xml, flags) else {
@@ -169,6 +173,8 @@ public final class LibvirtConnection: @unchecked Sendable {
     }
 
     /// Names of the running domains.
+    ///
+    /// - Throws: `LibvirtError` with libvirt's message.
     public func runningDomainNames() throws -> [String] {
         var list: UnsafeMutablePointer<virDomainPtr?>?
         let count = try LibvirtError.check(
@@ -207,6 +213,8 @@ public final class LibvirtDomain: @unchecked Sendable {
     public var name: String { virDomainGetName(pointer).map { String(cString: $0) } ?? "?" }
 
     /// Opens the serial console as a non-blocking stream.
+    ///
+    /// - Throws: `LibvirtError` with libvirt's message.
     public func openConsole() throws -> ConsoleStream {
         let stream = try connection.newStream()
         let flags = UInt32(VIR_DOMAIN_CONSOLE_FORCE.rawValue)
@@ -218,6 +226,7 @@ public final class LibvirtDomain: @unchecked Sendable {
         return try ConsoleStream(pointer: stream)
     }
 
+    /// - Throws: `LibvirtError` with libvirt's message.
     public func resume() throws { try LibvirtError.check(virDomainResume(pointer), "resuming the domain") }
 
     /// True while the domain exists and has not shut off.
@@ -305,6 +314,8 @@ public final class ConsoleStream: @unchecked Sendable {
     }
 
     /// Writes bytes to the guest's serial port, waiting briefly while the stream is full.
+    ///
+    /// - Throws: `LibvirtError` when the stream fails or stays full for 5 s.
     public func send(_ bytes: [UInt8]) throws {
         var offset = 0
         var attempts = 0

@@ -58,6 +58,7 @@ public final class ReplayHypervisor: Hypervisor, Sendable {
     /// The consoles of the machines powered on so far.
     public var guests: [ReplayConsole] { consoles.withLock { $0 } }
 
+    /// - Throws: nothing: a replay always powers on.
     public func powerOn(_ machine: MachineSpec) async throws -> any GuestConsole {
         let console = ReplayConsole(hypervisor: self)
         consoles.withLock { $0.append(console) }
@@ -113,6 +114,7 @@ public final class ReplayConsole: GuestConsole, Sendable {
         }
     }
 
+    /// - Throws: nothing: typed input goes to the responder.
     public func send(_ bytes: [UInt8]) throws {
         let text = String(decoding: bytes, as: UTF8.self)
         let answer = hypervisor.respond(text)
