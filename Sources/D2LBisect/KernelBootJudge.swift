@@ -78,8 +78,8 @@ public struct KernelBootJudge: Sendable {
         do {
             let report = try await verifier.verify(
                 spec,
-                transcript: { bytes in
-                    if let transcriptPath { _ = FileManager.default.createFile(atPath: transcriptPath, contents: Data(bytes)) }
+                transcript: { recording in
+                    if let transcriptPath { recording.write(to: transcriptPath) }
                 }, progress: progress)
             let reached = report.stages.last { $0.reached }?.name
             return BootAttempt(

@@ -9,6 +9,7 @@ extension Accelerator: ExpressibleByArgument {}
 extension DiskBus: ExpressibleByArgument {}
 extension DiskFormat: ExpressibleByArgument {}
 extension FailedUnitsPolicy: ExpressibleByArgument {}
+extension KernelWarningsPolicy: ExpressibleByArgument {}
 extension BisectOrder: ExpressibleByArgument {}
 extension ContainerEngine: ExpressibleByArgument {}
 

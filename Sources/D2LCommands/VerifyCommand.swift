@@ -33,8 +33,14 @@ struct VerifyCommand: PolicedCommand {
             kernel, bad options (git bisect run skips the commit)
             """)
 
-    @Argument(help: "The disk image to boot (raw, qcow2, vmdk, vdi, vhdx or vpc).")
-    var image: String
+    @Argument(help: "The disk image to boot (raw, qcow2, vmdk, vdi, vhdx or vpc); with --replay, optional (read for its init system).")
+    var image: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "Judge this recorded serial console log instead of booting: same stages, deadlines on the log's own time (FILE.timing when there is one, else its printk timestamps), reports and exit codes.",
+            valueName: "file"))
+    var replay: String?
 
     @Option(help: "A scenario file (YAML, see README) whose verify section gives the defaults; options given here win.")
     var scenario: String?
@@ -71,6 +77,15 @@ struct VerifyCommand: PolicedCommand {
     @Option(help: "What a systemd [FAILED] line does (default: fail).")
     var failedUnits: FailedUnitsPolicy?
 
+    @Option(help: "What a kernel WARNING, Oops, BUG, soft lockup, RCU stall or hung task does (default: warn).")
+    var kernelWarnings: KernelWarningsPolicy?
+
+    @Option(help: "Seconds failure patterns stay armed after the last stage, so a crash right after the prompt fails the boot (default: 5).")
+    var settle: Double?
+
+    @Option(help: "Seconds without console output, before the last stage, that fail the boot; 0 for no limit (default: 120).")
+    var silence: Double?
+
     @Option(help: "After the login prompt, log in as USER or USER:PASSWORD.")
     var login: String?
 
@@ -82,7 +97,7 @@ struct VerifyCommand: PolicedCommand {
         help: "A regex the output of the --run command with the same position must match (then its exit status is only reported).")
     var expectedOutputs: [String] = []
 
-    @Option(help: "Write the raw console bytes to this file.")
+    @Option(help: "Write the raw console bytes to this file, and their timing to FILE.timing (for --replay).")
     var transcript: String?
 
     @Option(help: "Write a JUnit XML report (one test case per stage) to this file.")
@@ -99,6 +114,7 @@ struct VerifyCommand: PolicedCommand {
     ///   --expect-output than --run.
     func request() throws -> VerifyRequest {
         var request = VerifyRequest(image: image)
+        request.replay = replay
         if let scenario {
             do {
                 try ScenarioParser.parse(file: scenario, imagesDirectory: nil).verify.apply(to: &request)
@@ -114,9 +130,16 @@ struct VerifyCommand: PolicedCommand {
         request.expectations += expectations
         request.deadlines += deadlines
         if let failedUnits { request.failedUnits = failedUnits }
+        if let kernelWarnings { request.kernelWarnings = kernelWarnings }
+        if let settle { request.settle = settle }
+        if let silence { request.silence = silence }
         if let login { request.login = login }
-        guard expectedOutputs.count <= commands.count else {
-            throw VerifyError.badOption("each --expect-output belongs to a --run; there are more of them than commands")
+        // The N-th --expect-output goes with the N-th --run: only when every --run has one (or none has)
+        // can that pairing not shift.
+        guard expectedOutputs.isEmpty || expectedOutputs.count == commands.count else {
+            throw VerifyError.badOption(
+                "give every --run its --expect-output, in order, or none: \(commands.count) --run and "
+                    + "\(expectedOutputs.count) --expect-output cannot be paired (a scenario file pairs them one by one)")
         }
         request.commands += commands.enumerated().map { index, command in
             RunCheck(command: command, expectOutput: index < expectedOutputs.count ? expectedOutputs[index] : nil)
@@ -134,8 +157,8 @@ struct VerifyCommand: PolicedCommand {
         let transcriptPath = transcript
         let report = try await DiskVerifier.run(
             try request(),
-            transcript: { bytes in
-                if let transcriptPath { _ = FileManager.default.createFile(atPath: transcriptPath, contents: Data(bytes)) }
+            transcript: { recording in
+                if let transcriptPath { recording.write(to: transcriptPath) }
             },
             notes: { note in
                 switch note {
@@ -143,7 +166,11 @@ struct VerifyCommand: PolicedCommand {
                 case .boot(let event): show(event, progress: progress)
                 }
             })
-        if !report.passed { throw Reported(category: .failed) }
+        switch report.outcome {
+        case .passed: return
+        case .failed: throw Reported(category: .failed)
+        case .couldNotTest: throw Reported(category: .couldNotTest)
+        }
     }
 
     private func show(_ event: VerifyProgress, progress: ProgressReporter) {
@@ -153,14 +180,21 @@ struct VerifyCommand: PolicedCommand {
         case .stageReached(let name, let seconds, let detail):
             let time = String(format: "%6.1f s", seconds)
             progress.note("\(time)  \(name.padding(toLength: 10, withPad: " ", startingAt: 0))  \(TerminalSafe.text(String(detail.prefix(100))))")
-        case .warning(let text):
-            progress.note("warning: \(TerminalSafe.text(text))")
+        case .stageNotSeen(let name, let seconds):
+            let time = String(format: "%6.1f s", seconds)
+            progress.note("\(time)  \(name.padding(toLength: 10, withPad: " ", startingAt: 0))  (not seen on the console)")
+        case .warning(let warning):
+            progress.note("warning: \(TerminalSafe.text(warning.summary))")
+            for line in warning.lines.dropFirst().prefix(20) { progress.note("  | \(TerminalSafe.text(line))") }
+            if warning.lines.count > 21 { progress.note("  | (\(warning.lines.count - 21) more lines in the report)") }
+        case .nudged(let seconds):
+            progress.note(String(format: "%6.1f s  sent a newline: getty should print its prompt again", seconds))
         case .commandFinished(let result):
             let status = result.exitStatus.map(String.init) ?? "?"
             progress.note("ran '\(result.command)': exit \(status), \(result.passed ? "ok" : "FAILED")")
-            if !result.output.isEmpty {
-                progress.note(TerminalSafe.text(result.output.split(separator: "\n").suffix(10).joined(separator: "\n")))
-            }
+            let lines = result.output.split(separator: "\n", omittingEmptySubsequences: false)
+            if lines.count > 10 { progress.note("(output cut: \(lines.count - 10) earlier lines not shown; the JSON report has them)") }
+            if !result.output.isEmpty { progress.note(TerminalSafe.text(lines.suffix(10).joined(separator: "\n"))) }
         case .poweredOff(let seconds):
             progress.note(String(format: "%6.1f s  powered off cleanly", seconds))
         case .verdict(let report):

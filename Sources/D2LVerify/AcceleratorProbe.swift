@@ -83,7 +83,7 @@ public actor AcceleratorProbe {
                 var text = ConsoleText()
                 do {
                     for try await chunk in stream.output {
-                        for line in text.append(chunk) + [text.partialLine]
+                        for line in text.append(chunk).map(\.text) + [text.partialLine]
                         where line.contains("Linux version") {
                             return true
                         }

@@ -5,99 +5,111 @@ import Foundation
 public struct StageResult: Sendable, Codable, Equatable {
     public var name: String
     public var reached: Bool
+    /// Not seen itself (a quiet console), but a later stage proves it ran.
+    public var unseen: Bool = false
     /// Seconds since power-on when the stage was reached (or failed).
     public var seconds: Double?
     /// The console line that proved it, cleaned.
     public var line: String?
     public var failure: String?
+
+    public init(
+        name: String, reached: Bool, unseen: Bool = false, seconds: Double? = nil, line: String? = nil,
+        failure: String? = nil
+    ) {
+        self.name = name
+        self.reached = reached
+        self.unseen = unseen
+        self.seconds = seconds
+        self.line = line
+        self.failure = failure
+    }
 }
 
 /// One `--run` command's outcome.
 public struct CommandResult: Sendable, Codable, Equatable {
     public var command: String
     public var exitStatus: Int?
+    /// What the command wrote, as a terminal would show it, without the kernel's messages.
     public var output: String
     public var passed: Bool
 }
 
+/// A warning with the lines that explain it: a kernel WARNING, Oops, soft lockup, RCU stall or hung
+/// task with its trace, a failed unit under `--failed-units warn`, a stage not seen.
+public struct BootWarning: Sendable, Codable, Equatable {
+    public var name: String
+    public var seconds: Double
+    public var lines: [String]
+
+    /// `name at 12.3 s: first line`.
+    public var summary: String {
+        "\(name) at \(BootReport.format(seconds))" + (lines.first.map { ": \($0)" } ?? "")
+    }
+}
+
 /// The verdict of one boot, and everything needed to explain it.
 public struct BootReport: Sendable, Codable {
+    /// What the run decided.
+    public enum Outcome: String, Sendable, Codable {
+        /// The disk booted (and every command passed).
+        case passed
+        /// The disk did not boot, or a command failed.
+        case failed
+        /// No verdict on the boot: the boot reached its prompt but the login was refused.
+        case couldNotTest = "could-not-test"
+    }
+
     public var image: String
     public var accelerator: String
-    public var passed: Bool
-    public var verdict: String { passed ? "booted" : "did not boot" }
+    public var outcome: Outcome
+    public var passed: Bool { outcome == .passed }
+    public var verdict: String
     public var kernelVersion: String?
     public var operatingSystem: String?
     public var initSystem: String?
     public var stages: [StageResult]
     public var failedStage: String?
     public var reason: String?
-    public var warnings: [String]
+    /// The lines that decided a failure (a kernel panic with its trace), when there are.
+    public var failureLines: [String]
+    public var warnings: [BootWarning]
     public var commands: [CommandResult]
+    /// How the machine ended: powered off by the guest, destroyed by d2l, stopped at a failure.
+    public var ending: String?
+    /// Things the run did that a reader should know (newlines sent to confirm a prompt, the settle time).
+    public var notes: [String]
     public var seconds: Double
     /// The console's last lines, on failure only.
     public var lastLines: [String]
 
-    enum CodingKeys: String, CodingKey {
-        case image, accelerator, passed, verdict, kernelVersion, operatingSystem, initSystem, stages
-        case failedStage, reason, warnings, commands, seconds, lastLines
-    }
-
     public init(
-        image: String, accelerator: String, passed: Bool, kernelVersion: String?, operatingSystem: String?,
-        initSystem: String?, stages: [StageResult], failedStage: String?, reason: String?, warnings: [String],
-        commands: [CommandResult], seconds: Double, lastLines: [String]
+        image: String, accelerator: String, outcome: Outcome, kernelVersion: String?, operatingSystem: String?,
+        initSystem: String?, stages: [StageResult], failedStage: String?, reason: String?, failureLines: [String] = [],
+        warnings: [BootWarning], commands: [CommandResult], ending: String? = nil, notes: [String] = [],
+        seconds: Double, lastLines: [String]
     ) {
         self.image = image
         self.accelerator = accelerator
-        self.passed = passed
+        self.outcome = outcome
+        switch outcome {
+        case .passed: verdict = "booted"
+        case .failed: verdict = "did not boot"
+        case .couldNotTest: verdict = "could not test"
+        }
         self.kernelVersion = kernelVersion
         self.operatingSystem = operatingSystem
         self.initSystem = initSystem
         self.stages = stages
         self.failedStage = failedStage
         self.reason = reason
+        self.failureLines = failureLines
         self.warnings = warnings
         self.commands = commands
+        self.ending = ending
+        self.notes = notes
         self.seconds = seconds
         self.lastLines = lastLines
-    }
-
-    /// - Throws: `DecodingError` for JSON that is not a report.
-    public init(from decoder: any Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        image = try c.decode(String.self, forKey: .image)
-        accelerator = try c.decode(String.self, forKey: .accelerator)
-        passed = try c.decode(Bool.self, forKey: .passed)
-        kernelVersion = try c.decodeIfPresent(String.self, forKey: .kernelVersion)
-        operatingSystem = try c.decodeIfPresent(String.self, forKey: .operatingSystem)
-        initSystem = try c.decodeIfPresent(String.self, forKey: .initSystem)
-        stages = try c.decode([StageResult].self, forKey: .stages)
-        failedStage = try c.decodeIfPresent(String.self, forKey: .failedStage)
-        reason = try c.decodeIfPresent(String.self, forKey: .reason)
-        warnings = try c.decode([String].self, forKey: .warnings)
-        commands = try c.decode([CommandResult].self, forKey: .commands)
-        seconds = try c.decode(Double.self, forKey: .seconds)
-        lastLines = try c.decode([String].self, forKey: .lastLines)
-    }
-
-    /// - Throws: `EncodingError` from the encoder.
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(image, forKey: .image)
-        try c.encode(accelerator, forKey: .accelerator)
-        try c.encode(passed, forKey: .passed)
-        try c.encode(verdict, forKey: .verdict)
-        try c.encodeIfPresent(kernelVersion, forKey: .kernelVersion)
-        try c.encodeIfPresent(operatingSystem, forKey: .operatingSystem)
-        try c.encodeIfPresent(initSystem, forKey: .initSystem)
-        try c.encode(stages, forKey: .stages)
-        try c.encodeIfPresent(failedStage, forKey: .failedStage)
-        try c.encodeIfPresent(reason, forKey: .reason)
-        try c.encode(warnings, forKey: .warnings)
-        try c.encode(commands, forKey: .commands)
-        try c.encode(seconds, forKey: .seconds)
-        try c.encode(lastLines, forKey: .lastLines)
     }
 
     /// The report as pretty JSON.
@@ -109,24 +121,30 @@ public struct BootReport: Sendable, Codable {
         return String(decoding: try encoder.encode(self), as: UTF8.self)
     }
 
-    /// JUnit XML: one test case per stage (and per command).
+    /// JUnit XML: one test case per stage and per command; warnings as cases of their own whose
+    /// `<system-out>` holds their lines.
     public func junit() -> String {
         func attr(_ text: String) -> String { XMLText.escape(Self.xmlSafe(text)) }
-        let cases = stages.count + commands.count
+        let cases = stages.count + commands.count + warnings.count
         let failures = stages.filter { $0.failure != nil }.count + commands.filter { !$0.passed }.count
+        let errors = outcome == .couldNotTest ? 1 : 0
         let skipped = stages.filter { !$0.reached && $0.failure == nil }.count
         var xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
-        xml += "<testsuite name=\"d2l verify \(attr(image))\" tests=\"\(cases)\" failures=\"\(failures)\" "
-        xml += "skipped=\"\(skipped)\" time=\"\(String(format: "%.3f", seconds))\">\n"
+        xml += "<testsuite name=\"d2l verify \(attr(image))\" tests=\"\(cases)\" failures=\"\(failures - errors)\" "
+        xml += "errors=\"\(errors)\" skipped=\"\(skipped)\" time=\"\(String(format: "%.3f", seconds))\">\n"
         var previous = 0.0
         for stage in stages {
             let time = max(0, (stage.seconds ?? previous) - previous)
             previous = stage.seconds ?? previous
             xml += "  <testcase classname=\"boot\" name=\"\(attr(stage.name))\" time=\"\(String(format: "%.3f", time))\">"
             if let failure = stage.failure {
-                xml += "\n    <failure message=\"\(attr(failure))\">\(attr(lastLines.joined(separator: "\n")))</failure>\n  "
+                let element = outcome == .couldNotTest ? "error" : "failure"
+                let body = (failureLines.isEmpty ? lastLines : failureLines).joined(separator: "\n")
+                xml += "\n    <\(element) message=\"\(attr(failure))\">\(attr(body))</\(element)>\n  "
             } else if !stage.reached {
                 xml += "<skipped/>"
+            } else if stage.unseen {
+                xml += "<system-out>not seen on the console; a later stage proves it ran</system-out>"
             }
             xml += "</testcase>\n"
         }
@@ -135,8 +153,14 @@ public struct BootReport: Sendable, Codable {
             if !command.passed {
                 let status = command.exitStatus.map(String.init) ?? "none"
                 xml += "\n    <failure message=\"exit status \(status)\">\(attr(command.output))</failure>\n  "
+            } else if !command.output.isEmpty {
+                xml += "<system-out>\(attr(command.output))</system-out>"
             }
             xml += "</testcase>\n"
+        }
+        for warning in warnings {
+            xml += "  <testcase classname=\"warning\" name=\"\(attr(warning.summary))\">"
+            xml += "<system-out>\(attr(warning.lines.joined(separator: "\n")))</system-out></testcase>\n"
         }
         xml += "</testsuite>\n"
         return xml
@@ -152,17 +176,30 @@ public struct BootReport: Sendable, Codable {
     /// The human summary printed at the end.
     public func summary() -> String {
         var lines: [String] = []
-        if passed {
+        switch outcome {
+        case .passed:
             let last = stages.last { $0.reached }
-            lines.append("booted: \(stages.count) stages in \(Self.format(last?.seconds ?? seconds))"
-                + (kernelVersion.map { ", kernel \($0)" } ?? ""))
-        } else {
+            let unseen = stages.filter(\.unseen).map(\.name)
+            lines.append(
+                "booted: \(stages.count) stages in \(Self.format(last?.seconds ?? seconds))"
+                    + (kernelVersion.map { ", kernel \($0)" } ?? "")
+                    + (unseen.isEmpty ? "" : " (not seen on the console: \(unseen.joined(separator: ", ")))"))
+        case .failed, .couldNotTest:
             let at = stages.first { $0.failure != nil }?.seconds.map { " at " + Self.format($0) } ?? ""
-            lines.append("did not boot: stage \(failedStage ?? "?") failed\(at): \(reason ?? "unknown")")
-            if !lastLines.isEmpty {
+            let verb = outcome == .couldNotTest ? "could not test" : "did not boot"
+            lines.append("\(verb): stage \(failedStage ?? "?") failed\(at): \(reason ?? "unknown")")
+            if failureLines.count > 1 {
+                lines.append("the lines that decided it:")
+                lines += failureLines.prefix(60).map { "  | " + TerminalSafe.text($0) }
+            } else if !lastLines.isEmpty {
                 lines.append("last console lines:")
                 lines += lastLines.suffix(20).map { "  | " + TerminalSafe.text($0) }
             }
+        }
+        for warning in warnings {
+            lines.append("warning: " + TerminalSafe.text(warning.summary))
+            lines += warning.lines.dropFirst().prefix(40).map { "  | " + TerminalSafe.text($0) }
+            if warning.lines.count > 41 { lines.append("  | (\(warning.lines.count - 41) more lines in the JSON report)") }
         }
         return lines.joined(separator: "\n")
     }

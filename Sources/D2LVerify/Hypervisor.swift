@@ -7,4 +7,6 @@ public protocol Hypervisor: Sendable {
     func powerOn(_ machine: MachineSpec) async throws -> any GuestConsole
     /// The clock the console's times are measured on.
     var stopwatch: Stopwatch { get }
+    /// Whether a guest answers what is typed (a replay of a recorded log does not).
+    var answersInput: Bool { get }
 }

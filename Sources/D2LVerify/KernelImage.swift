@@ -91,6 +91,6 @@ public struct KernelImage: Sendable, Equatable, Codable {
         var expected = release + " "
         if let builder { expected += #"\("# + NSRegularExpression.escapedPattern(for: builder) + #"\) "# }
         if let build { expected += ".*" + NSRegularExpression.escapedPattern(for: build) }
-        return #"Linux version (?!"# + expected + ")"
+        return #"^Linux version (?!"# + expected + ")"
     }
 }

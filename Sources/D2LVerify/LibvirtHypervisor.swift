@@ -21,6 +21,7 @@ public struct LibvirtHypervisor: Hypervisor {
     }
 
     public var stopwatch: Stopwatch { Stopwatch(clock: ContinuousClock()) }
+    public var answersInput: Bool { true }
 
     /// - Throws: `LibvirtError` when the domain cannot be created, its console opened or it resumed.
     public func powerOn(_ machine: MachineSpec) async throws -> any GuestConsole {

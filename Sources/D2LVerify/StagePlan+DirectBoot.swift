@@ -9,13 +9,17 @@ extension StagePlan {
     public mutating func bootDirectly(_ kernel: KernelImage) {
         stages.removeAll { $0.name == "bootloader" }
         let banner = ConsolePattern(builtIn: kernel.bannerPattern)
+        // The banner proves which kernel booted: it must be seen, even when a later stage is.
         if let index = stages.firstIndex(where: { $0.name == "kernel" }) {
             stages[index].pattern = banner
+            stages[index].isRequired = true
         } else {
-            stages.insert(BootStage(name: "kernel", pattern: banner, deadline: .seconds(60)), at: 0)
+            stages.insert(
+                BootStage(name: "kernel", pattern: banner, deadline: .seconds(60), isBanner: true, isRequired: true), at: 0)
         }
         failures.removeAll { $0.name == "bootloader error" || $0.name == "another kernel booted" }
         failures.append(
-            FailurePattern(name: "another kernel booted", pattern: ConsolePattern(builtIn: kernel.otherKernelPattern)))
+            FailurePattern(
+                name: "another kernel booted", pattern: ConsolePattern(builtIn: kernel.otherKernelPattern), source: .kernel))
     }
 }

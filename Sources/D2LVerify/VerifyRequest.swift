@@ -36,8 +36,10 @@ public struct RunCheck: Sendable, Equatable {
 
 /// Everything `d2l verify` is asked to do, before anything is booted.
 public struct VerifyRequest: Sendable {
-    /// The disk image to boot.
-    public var image: String
+    /// The disk image to boot; with `replay`, only read for its facts (init system, OS), and optional.
+    public var image: String?
+    /// Judge this recorded console transcript instead of booting (`--replay`).
+    public var replay: String?
     /// Direct kernel boot: an x86 bzImage, with an optional initrd and extra command line.
     public var kernel: String?
     public var initrd: String?
@@ -50,18 +52,26 @@ public struct VerifyRequest: Sendable {
     /// `--deadline NAME=SECONDS`, in order.
     public var deadlines: [String] = []
     public var failedUnits: FailedUnitsPolicy = .fail
+    public var kernelWarnings: KernelWarningsPolicy = .warn
+    /// Seconds failure patterns stay armed after the last stage.
+    public var settle: Double = StagePlan.defaultSettle.seconds
+    /// Seconds without console output before the last stage that fail the boot; 0: no limit.
+    public var silence: Double = StagePlan.defaultSilence.seconds
     /// `--login USER[:PASSWORD]`.
     public var login: String?
     /// The commands to run after login, each with the output it must show, if any.
     public var commands: [RunCheck] = []
 
-    public init(image: String) { self.image = image }
+    public init(image: String?) { self.image = image }
 
     /// Checks everything that can be checked without the disk.
     ///
     /// - Throws: `VerifyError.badOption` naming the option and what it needs.
     public func validate() throws(VerifyError) {
         try machine.validate()
+        guard image != nil || replay != nil else { throw .badOption("give the disk image to boot, or --replay TRANSCRIPT") }
+        guard replay == nil || kernel == nil else { throw .badOption("--replay judges a recorded console: it boots no --kernel") }
+        guard settle >= 0, silence >= 0 else { throw .badOption("--settle and --silence are seconds, 0 or more") }
         _ = try plan(initSystem: .unknown)
         _ = try guestSession()
     }
@@ -69,15 +79,19 @@ public struct VerifyRequest: Sendable {
     /// The stages and failure patterns for a guest with `initSystem`, booted with `directKernel` when given.
     ///
     /// - Throws: `VerifyError.badOption` for a bad --timeout, --expect, --deadline or option mix.
-    public func plan(initSystem: InitSystem, directKernel: KernelImage? = nil) throws(VerifyError) -> StagePlan {
+    public func plan(initSystem: InitSystem, osName: String? = nil, directKernel: KernelImage? = nil) throws(VerifyError)
+        -> StagePlan
+    {
         guard timeout > 0 else { throw .badOption("--timeout must be positive") }
         guard kernel != nil || (initrd == nil && append == nil) else {
             throw .badOption(
                 "--initrd and --append need --kernel: a disk's own command line is in its bootloader configuration")
         }
         var plan = StagePlan(
-            stages: StagePlan.defaultStages(initSystem: initSystem),
-            failures: StagePlan.defaultFailures(failedUnits: failedUnits), timeout: .seconds(timeout))
+            stages: StagePlan.defaultStages(initSystem: initSystem, osName: osName),
+            failures: StagePlan.defaultFailures(failedUnits: failedUnits, kernelWarnings: kernelWarnings),
+            timeout: .seconds(timeout), silence: silence > 0 ? .milliseconds(Int64(silence * 1000)) : nil,
+            settle: .milliseconds(Int64(settle * 1000)))
         if let directKernel { plan.bootDirectly(directKernel) }
         for expectation in expectations {
             let (name, value) = try Self.split(expectation, option: "--expect")
@@ -141,14 +155,19 @@ public enum DiskVerifier {
     ///   options), `DiskModelError` for a corrupt partition table, `LibvirtError` when libvirt fails.
     ///   A boot that fails is a report with `passed == false`, not an error.
     public static func run(
-        _ request: VerifyRequest, transcript: (@Sendable ([UInt8]) -> Void)? = nil,
+        _ request: VerifyRequest, transcript: (@Sendable (ConsoleRecording) -> Void)? = nil,
         notes: @escaping @Sendable (VerifyNote) -> Void
     ) async throws -> BootReport {
-        let path = URL(fileURLWithPath: request.image).standardizedFileURL.path
-        let disk = try DiskImage.open(path)
+        let path = request.image.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
+        let disk = try path.map { (path) throws(DiskModelError) in try DiskImage.open(path) }
         let bzImage = try request.kernel.map { try KernelImage(path: URL(fileURLWithPath: $0).standardizedFileURL.path) }
-        let plan = try request.plan(initSystem: disk.guest?.initSystem ?? .unknown, directKernel: bzImage)
+        let plan = try request.plan(
+            initSystem: disk?.guest?.initSystem ?? .unknown, osName: disk?.guest?.prettyName, directKernel: bzImage)
         let (login, commands) = try request.guestSession()
+        if let replay = request.replay {
+            return try await Self.replay(replay, disk: disk, plan: plan, login: login, commands: commands, notes: notes)
+        }
+        guard let path, let disk else { throw VerifyError.badOption("give the disk image to boot") }
         let bus = request.machine.diskBus
         var directBoot: DirectKernelBoot?
         if let bzImage {
@@ -177,7 +196,7 @@ public enum DiskVerifier {
             request.machine.accelerator, hypervisor: hypervisor, probe: spec)
         if let warning { notes(.note(warning)) }
         spec.accelerator = accelerator
-        var about = "\(request.image): \(disk.format), \(bus.rawValue), \(accelerator.rawValue)"
+        var about = "\(path): \(disk.format), \(bus.rawValue), \(accelerator.rawValue)"
         about += ", \(request.machine.memoryMiB) MiB, \(request.machine.cpus) CPUs"
         if let guest = disk.guest {
             about += "; \(guest.prettyName ?? "unknown OS"), init \(guest.initSystem.rawValue)"
@@ -189,5 +208,26 @@ public enum DiskVerifier {
         let verifier = BootVerifier(
             hypervisor: hypervisor, options: VerifyOptions(plan: plan, login: login, commands: commands))
         return try await verifier.verify(spec, guest: disk.guest, transcript: transcript) { notes(.boot($0)) }
+    }
+
+    /// Judges a recorded transcript with the same stages, deadlines (on the transcript's own time),
+    /// reports and exit codes as a boot, and no VM.
+    static func replay(
+        _ file: String, disk: DiskImage?, plan: StagePlan, login: LoginCredentials?, commands: [GuestCommand],
+        notes: @escaping @Sendable (VerifyNote) -> Void
+    ) async throws -> BootReport {
+        let transcript = try TimedTranscript.load(path: file)
+        let timed = FileManager.default.fileExists(atPath: file + ".timing")
+        notes(.note("replaying \(file): \(transcript.bytes.count) bytes, "
+            + (timed ? "timed by \(file).timing" : "timed by its printk timestamps and 115200 baud")))
+        // The log's end is the guest's, a moment after its last byte (a prompt must stay last for a while).
+        let hypervisor = ReplayHypervisor(
+            transcript: transcript, closeAtEnd: true, endDelay: plan.settle + plan.promptQuiet + .seconds(1))
+        var options = VerifyOptions(plan: plan, login: login, commands: commands)
+        options.endOfConsole = "the transcript ended before it"
+        let verifier = BootVerifier(hypervisor: hypervisor, options: options)
+        return try await verifier.verify(
+            MachineSpec(diskPath: disk?.path ?? file, diskFormat: disk?.format ?? .raw), guest: disk?.guest,
+            progress: { notes(.boot($0)) })
     }
 }

@@ -21,7 +21,8 @@ func bzImageHeader(version: String?, magic: String = "HdrS", protocolVersion: UI
 }
 
 let bookwormVersion = "6.1.0-50-amd64 (debian-kernel@lists.debian.org) #1 SMP PREEMPT_DYNAMIC Debian 6.1.176-1 (2026-07-02)"
-let bookwormBanner = "[    0.000000] Linux version 6.1.0-50-amd64 (debian-kernel@lists.debian.org) (gcc-12 (Debian 12.2.0-14+deb12u1) "
+/// As the console session gives it: the printk timestamp taken off.
+let bookwormBanner = "Linux version 6.1.0-50-amd64 (debian-kernel@lists.debian.org) (gcc-12 (Debian 12.2.0-14+deb12u1) "
     + "12.2.0, GNU ld (GNU Binutils for Debian) 2.40) #1 SMP PREEMPT_DYNAMIC Debian 6.1.176-1 (2026-07-02)"
 
 @Suite struct KernelImageTests {

@@ -11,7 +11,7 @@ enum Transcripts {
 
     /// A hypervisor replaying `bytes` in 512-byte chunks 1 ms apart on its own clock.
     static func hypervisor(
-        _ bytes: [UInt8], closeAtEnd: Bool = false, respond: @escaping ReplayHypervisor.Responder = { _ in nil }
+        _ bytes: [UInt8], closeAtEnd: Bool = false, respond: ReplayHypervisor.Responder? = nil
     ) -> ReplayHypervisor {
         ReplayHypervisor(transcript: TimedTranscript(bytes: bytes), closeAtEnd: closeAtEnd, respond: respond)
     }
