@@ -1,4 +1,5 @@
 import D2LSupport
+import D2LVerify
 import Foundation
 
 /// Renders matrix results: a summary table, JUnit XML, JSON, and an offline HTML report.
@@ -155,6 +156,7 @@ public struct MatrixReport: Sendable {
                 <td><svg width="\(Int(width))" height="26">\(svg)</svg></td>
                 <td>\(xml(r.kernelVersion ?? ""))</td><td>\(r.buildSeconds.map { String(format: "%.1f s", $0) } ?? "")</td>
                 <td>\(xml(r.reason ?? ""))</td><td>\(transcript)</td></tr>
+                <tr class="detail"><td></td><td colspan="6">\(details(r))</td></tr>
 
                 """
         }
@@ -174,6 +176,8 @@ public struct MatrixReport: Sendable {
             <style>
             body{font-family:sans-serif;margin:2em} table{border-collapse:collapse} td,th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left;vertical-align:middle}
             tr.passed .v{color:#38761d} tr.flaky .v{color:#b45f06} tr.failed .v,tr.error .v{color:#cc0000;font-weight:bold} tr.skipped .v{color:#777}
+            tr.detail td{border-bottom:2px solid #bbb;font-size:90%} pre{background:#f4f4f4;padding:6px;max-height:24em;overflow:auto;white-space:pre-wrap}
+            .bad{color:#cc0000} .warn{color:#b45f06} table.inner td,table.inner th{border:none;padding:1px 8px}
             </style></head><body>
             <h1>d2l test</h1>
             <p>\(c.passed + c.flaky) passed, \(c.failed + c.errors) failed, \(c.skipped) skipped\(c.flaky > 0 ? " (\(c.flaky) flaky)" : "") in \(String(format: "%.1f", seconds)) s. Stages: \(legend)</p>
@@ -181,6 +185,41 @@ public struct MatrixReport: Sendable {
             \(rows)</table></body></html>
 
             """
+    }
+
+    /// A scenario's stages, commands, warnings and, for a failure, the lines that decided it and the
+    /// console's last lines: folded away under a summary line.
+    private func details(_ r: ScenarioResult) -> String {
+        var parts: [String] = []
+        if !r.stages.isEmpty {
+            var table = "<table class=\"inner\"><tr><th>stage</th><th>at</th><th></th></tr>"
+            for stage in r.stages {
+                let at = stage.seconds.map { String(format: "%.1f s", $0) } ?? ""
+                let what = stage.failure.map { "<b class=\"bad\">\(xml($0))</b>" }
+                    ?? (stage.reached ? (stage.seconds == nil ? "not seen on the console; a later stage proves it" : "reached") : "not reached")
+                table += "<tr><td>\(xml(stage.name))</td><td>\(at)</td><td>\(what)</td></tr>"
+            }
+            parts.append(table + "</table>")
+        }
+        for command in r.commands {
+            let status = command.exitStatus.map(String.init) ?? "none"
+            parts.append(
+                "<p><code>\(xml(command.command))</code>: exit \(status), "
+                    + (command.passed ? "passed" : "<b class=\"bad\">failed</b>") + "</p><pre>\(xml(command.output))</pre>")
+        }
+        for warning in r.warnings {
+            parts.append("<p class=\"warn\">warning: \(xml(warning.summary))</p><pre>\(xml(warning.lines.joined(separator: "\n")))</pre>")
+        }
+        if !r.failureLines.isEmpty, r.verdict == .failed || r.verdict == .error {
+            parts.append("<p>the lines that decided it:</p><pre>\(xml(r.failureLines.joined(separator: "\n")))</pre>")
+        }
+        if !r.lastLines.isEmpty {
+            parts.append("<p>the console's last lines:</p><pre>\(xml(r.lastLines.suffix(25).joined(separator: "\n")))</pre>")
+        }
+        guard !parts.isEmpty else { return "" }
+        let summary = "\(r.stages.filter(\.reached).count) stages, \(r.commands.count) commands, \(r.warnings.count) warnings"
+        let open = r.verdict == .failed || r.verdict == .error ? " open" : ""
+        return "<details\(open)><summary>\(summary)</summary>\(parts.joined())</details>"
     }
 
     private func fmt(_ v: Double) -> String { String(format: "%.1f", v) }

@@ -1,4 +1,5 @@
 import D2LSupport
+import D2LVerify
 import Foundation
 
 /// The result of one scenario: build, boot stages, verdict.
@@ -25,6 +26,12 @@ public struct ScenarioResult: Sendable, Codable {
     public var disk: String?
     public var transcript: String?
     public var lastLines: [String] = []
+    /// The boot's `--run` commands with their status and output.
+    public var commands: [CommandResult] = []
+    /// Kernel events, failed units under warn, and stages not seen, with their lines.
+    public var warnings: [BootWarning] = []
+    /// The lines that decided a failure (a panic's trace).
+    public var failureLines: [String] = []
 }
 
 /// Builds and verifies scenarios, several at once, each boot in its own `d2l verify` process.
@@ -243,27 +250,23 @@ public final class MatrixRunner: @unchecked Sendable {
         return result
     }
 
+    /// Takes what the verdict says from `d2l verify --json` (a `BootReport`).
     private func apply(verifyJSON: String, to result: inout ScenarioResult) {
-        guard let data = verifyJSON.data(using: .utf8),
-            let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
-        else { return }
-        result.kernelVersion = object["kernelVersion"] as? String ?? result.kernelVersion
-        if let stages = object["stages"] as? [[String: Any]] {
-            result.stages = stages.map {
-                ScenarioResult.Stage(
-                    name: $0["name"] as? String ?? "?", reached: $0["reached"] as? Bool ?? false,
-                    seconds: $0["seconds"] as? Double, failure: $0["failure"] as? String)
-            }
-            result.bootSeconds = result.stages.last(where: { $0.reached })?.seconds
+        guard let report = try? JSONDecoder().decode(BootReport.self, from: Data(verifyJSON.utf8)) else { return }
+        result.kernelVersion = report.kernelVersion ?? result.kernelVersion
+        result.stages = report.stages.map {
+            ScenarioResult.Stage(name: $0.name, reached: $0.reached, seconds: $0.seconds, failure: $0.failure)
         }
-        if object["passed"] as? Bool == false {
-            let stage = object["failedStage"] as? String
-            let reason = object["reason"] as? String
-            result.reason = [stage.map { "stage \($0)" }, reason].compactMap { $0 }.joined(separator: ": ")
-        } else {
+        result.bootSeconds = result.stages.last(where: { $0.reached })?.seconds
+        if report.passed {
             result.reason = nil
+        } else {
+            result.reason = [report.failedStage.map { "stage \($0)" }, report.reason].compactMap { $0 }.joined(separator: ": ")
         }
-        result.lastLines = object["lastLines"] as? [String] ?? []
+        result.lastLines = report.lastLines
+        result.commands = report.commands
+        result.warnings = report.warnings
+        result.failureLines = report.failureLines
     }
 }
 

@@ -49,6 +49,9 @@ public struct Scenario: Sendable, Codable, Equatable {
         public var accel: Accelerator?
         public var diskBus: DiskBus?
         public var failedUnits: FailedUnitsPolicy?
+        public var kernelWarnings: KernelWarningsPolicy?
+        public var settle: Double?
+        public var silence: Double?
         public var stages: [StageOverride] = []
         public var login: String?
         public var run: [Command] = []
@@ -86,6 +89,9 @@ extension Scenario.Verify {
         if let accel { request.machine.accelerator = accel }
         if let diskBus { request.machine.diskBus = diskBus }
         if let failedUnits { request.failedUnits = failedUnits }
+        if let kernelWarnings { request.kernelWarnings = kernelWarnings }
+        if let settle { request.settle = settle }
+        if let silence { request.silence = silence }
         var expectations: [String] = []
         var deadlines: [String] = []
         for stage in stages {
@@ -116,7 +122,8 @@ public enum ScenarioParser {
     static let topKeys: Set<String> = ["description", "recipe", "archive", "disk", "tags", "build", "verify"]
     static let buildKeys: Set<String> = ["format", "size", "headroom", "append", "hostname", "root-password-empty", "root-password"]
     static let verifyKeys: Set<String> = [
-        "timeout", "memory", "cpus", "accel", "disk-bus", "failed-units", "stages", "login", "run",
+        "timeout", "memory", "cpus", "accel", "disk-bus", "failed-units", "kernel-warnings", "settle", "silence",
+        "stages", "login", "run",
     ]
     static let stageKeys: Set<String> = ["pattern", "deadline"]
     static let runKeys: Set<String> = ["command", "expect"]
@@ -214,6 +221,11 @@ public enum ScenarioParser {
             verify.accel = try map["accel"].map { try choice(Accelerator.self, $0, "verify.accel", fail) }
             verify.diskBus = try map["disk-bus"].map { try choice(DiskBus.self, $0, "verify.disk-bus", fail) }
             verify.failedUnits = try map["failed-units"].map { try choice(FailedUnitsPolicy.self, $0, "verify.failed-units", fail) }
+            verify.kernelWarnings = try map["kernel-warnings"].map {
+                try choice(KernelWarningsPolicy.self, $0, "verify.kernel-warnings", fail)
+            }
+            verify.settle = try map["settle"].map { try seconds($0, "verify.settle", fail) }
+            verify.silence = try map["silence"].map { try seconds($0, "verify.silence", fail) }
             verify.login = try map["login"].map { try string($0, "verify.login", fail) }
             if let s = map["stages"] {
                 guard let stages = s as? [String: Any] else {
@@ -283,6 +295,14 @@ public enum ScenarioParser {
             throw fail("\(at): \(text) is not one of \(T.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         return parsed
+    }
+
+    private static func seconds(_ value: Any?, _ at: String, _ fail: (String) -> ScenarioError) throws -> Double {
+        switch value {
+        case let i as Int where i >= 0: return Double(i)
+        case let d as Double where d >= 0: return d
+        default: throw fail("\(at): expected a number of seconds, 0 or more")
+        }
     }
 
     private static func int(_ value: Any?, _ at: String, _ fail: (String) -> ScenarioError) throws -> Int {
