@@ -20,9 +20,11 @@ struct BuildCommand: PolicedCommand {
               - a directory holding a root file system
               - docker:NAME or podman:NAME, saved from that engine
 
-            The disk has an MBR with syslinux, a FAT /boot partition with the image's kernel \
-            and initrd, and an ext4 root written straight from the layers (no mount, no loop \
-            device). The kernel command line is \
+            The disk has a GPT (or MBR) partition table, a FAT partition that is both /boot and \
+            the EFI system partition (the image's kernel and initrd; syslinux for BIOS; \
+            systemd-boot, or shim and signed GRUB with --secure-boot, at \\EFI\\BOOT\\BOOTX64.EFI \
+            for UEFI), and an ext4 root written straight from the layers (no mount, no loop \
+            device). Every loader boots the same kernel with the same command line: \
             `root=UUID=<uuid> ro console=tty0 console=ttyS0,115200` plus --append.
 
             The image must contain a kernel and initrd (Debian: linux-image-amd64) and an init \
@@ -42,6 +44,15 @@ struct BuildCommand: PolicedCommand {
 
     @Option(help: "Disk format (default: from the output's extension, else raw).")
     var format: DiskFormat?
+
+    @Option(help: "Firmware the disk boots under: hybrid (BIOS and UEFI from one disk), bios or uefi (default: hybrid).")
+    var boot: BootMode = .hybrid
+
+    @Option(help: "Partition table: gpt (the ESP type, LegacyBIOSBootable for BIOS) or mbr (default: gpt).")
+    var partitionTable: PartitionTable.Scheme = .gpt
+
+    @Flag(help: "UEFI Secure Boot with the image's signed chain: shim as BOOTX64.EFI, the signed GRUB beside it, a signed kernel.")
+    var secureBoot = false
 
     @Option(help: "Disk size, e.g. 2G or 1500M (default: the content plus headroom).")
     var size: String?
@@ -94,6 +105,9 @@ struct BuildCommand: PolicedCommand {
         if let headroom, SizeParser.headroom(headroom) == nil {
             throw ValidationError("--headroom \(headroom): give a percentage (25%) or a size (512M)")
         }
+        if secureBoot && boot == .bios {
+            throw ValidationError("--secure-boot is UEFI's: give --boot hybrid or uefi")
+        }
         if rootPassword != nil && rootPasswordEmpty {
             throw ValidationError("--root-password and --root-password-empty exclude each other")
         }
@@ -120,6 +134,9 @@ struct BuildCommand: PolicedCommand {
         options.initPath = initPath
         options.force = force
         options.sync = sync
+        options.bootMode = boot
+        options.partitionTable = partitionTable
+        options.secureBoot = secureBoot
         options.sourceDateEpoch = Self.sourceDateEpoch
         let started = Date()
         progress.begin("reading \(input)")

@@ -1,4 +1,5 @@
 import ArgumentParser
+import D2LDisk
 import D2LDiskModel
 import D2LImage
 import D2LSupport
@@ -27,44 +28,10 @@ struct InspectCommand: PolicedCommand {
     @Flag(help: "Print JSON.")
     var json = false
 
-    struct Report: Codable {
-        var input: String
-        var format: String
-        var digest: String?
-        var architecture: String?
-        var layers: [String]
-        var distro: String
-        var kernel: String?
-        var kernelPath: String?
-        var initrdPath: String?
-        var initPath: String?
-        var initSystem: String
-        var files: Int
-        var directories: Int
-        var contentBytes: UInt64
-        var problems: [String]
-        var warnings: [String]
-        var canBoot: Bool
-    }
-
     func run() async throws {
-        let report: Report
-        do {
-            let image = try await ImageReader.open(input, platform: platform)
-            defer { image.removeOwnedFiles() }
-            let tree = try LayerFlattener(capturePaths: BootFacts.capturePaths, headNames: BootFacts.headNames)
-                .scan(image.layers)
-            let facts = BootFacts.examine(tree, architecture: image.architecture, initOverride: initPath)
-            report = Report(
-                input: image.path, format: image.format.rawValue, digest: image.digest.map { "sha256:" + $0 },
-                architecture: image.architecture,
-                layers: image.layers.map { "\($0.description) (\(ProgressReporter.format(UInt64(max(0, $0.size)))))" },
-                distro: facts.distro, kernel: facts.kernel?.version.text, kernelPath: facts.kernel.map { $0.kernelPath.display },
-                initrdPath: facts.kernel?.initrdPath?.display, initPath: facts.initResolved?.display,
-                initSystem: facts.initSystem.rawValue, files: tree.stats.regularFiles,
-                directories: tree.stats.directories, contentBytes: tree.stats.dataBytes, problems: facts.problems,
-                warnings: tree.warnings, canBoot: facts.problems.isEmpty)
-        }
+        let image = try await ImageReader.open(input, platform: platform)
+        defer { image.removeOwnedFiles() }
+        let report = try ImageInspection.inspect(image, initOverride: initPath)
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -80,6 +47,10 @@ struct InspectCommand: PolicedCommand {
             print("initrd:   \(report.initrdPath ?? "none")")
             print("init:     \(report.initPath ?? "none") (\(report.initSystem))")
             print("content:  \(report.files) files, \(report.directories) directories, \(ProgressReporter.format(report.contentBytes))")
+            for mode in report.bootModes {
+                print("boot:     \(mode.mode.padding(toLength: 12, withPad: " ", startingAt: 0))"
+                    + (mode.supported ? "yes" : "no: " + mode.problems.joined(separator: "; ")))
+            }
             for w in report.warnings.prefix(20) { print("warning:  \(w)") }
             if report.canBoot {
                 print("verdict:  can boot")

@@ -12,6 +12,9 @@ extension FailedUnitsPolicy: ExpressibleByArgument {}
 extension KernelWarningsPolicy: ExpressibleByArgument {}
 extension BisectOrder: ExpressibleByArgument {}
 extension ContainerEngine: ExpressibleByArgument {}
+extension BootMode: ExpressibleByArgument {}
+extension PartitionTable.Scheme: ExpressibleByArgument {}
+extension Firmware: ExpressibleByArgument {}
 
 extension Platform {
     /// `--platform` as the OCI image spec spells platforms; a usage error naming the form otherwise.

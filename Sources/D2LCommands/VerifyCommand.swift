@@ -1,4 +1,5 @@
 import ArgumentParser
+import D2LDiskModel
 import D2LScenario
 import D2LSupport
 import D2LVerify
@@ -59,6 +60,12 @@ struct VerifyCommand: PolicedCommand {
     @OptionGroup(title: "Machine")
     var machine: MachineOptions
 
+    @Option(
+        help: ArgumentHelp(
+            "Firmware to boot under, one boot each: bios, uefi, uefi-secure or all (repeatable; default: what the disk's boot partition claims, so a hybrid disk boots twice).",
+            valueName: "firmware"))
+    var firmware: [String] = []
+
     @Option(help: "Overall limit in seconds for the whole run (default: 600).")
     var timeout: Int?
 
@@ -115,6 +122,19 @@ struct VerifyCommand: PolicedCommand {
     func request() throws -> VerifyRequest {
         var request = VerifyRequest(image: image)
         request.replay = replay
+        if !firmware.isEmpty {
+            var chosen: [Firmware] = []
+            for name in firmware {
+                if name == "all" {
+                    chosen += Firmware.allCases
+                } else if let one = Firmware(rawValue: name) {
+                    chosen.append(one)
+                } else {
+                    throw VerifyError.badOption("--firmware \(name): give bios, uefi, uefi-secure or all")
+                }
+            }
+            request.firmware = chosen.reduce(into: []) { if !$0.contains($1) { $0.append($1) } }
+        }
         if let scenario {
             do {
                 try ScenarioParser.parse(file: scenario, imagesDirectory: nil).verify.apply(to: &request)
@@ -155,10 +175,11 @@ struct VerifyCommand: PolicedCommand {
         Cleanup.shared.installSignalHandlers()
         let progress = ProgressReporter()
         let transcriptPath = transcript
-        let report = try await DiskVerifier.run(
+        let result = try await DiskVerifier.run(
             try request(),
-            transcript: { recording in
-                if let transcriptPath { recording.write(to: transcriptPath) }
+            transcript: { recording, firmware in
+                // One transcript per boot: FILE, or FILE.<firmware> when the disk boots more than once.
+                if let transcriptPath { recording.write(to: transcriptPath + (firmware.map { ".\($0)" } ?? "")) }
             },
             notes: { note in
                 switch note {
@@ -166,7 +187,8 @@ struct VerifyCommand: PolicedCommand {
                 case .boot(let event): show(event, progress: progress)
                 }
             })
-        switch report.outcome {
+        try write(result)
+        switch result.outcome {
         case .passed: return
         case .failed: throw Reported(category: .failed)
         case .couldNotTest: throw Reported(category: .couldNotTest)
@@ -198,21 +220,21 @@ struct VerifyCommand: PolicedCommand {
         case .poweredOff(let seconds):
             progress.note(String(format: "%6.1f s  powered off cleanly", seconds))
         case .verdict(let report):
-            // Reported before the machine is torn down, which takes a moment.
-            do { try write(report) } catch { progress.note("warning: \(error)") }
+            // Each boot's summary goes out before its machine is torn down, which takes a moment.
+            let stream = json ? FileHandle.standardError : FileHandle.standardOutput
+            stream.write(Data((report.summary() + "\n").utf8))
         }
     }
 
-    private func write(_ report: BootReport) throws {
+    private func write(_ result: VerifyResult) throws {
         if let junit {
-            try report.junit().write(toFile: junit, atomically: true, encoding: .utf8)
+            try result.junit().write(toFile: junit, atomically: true, encoding: .utf8)
         }
-        // Straight to the file descriptor: the process may wait on the teardown before it exits.
         if json {
-            FileHandle.standardOutput.write(Data((try report.json() + "\n").utf8))
-            FileHandle.standardError.write(Data((report.summary() + "\n").utf8))
-        } else {
-            FileHandle.standardOutput.write(Data((report.summary() + "\n").utf8))
+            FileHandle.standardOutput.write(Data((try result.json() + "\n").utf8))
+        } else if result.boots.count > 1 {
+            let verdicts = result.boots.map { "\($0.firmware ?? "?"): \($0.verdict)" }.joined(separator: ", ")
+            FileHandle.standardOutput.write(Data("\(result.passed ? "booted" : "did not boot") (\(verdicts))\n".utf8))
         }
     }
 }

@@ -9,16 +9,21 @@ struct BootPartition: Sendable {
     var partition: PartitionTable.Partition
     var volumeID: UInt32
 
-    static let mbrCandidates = [
-        "/usr/lib/syslinux/mbr/mbr.bin", "/usr/share/syslinux/mbr.bin", "/usr/lib/SYSLINUX/mbr.bin",
-        "/usr/share/syslinux/mbr/mbr.bin",
-    ]
+    static let codeDirectories = ["/usr/lib/syslinux/mbr", "/usr/share/syslinux", "/usr/lib/SYSLINUX", "/usr/share/syslinux/mbr"]
 
-    static func mbrCode() throws(DiskError) -> [UInt8] {
-        for path in mbrCandidates {
-            if let data = FileManager.default.contents(atPath: path), data.count >= 400 { return Array(data.prefix(440)) }
+    /// syslinux's boot code for sector 0: mbr.bin boots the active MBR partition, gptmbr.bin the GPT
+    /// partition with the LegacyBIOSBootable attribute.
+    static func mbrCodePath(gpt: Bool) -> String? {
+        let name = gpt ? "gptmbr.bin" : "mbr.bin"
+        return codeDirectories.map { $0 + "/" + name }.first { FileManager.default.isReadableFile(atPath: $0) }
+    }
+
+    static func mbrCode(gpt: Bool) throws(DiskError) -> [UInt8] {
+        guard let path = mbrCodePath(gpt: gpt), let data = FileManager.default.contents(atPath: path), data.count >= 400
+        else {
+            throw DiskError.tool("syslinux's \(gpt ? "gptmbr.bin" : "mbr.bin") was not found (install syslinux-common)")
         }
-        throw DiskError.tool("syslinux's mbr.bin was not found (install syslinux-common)")
+        return Array(data.prefix(440))
     }
 
     /// The FAT type for a partition of this size: FAT16 while small, FAT32 beyond.

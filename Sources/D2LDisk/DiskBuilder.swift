@@ -21,6 +21,12 @@ public struct BuildOptions: Sendable {
     /// survives a crash, at the cost of waiting for the device.
     public var sync = false
     public var sourceDateEpoch: Int64?
+    /// The firmware the disk boots under: hybrid (BIOS and UEFI from one disk), bios or uefi.
+    public var bootMode: BootMode = .hybrid
+    /// GPT (ESP type, LegacyBIOSBootable for BIOS) or MBR (the FAT partition active).
+    public var partitionTable: PartitionTable.Scheme = .gpt
+    /// UEFI through the image's signed chain: shim, signed GRUB, signed kernel.
+    public var secureBoot = false
 
     public init(output: String) { self.output = output }
 }
@@ -44,6 +50,10 @@ public struct BuildSummary: Codable, Sendable {
     public var contentBytes: UInt64
     public var files: Int
     public var rootUUID: String
+    public var bootMode: String
+    public var partitionTable: String
+    /// The EFI loader and where it came from (the image or the build host).
+    public var efiLoader: String?
     public var phases: [Phase]
 }
 
@@ -87,13 +97,15 @@ public final class DiskBuilder {
             throw DiskError.io(outputDir, message: "the output's directory does not exist")
         }
         if FileManager.default.fileExists(atPath: output), !options.force { throw DiskError.outputExists(output) }
-        for tool in ["mkfs.ext4", "mkfs.vfat", "mmd", "mcopy", "syslinux"] + (format == .raw ? [] : ["qemu-img"])
+        let bios = options.bootMode.bios
+        for tool in ["mkfs.ext4", "mkfs.vfat", "mmd", "mcopy"] + (bios ? ["syslinux"] : []) + (format == .raw ? [] : ["qemu-img"])
         where ProcessRunner.which(tool) == nil {
             let package = ["mkfs.ext4": "e2fsprogs", "mkfs.vfat": "dosfstools", "mmd": "mtools", "mcopy": "mtools",
                 "syslinux": "syslinux", "qemu-img": "qemu-utils"][tool] ?? tool
             throw DiskError.tool("\(tool) is not installed (Debian package: \(package))")
         }
-        let bootCode = try BootPartition.mbrCode()
+        let gpt = options.partitionTable == .gpt
+        let bootCode = bios ? try BootPartition.mbrCode(gpt: gpt) : []
 
         // 1. Scan: flatten the layers' headers and look at what would boot.
         phase("scanning \(image.layers.count) layer(s)")
@@ -113,7 +125,7 @@ public final class DiskBuilder {
         try FileManager.default.createDirectory(atPath: scratch + "/boot", withIntermediateDirectories: true)
         let flattener = LayerFlattener(
             capturePaths: BootFacts.capturePaths, headNames: BootFacts.headNames,
-            captureTree: (ImagePath("boot"), scratch + "/scan"))
+            capturePrefixes: BootLoaders.capturePrefixes, captureDirectory: scratch + "/scan")
         // Blob digests are checked on the other core from now on, while the layers are scanned and written.
         let digests = LayerDigests(image.layers)
         let tree: FileTree
@@ -123,13 +135,17 @@ public final class DiskBuilder {
             _ = try? digests.wait()
             throw error
         }
-        try Self.placeCapturedBootFiles(tree, in: scratch + "/boot")
-        try? FileManager.default.removeItem(atPath: scratch + "/scan")
         for warning in tree.warnings.prefix(20) { progress.note("warning: \(warning)") }
         let facts = BootFacts.examine(tree, architecture: image.architecture, initOverride: options.initPath)
         guard facts.problems.isEmpty, let kernel = facts.kernel, let initrdPath = kernel.initrdPath else {
             throw DiskError.cannotBoot(facts.problems)
         }
+        // The loaders and, for Secure Boot, the signed chain are checked before anything is written.
+        let loaders = try BootLoaders.choose(
+            mode: options.bootMode, secureBoot: options.secureBoot, tree: tree,
+            kernelFile: BootLoaders.imageFile(kernel.kernelPath.display, in: tree))
+        try Self.placeCapturedBootFiles(tree, in: scratch + "/boot")
+        progress.note("boot: \(options.partitionTable), \(loaders.description)")
 
         // 2. Identity: derived from the input and the epoch, so a rebuild is byte-identical.
         let epoch = options.sourceDateEpoch
@@ -140,6 +156,7 @@ public final class DiskBuilder {
         let hashSeed = Self.uuid(fromHex: String(SHA256Hasher.hex(Data((seed + "hash").utf8)).prefix(32)))
         let volumeID = UInt32(seed.dropFirst(32).prefix(8), radix: 16) ?? 0x1234_5678
         let signature = UInt32(seed.dropFirst(40).prefix(8), radix: 16) ?? 0x8765_4321
+        func guid(_ purpose: String) -> GUID { GUID(seedHex: SHA256Hasher.hex(Data((seed + purpose).utf8))) }
         let mtime = epoch ?? Int64(Date().timeIntervalSince1970)
 
         let setup = UserlandSetup(
@@ -153,7 +170,15 @@ public final class DiskBuilder {
 
         // 3. Sizes.
         let kernelFromBoot = kernel.kernelPath.starts(with: ImagePath("boot/"))
-        let bootBytes = Self.bootContentBytes(tree) + (kernelFromBoot ? 0 : kernel.kernelSize + kernel.initrdSize)
+        let loaderBytes = loaders.efiFiles.reduce(UInt64(0)) { total, file in
+            var st = stat()
+            let size = stat(file.source.file, &st) == 0 ? UInt64(st.st_size) : 0
+            return total + (size + 4095) / 4096 * 4096
+        }
+        let bootBytes = Self.bootContentBytes(tree) + loaderBytes
+            + (kernelFromBoot ? 0 : kernel.kernelSize + kernel.initrdSize)
+        // The kernel and initrd, the loaders, an eighth and 8 MiB to spare; FAT16 below 512 MiB (UEFI
+        // firmware refuses a FAT32 with too few clusters), FAT32 above.
         let bootSize = Self.roundUp(max(16 << 20, bootBytes + bootBytes / 8 + (8 << 20)), to: 1 << 20)
         let stats = tree.stats
         let inodes = UInt64(stats.inodes) + UInt64(stats.inodes) / 4 + 1024
@@ -167,18 +192,28 @@ public final class DiskBuilder {
             guard size > fixed + needed else { throw DiskError.tooSmall(requested: size, needed: fixed + needed) }
             rootSize = Self.roundDown(size - fixed, to: 1 << 20)
         }
+        // The boot partition is /boot and the EFI system partition: on GPT of the ESP type (with
+        // LegacyBIOSBootable for gptmbr.bin); on MBR active for mbr.bin, or of type 0xEF for UEFI only.
+        let bootType: PartitionTable.PartitionType
+        switch (gpt, bios) {
+        case (true, _): bootType = .efiSystem
+        case (false, true): bootType = BootPartition.fatBits(forBytes: bootSize) == 32 ? .fat32LBA : .fat16LBA
+        case (false, false): bootType = .mbrEFISystem
+        }
         let bootPart = PartitionTable.Partition(
-            number: 1,
-            type: BootPartition.fatBits(forBytes: bootSize) == 32 ? .fat32LBA : .fat16LBA,
-            firstSector: firstSector, sectorCount: bootSize / 512, bootable: true)
+            number: 1, type: bootType, firstSector: firstSector, sectorCount: bootSize / 512, bootable: bios,
+            guid: gpt ? guid("esp") : .zero, name: gpt ? "ESP" : "")
         let rootPart = PartitionTable.Partition(
-            number: 2, type: .mbrLinux, firstSector: firstSector + bootSize / 512, sectorCount: rootSize / 512)
+            number: 2, type: gpt ? .linuxRoot(.amd64) : .mbrLinux, firstSector: firstSector + bootSize / 512,
+            sectorCount: rootSize / 512, guid: gpt ? guid("root") : .zero, name: gpt ? "root" : "")
+        // 1 MiB after the root: alignment, and room for GPT's backup entries and header.
         let diskSize = rootPart.byteOffset + rootPart.byteCount + (1 << 20)
 
         // 4. Write into a temporary file beside the output; rename at the end.
         try Self.createSparse(temp, size: diskSize)
         let table = PartitionTable(
-            scheme: .mbr, diskSectors: diskSize / 512, partitions: [bootPart, rootPart], diskSignature: signature)
+            scheme: options.partitionTable, diskSectors: diskSize / 512, partitions: [bootPart, rootPart],
+            diskSignature: signature, diskGUID: gpt ? guid("disk") : .zero)
         try table.write(toDisk: temp, bootCode: bootCode)
 
         phase("formatting ext4 (\(ProgressReporter.format(rootSize)))")
@@ -213,22 +248,11 @@ public final class DiskBuilder {
             ? String(decoding: initrdPath.dropFirst(5), as: UTF8.self) : "initrd.img-\(kernel.version)"
         let cmdline = (["root=UUID=\(rootUUID)", "ro", "console=tty0", "console=ttyS0,115200"]
             + (options.append.isEmpty ? [] : [options.append])).joined(separator: " ")
-        let config = """
-            SERIAL 0 115200
-            DEFAULT linux
-            PROMPT 0
-            TIMEOUT 0
-            LABEL linux
-              LINUX /\(kernelName)
-              INITRD /\(initrdName)
-              APPEND \(cmdline)
-
-            """
-        try FileManager.default.createDirectory(atPath: scratch + "/syslinux", withIntermediateDirectories: true)
-        try Data(config.utf8).write(to: URL(fileURLWithPath: scratch + "/syslinux/syslinux.cfg"))
-        if let epoch { Self.setMtime(scratch + "/syslinux/syslinux.cfg", epoch) }
+        let title = facts.distro.isEmpty ? "Linux \(kernel.version)" : facts.distro
+        try loaders.stage(
+            into: scratch + "/boot", kernel: kernelName, initrd: initrdName, commandLine: cmdline, title: title)
         let bootJob = Task { [boot, scratch, epoch] in
-            try await DiskBuilder.fillBootPartition(boot, scratch: scratch, epoch: epoch)
+            try await DiskBuilder.fillBootPartition(boot, scratch: scratch, epoch: epoch, syslinux: bios)
         }
 
         phase("writing ext4 root (\(ProgressReporter.format(stats.dataBytes)) in \(stats.regularFiles) files)")
@@ -291,7 +315,10 @@ public final class DiskBuilder {
             distro: facts.distro, kernelVersion: kernel.version.text, initSystem: facts.initSystem.rawValue,
             output: output, format: format.rawValue, diskBytes: UInt64(st.st_size),
             allocatedBytes: UInt64(st.st_blocks) * 512, contentBytes: written.bytesWritten,
-            files: written.filesWritten, rootUUID: rootUUID, phases: phases)
+            files: written.filesWritten, rootUUID: rootUUID, bootMode: options.bootMode.rawValue,
+            partitionTable: options.partitionTable.rawValue,
+            efiLoader: loaders.efiLoader.map { "\($0) (\(loaders.efiFiles.map(\.source.origin).joined(separator: ", ")))" },
+            phases: phases)
     }
 
     /// Copies the captured /boot files onto the FAT partition, one mcopy per directory.
@@ -316,13 +343,12 @@ public final class DiskBuilder {
         }
     }
 
-    /// Formats the FAT partition, installs syslinux and copies /boot's files and the loader configuration.
-    static func fillBootPartition(_ boot: BootPartition, scratch: String, epoch: Int64?) async throws {
+    /// Formats the FAT partition, copies /boot's files and the loaders with their configuration, and
+    /// installs syslinux into /syslinux (which must exist first).
+    static func fillBootPartition(_ boot: BootPartition, scratch: String, epoch: Int64?, syslinux: Bool) async throws {
         try await boot.format(epoch: epoch)
-        try await boot.mkdir("syslinux")
-        try await boot.installSyslinux()
-        try await boot.copy([scratch + "/syslinux/syslinux.cfg"], toDirectory: "syslinux")
         try await copyBootTree(scratch + "/boot", relative: "", boot: boot, mtime: epoch)
+        if syslinux { try await boot.installSyslinux() }
     }
 
     private static func copyBootTree(_ dir: String, relative: String, boot: BootPartition, mtime: Int64?) async throws {

@@ -15,17 +15,19 @@ public struct LayerFlattener {
     /// Base names whose first bytes are captured (to check an init's architecture).
     public var headNames: Set<ImagePath>
 
-    /// Regular files under `prefix` are saved into `directory` while scanning, so that
-    /// their data (kernel, initrd) is at hand before the layers are read again.
-    public var captureTree: (prefix: ImagePath, directory: String)?
+    /// Regular files under any of `capturePrefixes` are saved into `captureDirectory` while scanning, so
+    /// that their data (kernel, initrd, EFI loaders) is at hand before the layers are read again.
+    public var capturePrefixes: [ImagePath]
+    public var captureDirectory: String?
 
     public init(
-        capturePaths: Set<ImagePath> = [], headNames: Set<ImagePath> = [],
-        captureTree: (prefix: ImagePath, directory: String)? = nil
+        capturePaths: Set<ImagePath> = [], headNames: Set<ImagePath> = [], capturePrefixes: [ImagePath] = [],
+        captureDirectory: String? = nil
     ) {
         self.capturePaths = capturePaths
         self.headNames = headNames
-        self.captureTree = captureTree
+        self.capturePrefixes = capturePrefixes
+        self.captureDirectory = captureDirectory
     }
 
     static let whiteoutPrefix = Array(".wh.".utf8)
@@ -149,8 +151,8 @@ public struct LayerFlattener {
                         node.content = try stream.readAll(limit: 1 << 20)
                     } else if headNames.contains(name) {
                         node.head = Array(try stream.readAll(limit: 64).prefix(64))
-                    } else if let (prefix, directory) = captureTree,
-                        entry.path.starts(with: prefix + [UInt8(ascii: "/")])
+                    } else if let directory = captureDirectory,
+                        capturePrefixes.contains(where: { entry.path.starts(with: $0 + [UInt8(ascii: "/")]) })
                     {
                         let file = directory + "/\(ref.layer)-\(ref.ordinal)"
                         try Self.save(stream, to: file)

@@ -1,3 +1,4 @@
+import D2LDiskModel
 import D2LSupport
 import D2LVerify
 import Foundation
@@ -97,7 +98,7 @@ public final class MatrixRunner: @unchecked Sendable {
     }
 
     public func run(_ scenarios: [Scenario]) async -> [ScenarioResult] {
-        var results = [ScenarioResult?](repeating: nil, count: scenarios.count)
+        var results = [[ScenarioResult]?](repeating: nil, count: scenarios.count)
         var seconds = [Double](repeating: 0, count: scenarios.count)
         // Longest first (by the last run's times; unknown ones first of all), so that a
         // slow boot does not start last and leave the other slots idle at the end.
@@ -105,7 +106,7 @@ public final class MatrixRunner: @unchecked Sendable {
         let order = scenarios.indices.sorted {
             (known[scenarios[$0].name] ?? .infinity) > (known[scenarios[$1].name] ?? .infinity)
         }
-        await withTaskGroup(of: (Int, ScenarioResult, Double).self) { group in
+        await withTaskGroup(of: (Int, [ScenarioResult], Double).self) { group in
             var next = 0
             func startNext() {
                 guard next < order.count else { return }
@@ -121,16 +122,16 @@ public final class MatrixRunner: @unchecked Sendable {
             for await (index, result, elapsed) in group {
                 results[index] = result
                 seconds[index] = elapsed
-                report(result)
+                result.forEach(report)
                 startNext()
             }
         }
         var durations = known
-        for (i, r) in results.enumerated() where r?.verdict == .passed || r?.verdict == .flaky {
+        for (i, r) in results.enumerated() where r?.allSatisfy({ $0.verdict == .passed || $0.verdict == .flaky }) == true {
             durations[scenarios[i].name] = seconds[i]
         }
         Self.saveDurations(durations)
-        return results.compactMap { $0 }
+        return results.compactMap { $0 }.flatMap { $0 }
     }
 
     static var durationsFile: String { CacheDirectory.path + "/test-durations.json" }
@@ -161,7 +162,9 @@ public final class MatrixRunner: @unchecked Sendable {
         }
     }
 
-    func runOne(_ scenario: Scenario) async -> ScenarioResult {
+    /// Builds the scenario's disk once and boots it under each firmware it names (one result each), or
+    /// once under what the disk claims.
+    func runOne(_ scenario: Scenario) async -> [ScenarioResult] {
         var result = ScenarioResult(name: scenario.name, file: scenario.file, tags: scenario.tags, verdict: .error)
         let dir = (options.outputDirectory as NSString).appendingPathComponent(scenario.name)
         try? FileManager.default.removeItem(atPath: dir)
@@ -169,7 +172,7 @@ public final class MatrixRunner: @unchecked Sendable {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         } catch {
             result.reason = "cannot create \(dir): \(error)"
-            return result
+            return [result]
         }
 
         // 1. The disk: from a recipe, an archive, or given.
@@ -185,15 +188,15 @@ public final class MatrixRunner: @unchecked Sendable {
                 case .skipped(let why):
                     result.verdict = .skipped
                     result.reason = why
-                    return result
+                    return [result]
                 case .failure(let why):
                     result.reason = "recipe \(name) did not build: \(why)"
-                    return result
+                    return [result]
                 }
             } else if case .archive(let path) = scenario.source {
                 archive = path
             } else {
-                return result
+                return [result]
             }
             let ext = (scenario.build.format ?? .raw).fileExtension
             disk = (dir as NSString).appendingPathComponent("disk.\(ext)")
@@ -206,13 +209,34 @@ public final class MatrixRunner: @unchecked Sendable {
             guard build.status == 0 else {
                 result.verdict = .failed
                 result.reason = "d2l build failed: " + (build.stderr.split(separator: "\n").last.map(String.init) ?? "status \(build.status)")
-                return result
+                return [result]
             }
         }
         result.disk = disk
 
-        // 2. Boot it, retrying a failed boot up to `retries` times.
-        let transcript = (dir as NSString).appendingPathComponent("transcript.txt")
+        // 2. Boot it under each firmware.
+        let firmware: [Firmware?] = scenario.verify.firmware ?? [nil]
+        var results: [ScenarioResult] = []
+        for one in firmware {
+            var boot = result
+            if let one { boot.name += " (\(one))" }
+            await self.boot(scenario, disk: disk, firmware: one, directory: dir, into: &boot)
+            results.append(boot)
+        }
+        if !options.keepDisks, !scenario.source.isGivenDisk, results.allSatisfy({ $0.verdict == .passed || $0.verdict == .flaky }) {
+            try? FileManager.default.removeItem(atPath: disk)
+            for index in results.indices { results[index].disk = nil }
+        }
+        return results
+    }
+
+    /// Boots the disk once under `firmware` (the scenario's defaults otherwise), retrying a failed boot
+    /// up to `retries` times.
+    private func boot(
+        _ scenario: Scenario, disk: String, firmware: Firmware?, directory dir: String, into result: inout ScenarioResult
+    ) async {
+        let suffix = firmware.map { "-\($0)" } ?? ""
+        let transcript = (dir as NSString).appendingPathComponent("transcript\(suffix).txt")
         result.transcript = transcript
         var failures = 0
         for attempt in 1...(options.retries + 1) {
@@ -221,21 +245,19 @@ public final class MatrixRunner: @unchecked Sendable {
             let slot = takeSlot()
             let verify = await ProcessRunner.capture(
                 [options.d2lBinary, "verify", disk, "--json", "--transcript", transcript,
-                 "--junit", (dir as NSString).appendingPathComponent("verify.junit.xml")]
-                    + connectArguments(slot: slot) + cpuArguments(scenario) + ["--scenario", URL(fileURLWithPath: scenario.file).standardizedFileURL.path])
+                 "--junit", (dir as NSString).appendingPathComponent("verify\(suffix).junit.xml")]
+                    + connectArguments(slot: slot) + cpuArguments(scenario)
+                    + ["--scenario", URL(fileURLWithPath: scenario.file).standardizedFileURL.path]
+                    + (firmware.map { ["--firmware", $0.rawValue] } ?? []))
             giveBack(slot)
-            try? verify.stdout.write(toFile: (dir as NSString).appendingPathComponent("verify.json"), atomically: false, encoding: .utf8)
-            try? verify.stderr.write(toFile: (dir as NSString).appendingPathComponent("verify.log"), atomically: false, encoding: .utf8)
+            try? verify.stdout.write(toFile: (dir as NSString).appendingPathComponent("verify\(suffix).json"), atomically: false, encoding: .utf8)
+            try? verify.stderr.write(toFile: (dir as NSString).appendingPathComponent("verify\(suffix).log"), atomically: false, encoding: .utf8)
             apply(verifyJSON: verify.stdout, to: &result)
             switch verify.status {
             case 0:
                 result.verdict = failures > 0 ? .flaky : .passed
                 if failures > 0 { result.reason = "passed on attempt \(attempt) of \(options.retries + 1)" }
-                if !options.keepDisks, !scenario.source.isGivenDisk {
-                    try? FileManager.default.removeItem(atPath: disk)
-                    result.disk = nil
-                }
-                return result
+                return
             case 1:
                 failures += 1
                 result.verdict = .failed
@@ -244,15 +266,17 @@ public final class MatrixRunner: @unchecked Sendable {
                 result.verdict = .error
                 result.reason = "could not test: "
                     + (verify.stderr.split(separator: "\n").last.map(String.init) ?? "d2l verify exited \(verify.status)")
-                return result
+                return
             }
         }
-        return result
     }
 
-    /// Takes what the verdict says from `d2l verify --json` (a `BootReport`).
+    /// Takes what the verdict says from `d2l verify --json`: its boot, or of several the first that
+    /// did not pass (else the last).
     private func apply(verifyJSON: String, to result: inout ScenarioResult) {
-        guard let report = try? JSONDecoder().decode(BootReport.self, from: Data(verifyJSON.utf8)) else { return }
+        guard let verdict = try? VerifyResult.decode(Data(verifyJSON.utf8)),
+            let report = verdict.boots.first(where: { !$0.passed }) ?? verdict.boots.last
+        else { return }
         result.kernelVersion = report.kernelVersion ?? result.kernelVersion
         result.stages = report.stages.map {
             ScenarioResult.Stage(name: $0.name, reached: $0.reached, seconds: $0.seconds, failure: $0.failure)

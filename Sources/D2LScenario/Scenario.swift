@@ -29,6 +29,9 @@ public struct Scenario: Sendable, Codable, Equatable {
         public var hostname: String?
         public var rootPasswordEmpty = true
         public var rootPassword: String?
+        public var boot: BootMode?
+        public var partitionTable: PartitionTable.Scheme?
+        public var secureBoot = false
     }
 
     public struct StageOverride: Sendable, Codable, Equatable {
@@ -50,6 +53,8 @@ public struct Scenario: Sendable, Codable, Equatable {
         public var diskBus: DiskBus?
         public var failedUnits: FailedUnitsPolicy?
         public var kernelWarnings: KernelWarningsPolicy?
+        /// The firmware to boot under, one boot (and one result) each; nil: what the disk claims.
+        public var firmware: [Firmware]?
         public var settle: Double?
         public var silence: Double?
         public var stages: [StageOverride] = []
@@ -74,6 +79,9 @@ public struct Scenario: Sendable, Codable, Equatable {
         if let x = build.append { a += ["--append", x] }
         if let h = build.hostname { a += ["--hostname", h] }
         if let p = build.rootPassword { a += ["--root-password", p] } else if build.rootPasswordEmpty { a.append("--root-password-empty") }
+        if let b = build.boot { a += ["--boot", b.rawValue] }
+        if let t = build.partitionTable { a += ["--partition-table", t.rawValue] }
+        if build.secureBoot { a.append("--secure-boot") }
         return a
     }
 }
@@ -89,6 +97,7 @@ extension Scenario.Verify {
         if let accel { request.machine.accelerator = accel }
         if let diskBus { request.machine.diskBus = diskBus }
         if let failedUnits { request.failedUnits = failedUnits }
+        if let firmware { request.firmware = firmware }
         if let kernelWarnings { request.kernelWarnings = kernelWarnings }
         if let settle { request.settle = settle }
         if let silence { request.silence = silence }
@@ -120,9 +129,12 @@ public struct ScenarioError: Error, CustomStringConvertible, Sendable, Categoriz
 /// Reads and checks scenario files.
 public enum ScenarioParser {
     static let topKeys: Set<String> = ["description", "recipe", "archive", "disk", "tags", "build", "verify"]
-    static let buildKeys: Set<String> = ["format", "size", "headroom", "append", "hostname", "root-password-empty", "root-password"]
+    static let buildKeys: Set<String> = [
+        "format", "size", "headroom", "append", "hostname", "root-password-empty", "root-password", "boot",
+        "partition-table", "secure-boot",
+    ]
     static let verifyKeys: Set<String> = [
-        "timeout", "memory", "cpus", "accel", "disk-bus", "failed-units", "kernel-warnings", "settle", "silence",
+        "timeout", "memory", "cpus", "accel", "disk-bus", "failed-units", "kernel-warnings", "settle", "silence", "firmware",
         "stages", "login", "run",
     ]
     static let stageKeys: Set<String> = ["pattern", "deadline"]
@@ -205,6 +217,14 @@ public enum ScenarioParser {
             build.append = try map["append"].map { try string($0, "build.append", fail) }
             build.hostname = try map["hostname"].map { try string($0, "build.hostname", fail) }
             build.rootPassword = try map["root-password"].map { try string($0, "build.root-password", fail) }
+            build.boot = try map["boot"].map { try choice(BootMode.self, $0, "build.boot", fail) }
+            build.partitionTable = try map["partition-table"].map {
+                try choice(PartitionTable.Scheme.self, $0, "build.partition-table", fail)
+            }
+            if let e = map["secure-boot"] {
+                guard let flag = e as? Bool else { throw fail("build.secure-boot: expected true or false") }
+                build.secureBoot = flag
+            }
             if let e = map["root-password-empty"] {
                 guard let flag = e as? Bool else { throw fail("build.root-password-empty: expected true or false") }
                 build.rootPasswordEmpty = flag
@@ -225,6 +245,10 @@ public enum ScenarioParser {
                 try choice(KernelWarningsPolicy.self, $0, "verify.kernel-warnings", fail)
             }
             verify.settle = try map["settle"].map { try seconds($0, "verify.settle", fail) }
+            if let f = map["firmware"] {
+                let names = (f as? [Any]) ?? [f]
+                verify.firmware = try names.map { try choice(Firmware.self, $0, "verify.firmware", fail) }
+            }
             verify.silence = try map["silence"].map { try seconds($0, "verify.silence", fail) }
             verify.login = try map["login"].map { try string($0, "verify.login", fail) }
             if let s = map["stages"] {

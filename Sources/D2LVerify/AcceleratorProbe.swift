@@ -68,37 +68,22 @@ public actor AcceleratorProbe {
         spec.name = MachineSpec.uniqueName(prefix: "d2l-verify-kvm-probe")
         spec.accelerator = .kvm
         spec.memoryMiB = min(machine.memoryMiB, 512)
-        let xml = spec.domainXML
-        guard let domain = try? hypervisor.connection.createPausedDomain(xml: xml) else { return false }
-        let token = Cleanup.shared.addAction { domain.destroy() }
-        defer {
-            domain.destroy()
-            Cleanup.shared.removeAction(token)
-        }
-        guard let stream = try? domain.openConsole() else { return false }
-        defer { stream.close() }
-        guard (try? domain.resume()) != nil else { return false }
-        return await withTaskGroup(of: Bool.self) { group in
-            group.addTask {
-                var text = ConsoleText()
-                do {
-                    for try await chunk in stream.output {
-                        for line in text.append(chunk).map(\.text) + [text.partialLine]
-                        where line.contains("Linux version") {
-                            return true
-                        }
-                    }
-                } catch {}
+        guard let console = try? await hypervisor.powerOn(spec) else { return false }
+        defer { console.destroy() }
+        let start = ContinuousClock.now
+        var text = ConsoleText()
+        while ContinuousClock.now - start < deadline {
+            switch await console.next() {
+            case .bytes(let bytes):
+                if (text.append(bytes).map(\.text) + [text.partialLine]).contains(where: { $0.contains("Linux version") }) {
+                    return true
+                }
+            case .tick:
+                continue
+            case .closed:
                 return false
             }
-            group.addTask {
-                try? await Task.sleep(for: deadline)
-                return false
-            }
-            let result = await group.next() ?? false
-            group.cancelAll()
-            stream.close()
-            return result
         }
+        return false
     }
 }

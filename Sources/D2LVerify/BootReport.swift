@@ -62,6 +62,8 @@ public struct BootReport: Sendable, Codable {
 
     public var image: String
     public var accelerator: String
+    /// The firmware the disk booted under (bios, uefi, uefi-secure); nil for a direct kernel boot or a replay.
+    public var firmware: String?
     public var outcome: Outcome
     public var passed: Bool { outcome == .passed }
     public var verdict: String
@@ -87,8 +89,9 @@ public struct BootReport: Sendable, Codable {
         image: String, accelerator: String, outcome: Outcome, kernelVersion: String?, operatingSystem: String?,
         initSystem: String?, stages: [StageResult], failedStage: String?, reason: String?, failureLines: [String] = [],
         warnings: [BootWarning], commands: [CommandResult], ending: String? = nil, notes: [String] = [],
-        seconds: Double, lastLines: [String]
+        seconds: Double, lastLines: [String], firmware: String? = nil
     ) {
+        self.firmware = firmware
         self.image = image
         self.accelerator = accelerator
         self.outcome = outcome
@@ -130,7 +133,8 @@ public struct BootReport: Sendable, Codable {
         let errors = outcome == .couldNotTest ? 1 : 0
         let skipped = stages.filter { !$0.reached && $0.failure == nil }.count
         var xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
-        xml += "<testsuite name=\"d2l verify \(attr(image))\" tests=\"\(cases)\" failures=\"\(failures - errors)\" "
+        let suite = "d2l verify \(image)" + (firmware.map { " (\($0))" } ?? "")
+        xml += "<testsuite name=\"\(attr(suite))\" tests=\"\(cases)\" failures=\"\(failures - errors)\" "
         xml += "errors=\"\(errors)\" skipped=\"\(skipped)\" time=\"\(String(format: "%.3f", seconds))\">\n"
         var previous = 0.0
         for stage in stages {
@@ -176,18 +180,19 @@ public struct BootReport: Sendable, Codable {
     /// The human summary printed at the end.
     public func summary() -> String {
         var lines: [String] = []
+        let under = firmware.map { " under \($0)" } ?? ""
         switch outcome {
         case .passed:
             let last = stages.last { $0.reached }
             let unseen = stages.filter(\.unseen).map(\.name)
             lines.append(
-                "booted: \(stages.count) stages in \(Self.format(last?.seconds ?? seconds))"
+                "booted\(under): \(stages.count) stages in \(Self.format(last?.seconds ?? seconds))"
                     + (kernelVersion.map { ", kernel \($0)" } ?? "")
                     + (unseen.isEmpty ? "" : " (not seen on the console: \(unseen.joined(separator: ", ")))"))
         case .failed, .couldNotTest:
             let at = stages.first { $0.failure != nil }?.seconds.map { " at " + Self.format($0) } ?? ""
             let verb = outcome == .couldNotTest ? "could not test" : "did not boot"
-            lines.append("\(verb): stage \(failedStage ?? "?") failed\(at): \(reason ?? "unknown")")
+            lines.append("\(verb)\(under): stage \(failedStage ?? "?") failed\(at): \(reason ?? "unknown")")
             if failureLines.count > 1 {
                 lines.append("the lines that decided it:")
                 lines += failureLines.prefix(60).map { "  | " + TerminalSafe.text($0) }
@@ -205,4 +210,50 @@ public struct BootReport: Sendable, Codable {
     }
 
     static func format(_ seconds: Double) -> String { String(format: "%.1f s", seconds) }
+}
+
+/// The verdicts of one `d2l verify`: a boot per firmware (a hybrid disk boots under BIOS and UEFI).
+public struct VerifyResult: Sendable, Codable {
+    public var boots: [BootReport]
+    /// Every boot passed.
+    public var passed: Bool
+    /// The worst outcome: failed over could-not-test over passed.
+    public var outcome: BootReport.Outcome
+
+    public init(boots: [BootReport]) {
+        self.boots = boots
+        passed = boots.allSatisfy(\.passed) && !boots.isEmpty
+        if boots.contains(where: { $0.outcome == .failed }) {
+            outcome = .failed
+        } else if boots.contains(where: { $0.outcome == .couldNotTest }) {
+            outcome = .couldNotTest
+        } else {
+            outcome = .passed
+        }
+    }
+
+    /// One boot's report as it is, several as `{"boots": [...], "passed": ..., "outcome": ...}`.
+    ///
+    /// - Throws: `EncodingError` (not expected: every field encodes).
+    public func json() throws -> String {
+        if boots.count == 1 { return try boots[0].json() }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        return String(decoding: try encoder.encode(self), as: UTF8.self)
+    }
+
+    /// JUnit XML with a test suite per boot.
+    public func junit() -> String {
+        if boots.count == 1 { return boots[0].junit() }
+        let suites = boots.map { $0.junit().replacingOccurrences(of: "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n", with: "") }
+        return "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites>\n" + suites.joined() + "</testsuites>\n"
+    }
+
+    /// Reads what `json()` wrote: one report or several.
+    ///
+    /// - Throws: `DecodingError` when the text is neither.
+    public static func decode(_ data: Data) throws -> VerifyResult {
+        if let single = try? JSONDecoder().decode(BootReport.self, from: data) { return VerifyResult(boots: [single]) }
+        return try JSONDecoder().decode(VerifyResult.self, from: data)
+    }
 }

@@ -16,6 +16,10 @@ public struct ConsoleLine: Sendable, Equatable, CustomStringConvertible {
 
     /// Whether the line carried a printk timestamp.
     public var isKernel: Bool { kernelTime != nil }
+    /// The line as printed, its printk timestamp included (`[    2.948528] text`).
+    public var printed: String {
+        kernelTime.map { String(format: "[%12.6f] ", $0) + text } ?? text
+    }
     public var description: String { text }
 }
 

@@ -25,18 +25,40 @@ public struct LibvirtHypervisor: Hypervisor {
 
     /// - Throws: `LibvirtError` when the domain cannot be created, its console opened or it resumed.
     public func powerOn(_ machine: MachineSpec) async throws -> any GuestConsole {
-        let domain = try connection.createPausedDomain(xml: machine.domainXML)
+        var machine = machine
+        if let files = machine.uefiFiles {
+            if let missing = files.missing { throw VerifyError.hypervisor(missing) }
+            // A throwaway NVRAM per boot: libvirt makes it from the template; it goes with the domain.
+            let directory = CacheDirectory.path + "/nvram"
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            machine.nvramPath = directory + "/\(machine.name).fd"
+        }
+        let nvram = machine.nvramPath
+        if let nvram { Cleanup.shared.add(nvram) }
+        let domain: LibvirtDomain
+        do {
+            domain = try connection.createPausedDomain(xml: machine.domainXML)
+        } catch {
+            if let nvram { Self.remove(nvram) }
+            throw error
+        }
         // From here on the domain must die on every way out, signals included.
         let token = Cleanup.shared.addAction { domain.destroy() }
         do {
             let stream = try domain.openConsole()
             try domain.resume()
-            return LibvirtGuest(domain: domain, stream: stream, cleanupToken: token)
+            return LibvirtGuest(domain: domain, stream: stream, cleanupToken: token, nvram: nvram)
         } catch {
             domain.destroy()
             Cleanup.shared.removeAction(token)
+            if let nvram { Self.remove(nvram) }
             throw error
         }
+    }
+
+    static func remove(_ nvram: String) {
+        try? FileManager.default.removeItem(atPath: nvram)
+        Cleanup.shared.remove(nvram)
     }
 }
 
@@ -45,12 +67,14 @@ final class LibvirtGuest: GuestConsole, Sendable {
     let domain: LibvirtDomain
     let stream: ConsoleStream
     let cleanupToken: Int
+    let nvram: String?
     private let feed: LiveConsoleFeed
 
-    init(domain: LibvirtDomain, stream: ConsoleStream, cleanupToken: Int) {
+    init(domain: LibvirtDomain, stream: ConsoleStream, cleanupToken: Int, nvram: String?) {
         self.domain = domain
         self.stream = stream
         self.cleanupToken = cleanupToken
+        self.nvram = nvram
         feed = LiveConsoleFeed(output: stream.output)
     }
 
@@ -61,6 +85,7 @@ final class LibvirtGuest: GuestConsole, Sendable {
         stream.close()
         domain.destroy()
         Cleanup.shared.removeAction(cleanupToken)
+        if let nvram { LibvirtHypervisor.remove(nvram) }
     }
 }
 

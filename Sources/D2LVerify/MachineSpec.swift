@@ -26,12 +26,18 @@ public struct MachineSpec: Sendable {
     public var diskBus: DiskBus
     /// Boot this kernel directly (QEMU loads it) instead of the disk's bootloader.
     public var directBoot: DirectKernelBoot?
+    /// SeaBIOS on `pc`, or OVMF on `q35` (with Secure Boot: the enrolled firmware and SMM).
+    public var firmware: Firmware
+    /// For UEFI: the machine's own NVRAM file, made from the firmware's template at power-on and
+    /// thrown away after (set by the hypervisor).
+    public var nvramPath: String?
 
     public init(
         name: String = MachineSpec.uniqueName(), diskPath: String, diskFormat: DiskFormat = .raw,
         accelerator: Accelerator = .tcg, memoryMiB: Int = 1024, cpus: Int = 2, diskBus: DiskBus = .virtio,
-        directBoot: DirectKernelBoot? = nil
+        directBoot: DirectKernelBoot? = nil, firmware: Firmware = .bios
     ) {
+        self.firmware = firmware
         self.name = name
         self.diskPath = diskPath
         self.diskFormat = diskFormat
@@ -42,13 +48,53 @@ public struct MachineSpec: Sendable {
         self.directBoot = directBoot
     }
 
+    /// SeaBIOS mirrored to the serial port, or OVMF's code and this machine's NVRAM.
+    private var firmwareXML: String {
+        guard let files = uefiFiles else { return "<bios useserial='yes'/>" }
+        let nvram = nvramPath ?? "/dev/null"
+        return "<loader readonly='yes' secure='\(files.secure ? "yes" : "no")' type='pflash'>\(XMLText.escape(files.code))</loader>"
+            + "\n    <nvram template='\(XMLText.escape(files.varsTemplate))'>\(XMLText.escape(nvram))</nvram>"
+    }
+
     /// A name no other run uses at the same time: pid, time and randomness.
     public static func uniqueName(prefix: String = "d2l-verify") -> String {
         let random = String(UInt32.random(in: 0...UInt32.max), radix: 16)
         return "\(prefix)-\(getpid())-\(random)"
     }
 
-    /// The libvirt domain XML: transient disk, no relabelling, serial console, nothing else.
+    /// OVMF from Debian's ovmf package: the 4 MiB builds, without Secure Boot, or with it and
+    /// Microsoft's keys enrolled in the variable store template.
+    public struct UEFIFiles: Sendable, Equatable {
+        public var code: String
+        public var varsTemplate: String
+        public var secure: Bool
+
+        public static func ovmf(secure: Bool) -> UEFIFiles {
+            secure
+                ? UEFIFiles(
+                    code: "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd", varsTemplate: "/usr/share/OVMF/OVMF_VARS_4M.ms.fd",
+                    secure: true)
+                : UEFIFiles(
+                    code: "/usr/share/OVMF/OVMF_CODE_4M.fd", varsTemplate: "/usr/share/OVMF/OVMF_VARS_4M.fd", secure: false)
+        }
+
+        /// The files missing on this host, with the package that has them.
+        public var missing: String? {
+            [code, varsTemplate].first { !FileManager.default.isReadableFile(atPath: $0) }
+                .map { "\($0) is missing: install Debian's ovmf package" }
+        }
+    }
+
+    public var uefiFiles: UEFIFiles? {
+        switch firmware {
+        case .bios: return nil
+        case .uefi: return .ovmf(secure: false)
+        case .uefiSecure: return .ovmf(secure: true)
+        }
+    }
+
+    /// The libvirt domain XML: transient disk, no relabelling, serial console, nothing else; q35 and
+    /// OVMF with its own NVRAM for UEFI (which needs ACPI; Secure Boot needs SMM too).
     public var domainXML: String {
         let type = accelerator == .kvm ? "kvm" : "qemu"
         let target = diskBus == .virtio ? "vda" : "sda"
@@ -65,11 +111,11 @@ public struct MachineSpec: Sendable {
               <memory unit='MiB'>\(memoryMiB)</memory>
               <vcpu>\(cpus)</vcpu>
               <os>
-                <type arch='x86_64' machine='pc'>hvm</type>
+                <type arch='x86_64' machine='\(uefiFiles == nil ? "pc" : "q35")'>hvm</type>
+                \(firmwareXML)
                 \(boot)
-                <bios useserial='yes'/>
               </os>
-              <features><acpi/><apic/></features>
+              <features><acpi/><apic/>\(uefiFiles?.secure == true ? "<smm state='on'/>" : "")</features>
               \(cpu)
               <clock offset='utc'/>
               <on_poweroff>destroy</on_poweroff>

@@ -60,14 +60,41 @@ public struct StagePlan: Sendable {
         }
     }
 
-    /// bootloader, kernel, init (for `initSystem`) and login, with deadlines sized for TCG on a slow CI host.
-    public static func defaultStages(initSystem: InitSystem = .unknown, osName: String? = nil) -> [BootStage] {
+    /// What the firmware prints when it starts the disk's loader: SeaBIOS's banner (mirrored to the
+    /// serial port), OVMF's `BdsDxe: starting Boot0001 "..."`.
+    public static func firmwarePattern(_ firmware: Firmware) -> String {
+        switch firmware {
+        case .bios: return #"^SeaBIOS \(version "#
+        case .uefi, .uefiSecure: return #"BdsDxe: starting Boot"#
+        }
+    }
+
+    /// What each loader shows. syslinux prints its banner (twice: boot sector, then ldlinux);
+    /// systemd-boot with `timeout 0` prints nothing itself, but the kernel's EFI stub it starts says
+    /// how it got its initrd; GRUB shows its banner or, likewise, the stub's line.
+    public static func bootloaderPattern(firmware: Firmware?, loader: EFILoader?) -> String {
+        let syslinux = #"(SYS|EXT|ISO|PXE)LINUX \d+\.\d+"#
+        let stub = #"^EFI stub: "#
+        let grub = #"Welcome to GRUB|GNU GRUB"#
+        switch (firmware, loader) {
+        case (.bios?, _): return syslinux
+        case (_, .systemdBoot?): return #"systemd-boot|"# + stub
+        case (_, .shim?), (_, .grub?): return grub + "|" + stub
+        case (_, nil): return [syslinux, grub, stub].joined(separator: "|")  // not known: any of them
+        }
+    }
+
+    /// firmware (when booted under one), bootloader, kernel, init (for `initSystem`) and login, with
+    /// deadlines sized for TCG on a slow CI host.
+    public static func defaultStages(
+        initSystem: InitSystem = .unknown, osName: String? = nil, firmware: Firmware? = nil, loader: EFILoader? = nil
+    ) -> [BootStage] {
         func stage(_ name: String, _ pattern: String, _ seconds: Int, banner: Bool = false) -> BootStage {
             BootStage(name: name, pattern: ConsolePattern(builtIn: pattern), deadline: .seconds(seconds), isBanner: banner)
         }
-        return [
-            // syslinux prints its banner twice (boot sector, then ldlinux): not a once-per-boot banner.
-            stage("bootloader", #"(SYS|EXT|ISO|PXE)LINUX \d+\.\d+"#, 60),
+        let first: [BootStage] = firmware.map { [stage("firmware", firmwarePattern($0), 60, banner: true)] } ?? []
+        return first + [
+            stage("bootloader", bootloaderPattern(firmware: firmware, loader: loader), 60),
             stage("kernel", #"^Linux version (\S+)"#, 60, banner: true),
             stage("init", initPattern(for: initSystem, osName: osName), 120),
             BootStage(name: "login", pattern: ConsolePattern(builtIn: #"login:\s*$"#), deadline: .seconds(180), kind: .prompt),
@@ -102,6 +129,11 @@ public struct StagePlan: Sendable {
             console("initramfs shell", #"Dropping to a shell|Spawning shell within the initramfs|^\(initramfs\)\s*$"#),
             console("device timeout", #"Timed out waiting for device"#),
             console("firmware boot failure", #"Boot failed|No bootable device"#),
+            // A disk device with no \EFI\BOOT\BOOTX64.EFI (an empty DVD drive's "Not Found" is not the disk's).
+            console(
+                "UEFI firmware found no loader on the disk",
+                #"^(?!.*(DVD-ROM|CDROM|PXEv|HTTPv)).*BdsDxe: failed to load Boot\S+ .*: Not Found"#),
+            console("Secure Boot refused the loader (not signed by a key the firmware trusts)", #"BdsDxe: failed to load Boot\S+ .*: Access Denied"#),
             console("bootloader error", #"Could not find kernel image|Load error"#),
             FailurePattern(
                 name: "systemd unit failed", pattern: ConsolePattern(builtIn: #"^\s*\[FAILED\]"#),

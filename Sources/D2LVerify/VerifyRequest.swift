@@ -53,6 +53,8 @@ public struct VerifyRequest: Sendable {
     public var deadlines: [String] = []
     public var failedUnits: FailedUnitsPolicy = .fail
     public var kernelWarnings: KernelWarningsPolicy = .warn
+    /// The firmware to boot under, one boot each; nil: what the disk claims (a hybrid disk both ways).
+    public var firmware: [Firmware]?
     /// Seconds failure patterns stay armed after the last stage.
     public var settle: Double = StagePlan.defaultSettle.seconds
     /// Seconds without console output before the last stage that fail the boot; 0: no limit.
@@ -66,11 +68,16 @@ public struct VerifyRequest: Sendable {
 
     /// Checks everything that can be checked without the disk.
     ///
+    /// - Throws: `VerifyError.badOption` naming the option.
+    ///
     /// - Throws: `VerifyError.badOption` naming the option and what it needs.
     public func validate() throws(VerifyError) {
         try machine.validate()
         guard image != nil || replay != nil else { throw .badOption("give the disk image to boot, or --replay TRANSCRIPT") }
         guard replay == nil || kernel == nil else { throw .badOption("--replay judges a recorded console: it boots no --kernel") }
+        guard kernel == nil || (firmware ?? [.bios]) == [.bios] else {
+            throw .badOption("--kernel boots the kernel directly (QEMU loads it): no --firmware but bios")
+        }
         guard settle >= 0, silence >= 0 else { throw .badOption("--settle and --silence are seconds, 0 or more") }
         _ = try plan(initSystem: .unknown)
         _ = try guestSession()
@@ -79,16 +86,18 @@ public struct VerifyRequest: Sendable {
     /// The stages and failure patterns for a guest with `initSystem`, booted with `directKernel` when given.
     ///
     /// - Throws: `VerifyError.badOption` for a bad --timeout, --expect, --deadline or option mix.
-    public func plan(initSystem: InitSystem, osName: String? = nil, directKernel: KernelImage? = nil) throws(VerifyError)
-        -> StagePlan
-    {
+    public func plan(
+        initSystem: InitSystem, osName: String? = nil, firmware: Firmware? = nil, loader: EFILoader? = nil,
+        directKernel: KernelImage? = nil
+    ) throws(VerifyError) -> StagePlan {
         guard timeout > 0 else { throw .badOption("--timeout must be positive") }
         guard kernel != nil || (initrd == nil && append == nil) else {
             throw .badOption(
                 "--initrd and --append need --kernel: a disk's own command line is in its bootloader configuration")
         }
         var plan = StagePlan(
-            stages: StagePlan.defaultStages(initSystem: initSystem, osName: osName),
+            stages: StagePlan.defaultStages(
+                initSystem: initSystem, osName: osName, firmware: directKernel == nil ? firmware : nil, loader: loader),
             failures: StagePlan.defaultFailures(failedUnits: failedUnits, kernelWarnings: kernelWarnings),
             timeout: .seconds(timeout), silence: silence > 0 ? .milliseconds(Int64(silence * 1000)) : nil,
             settle: .milliseconds(Int64(settle * 1000)))
@@ -155,17 +164,19 @@ public enum DiskVerifier {
     ///   options), `DiskModelError` for a corrupt partition table, `LibvirtError` when libvirt fails.
     ///   A boot that fails is a report with `passed == false`, not an error.
     public static func run(
-        _ request: VerifyRequest, transcript: (@Sendable (ConsoleRecording) -> Void)? = nil,
+        _ request: VerifyRequest, transcript: (@Sendable (ConsoleRecording, Firmware?) -> Void)? = nil,
         notes: @escaping @Sendable (VerifyNote) -> Void
-    ) async throws -> BootReport {
+    ) async throws -> VerifyResult {
         let path = request.image.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
         let disk = try path.map { (path) throws(DiskModelError) in try DiskImage.open(path) }
         let bzImage = try request.kernel.map { try KernelImage(path: URL(fileURLWithPath: $0).standardizedFileURL.path) }
-        let plan = try request.plan(
-            initSystem: disk?.guest?.initSystem ?? .unknown, osName: disk?.guest?.prettyName, directKernel: bzImage)
         let (login, commands) = try request.guestSession()
+        let initSystem = disk?.guest?.initSystem ?? .unknown
+        let osName = disk?.guest?.prettyName
         if let replay = request.replay {
-            return try await Self.replay(replay, disk: disk, plan: plan, login: login, commands: commands, notes: notes)
+            let plan = try request.plan(initSystem: initSystem, osName: osName)
+            let report = try await Self.replay(replay, disk: disk, plan: plan, login: login, commands: commands, notes: notes)
+            return VerifyResult(boots: [report])
         }
         guard let path, let disk else { throw VerifyError.badOption("give the disk image to boot") }
         let bus = request.machine.diskBus
@@ -187,11 +198,19 @@ public enum DiskVerifier {
             notes(.note("initrd \(initrdPath ?? "none")"))
             notes(.note("command line \(directBoot?.commandLine ?? "")"))
         }
+        // The firmware to prove: as asked, else what the disk claims (a direct kernel boot needs none).
+        let setup = directBoot == nil ? await disk.bootSetup() : nil
+        var firmware = request.firmware ?? setup?.claimedFirmware ?? []
+        if firmware.isEmpty || directBoot != nil { firmware = [.bios] }
+        if request.firmware == nil, directBoot == nil {
+            notes(.note("firmware: \(firmware.map(\.rawValue).joined(separator: " and ")), as the disk's boot partition claims"
+                + (setup.map { "(syslinux: \($0.syslinux ? "yes" : "no"), EFI loader: \($0.efiLoader?.rawValue ?? "none"))" } ?? "")))
+        }
 
         let hypervisor = try LibvirtHypervisor(uri: request.machine.connect ?? LibvirtHypervisor.defaultURI())
         var spec = MachineSpec(
             diskPath: path, diskFormat: disk.format, accelerator: .tcg, memoryMiB: request.machine.memoryMiB,
-            cpus: request.machine.cpus, diskBus: bus, directBoot: directBoot)
+            cpus: request.machine.cpus, diskBus: bus, directBoot: directBoot, firmware: firmware[0])
         let (accelerator, warning) = await AcceleratorProbe.shared.resolve(
             request.machine.accelerator, hypervisor: hypervisor, probe: spec)
         if let warning { notes(.note(warning)) }
@@ -205,9 +224,21 @@ public enum DiskVerifier {
         }
         notes(.note(about))
 
-        let verifier = BootVerifier(
-            hypervisor: hypervisor, options: VerifyOptions(plan: plan, login: login, commands: commands))
-        return try await verifier.verify(spec, guest: disk.guest, transcript: transcript) { notes(.boot($0)) }
+        var reports: [BootReport] = []
+        for one in firmware {
+            let plan = try request.plan(
+                initSystem: initSystem, osName: osName, firmware: one, loader: setup?.efiLoader, directKernel: bzImage)
+            spec.firmware = one
+            spec.name = MachineSpec.uniqueName()
+            if firmware.count > 1 { notes(.note("booting under \(one)")) }
+            let verifier = BootVerifier(
+                hypervisor: hypervisor, options: VerifyOptions(plan: plan, login: login, commands: commands))
+            let report = try await verifier.verify(
+                spec, guest: disk.guest, transcript: transcript.map { write in { write($0, firmware.count > 1 ? one : nil) } }
+            ) { notes(.boot($0)) }
+            reports.append(report)
+        }
+        return VerifyResult(boots: reports)
     }
 
     /// Judges a recorded transcript with the same stages, deadlines (on the transcript's own time),
