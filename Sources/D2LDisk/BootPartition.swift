@@ -8,6 +8,8 @@ struct BootPartition: Sendable {
     var diskPath: String
     var partition: PartitionTable.Partition
     var volumeID: UInt32
+    /// SOURCE_DATE_EPOCH: mtools stamps the directories it makes with it instead of the clock.
+    var epoch: Int64?
 
     static let codeDirectories = ["/usr/lib/syslinux/mbr", "/usr/share/syslinux", "/usr/lib/SYSLINUX", "/usr/share/syslinux/mbr"]
 
@@ -30,7 +32,11 @@ struct BootPartition: Sendable {
     static func fatBits(forBytes bytes: UInt64) -> Int { bytes < 512 << 20 ? 16 : 32 }
 
     private var mtoolsTarget: String { "\(diskPath)@@\(partition.byteOffset)" }
-    private var env: [String: String] { ["MTOOLS_SKIP_CHECK": "1", "MTOOLS_NO_VFAT": "0"] }
+    private var env: [String: String] {
+        var env = ["MTOOLS_SKIP_CHECK": "1", "MTOOLS_NO_VFAT": "0"]
+        if let epoch { env["SOURCE_DATE_EPOCH"] = String(epoch) }
+        return env
+    }
 
     /// Formats the partition in place, inside the disk file.
     func format(epoch: Int64?) async throws {

@@ -241,7 +241,7 @@ public final class DiskBuilder {
         let extraFiles = extraCaptures.values.sorted()
 
         // The FAT partition is made on the other core while the root is written.
-        let boot = BootPartition(diskPath: temp, partition: bootPart, volumeID: volumeID)
+        let boot = BootPartition(diskPath: temp, partition: bootPart, volumeID: volumeID, epoch: epoch)
         let kernelName = kernelFromBoot ? String(decoding: kernel.kernelPath.splitParent.name, as: UTF8.self)
             : "vmlinuz-\(kernel.version)"
         let initrdName = initrdPath.starts(with: ImagePath("boot/"))

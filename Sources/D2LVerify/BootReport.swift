@@ -65,7 +65,8 @@ public struct BootReport: Sendable, Codable {
     /// The firmware the disk booted under (bios, uefi, uefi-secure); nil for a direct kernel boot or a replay.
     public var firmware: String?
     public var outcome: Outcome
-    public var passed: Bool { outcome == .passed }
+    /// `outcome == .passed`, kept in the JSON for scripts.
+    public var passed: Bool
     public var verdict: String
     public var kernelVersion: String?
     public var operatingSystem: String?
@@ -95,6 +96,7 @@ public struct BootReport: Sendable, Codable {
         self.image = image
         self.accelerator = accelerator
         self.outcome = outcome
+        passed = outcome == .passed
         switch outcome {
         case .passed: verdict = "booted"
         case .failed: verdict = "did not boot"

@@ -101,7 +101,8 @@ public struct BootVerifier: Sendable {
         let session = ConsoleSession(console: console, stopwatch: hypervisor.stopwatch)
         progress(.poweredOn)
         var run = Run(
-            machine: StageMachine(plan: options.plan, canNudge: hypervisor.answersInput), progress: progress,
+            machine: StageMachine(plan: options.plan, canNudge: hypervisor.answersInput, typedUser: options.login?.user),
+            progress: progress,
             wantsLogin: options.login != nil, endOfConsole: options.endOfConsole, answersInput: hypervisor.answersInput)
         do {
             try await run.boot(session)
@@ -263,7 +264,9 @@ private struct Run {
                 }
             }
             stage = "end of session"
-            if login.user == "root" {
+            if !answersInput {
+                ending = endOfConsole ?? "the log ended"  // a replayed session ends with its log
+            } else if login.user == "root" {
                 try session.type("poweroff\r")
                 try await waitForPowerOff(session, deadline: options.poweroffDeadline)
                 ending = "powered off by the guest (poweroff)"
@@ -327,7 +330,7 @@ private struct Run {
         let marker = "D2L" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
         let line = "echo \(marker)'_BEGIN'; \(command.command); d2l_rc=$?; echo; echo \(marker)'_RC='$d2l_rc\r"
         try session.type(line)
-        let expected = answersInput ? marker : "D2L[0-9a-z]+"
+        let expected = answersInput ? marker : "D2L[0-9A-Za-z]+"
         let begin = try ConsolePattern("^\(expected)_BEGIN$")
         let rc = try ConsolePattern("^\(expected)_RC=(\\d+)$")
         let deadline = options.commandDeadline

@@ -91,9 +91,13 @@ public struct StageMachine: Sendable {
         var lastAt: Duration
     }
 
-    public init(plan: StagePlan, canNudge: Bool = true) {
+    /// The user name d2l types at the prompt: in a replayed log, `host login: USER` is the prompt's echo.
+    public let typedUser: String?
+
+    public init(plan: StagePlan, canNudge: Bool = true, typedUser: String? = nil) {
         self.plan = plan
         self.canNudge = canNudge
+        self.typedUser = typedUser
     }
 
     /// Every stage reached and the settle time over (or a failure).
@@ -241,6 +245,12 @@ public struct StageMachine: Sendable {
     /// line (only getty printing it again can confirm it), or output after a candidate prompt.
     private mutating func promptLine(_ text: String, at time: Duration) -> [StageEvent] {
         guard let index = reachablePromptStage() else { return [] }
+        let followed = Self.promptWithTrailingText(text)
+        if !canNudge, let followed, let typedUser, text == followed + typedUser {
+            // A recorded login: whoever recorded it typed the user name at this prompt.
+            let at = candidate?.at ?? time
+            return reach(index, at: at, line: followed, captures: [])
+        }
         if var candidate {
             if candidate.nudgedAt != nil {
                 candidate.linesSinceNudge += 1
@@ -258,7 +268,6 @@ public struct StageMachine: Sendable {
             return []
         }
         let pattern = plan.stages[index].pattern
-        let followed = Self.promptWithTrailingText(text)
         guard canNudge, pattern.firstMatch(in: text) != nil || followed != nil else { return [] }
         candidate = PromptCandidate(
             stage: index, at: time, line: followed ?? text, needsReprint: true, nudgedAt: time, linesSinceNudge: 0)
@@ -376,9 +385,10 @@ public struct StageMachine: Sendable {
             return events
         }
         if let silence = plan.silence, time - lastOutputAt > silence {
-            let event = StageEvent.failed(
-                stage: currentStageName, at: time, reason: .silence(seconds: silence.seconds, lastLine: lastLine),
-                lines: [lastLine])
+            // Silent because it powered off or reset (a log that ends there): say so.
+            let reason = Self.explainedEnding([lastLine]).map { FailureReason.guestStopped(how: $0) }
+                ?? .silence(seconds: silence.seconds, lastLine: lastLine)
+            let event = StageEvent.failed(stage: currentStageName, at: time, reason: reason, lines: [lastLine])
             failure = event
             return events + [event]
         }
@@ -425,7 +435,7 @@ public struct StageMachine: Sendable {
             return nil
         }
         let event = StageEvent.failed(
-            stage: currentStageName, at: time, reason: .guestStopped(how: endedBy ?? Self.ending(lastLines)),
+            stage: currentStageName, at: time, reason: .guestStopped(how: Self.explainedEnding(lastLines) ?? endedBy ?? Self.ending(lastLines)),
             lines: lastLines.suffix(3))
         failure = event
         return event
@@ -433,14 +443,20 @@ public struct StageMachine: Sendable {
 
     /// How a guest that stopped went, from its last console lines.
     public static func ending(_ lastLines: [String]) -> String {
+        explainedEnding(lastLines)
+            ?? "the guest stopped (QEMU exited) before reaching it, with no power-off or reset message on the console"
+    }
+
+    /// A power-off or reset the last console lines show, if any.
+    static func explainedEnding(_ lastLines: [String]) -> String? {
         for line in lastLines.reversed() {
-            if line.contains("reboot: Power down") || line.contains("System halted") || line.contains("reboot: System halted") {
+            if line.contains("reboot: Power down") || line.contains("System halted") {
                 return "the guest powered off before reaching it (\(line))"
             }
             if line.contains("sysrq: Resetting") || line.contains("reboot: Restarting system") {
                 return "the guest reset before reaching it (\(line))"
             }
         }
-        return "the guest stopped (QEMU exited) before reaching it, with no power-off or reset message on the console"
+        return nil
     }
 }

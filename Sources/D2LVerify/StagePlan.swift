@@ -27,7 +27,7 @@ public struct StagePlan: Sendable {
     ]
 
     public static let defaultSilence: Duration = .seconds(120)
-    public static let defaultSettle: Duration = .seconds(5)
+    public static let defaultSettle: Duration = .seconds(8)
 
     public init(
         stages: [BootStage], failures: [FailurePattern], timeout: Duration, silence: Duration? = defaultSilence,

@@ -251,9 +251,10 @@ public enum DiskVerifier {
         let timed = FileManager.default.fileExists(atPath: file + ".timing")
         notes(.note("replaying \(file): \(transcript.bytes.count) bytes, "
             + (timed ? "timed by \(file).timing" : "timed by its printk timestamps and 115200 baud")))
-        // The log's end is the guest's, a moment after its last byte (a prompt must stay last for a while).
-        let hypervisor = ReplayHypervisor(
-            transcript: transcript, closeAtEnd: true, endDelay: plan.settle + plan.promptQuiet + .seconds(1))
+        // The log's end is the guest's, a moment after its last byte: after the longest quiet any check
+        // waits for (a prompt staying last, the settle time, the silence budget).
+        let quietest = max(plan.settle + plan.promptQuiet, plan.silence ?? .zero)
+        let hypervisor = ReplayHypervisor(transcript: transcript, closeAtEnd: true, endDelay: quietest + .seconds(1))
         var options = VerifyOptions(plan: plan, login: login, commands: commands)
         options.endOfConsole = "the transcript ended before it"
         let verifier = BootVerifier(hypervisor: hypervisor, options: options)

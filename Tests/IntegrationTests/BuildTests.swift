@@ -31,12 +31,15 @@ struct BuildTests {
         return table.partitiontable.partitions.map { ($0.start * 512, $0.size * 512, $0.type) }
     }
 
-    private func verifyBoots(_ disk: String) async throws {
-        let result = try await Fixtures.d2l(["verify", disk, "--timeout", "300"])
+    /// Boots the disk under what it claims (a hybrid disk: BIOS, then UEFI), or under `firmware`.
+    private func verifyBoots(_ disk: String, firmware: [String] = [], expect: String? = nil) async throws {
+        let result = try await Fixtures.d2l(
+            ["verify", disk, "--timeout", "400"] + firmware.flatMap { ["--firmware", $0] })
         #expect(result.status == 0, "d2l verify \(disk) failed:\n\(result.stdout)\n\(result.stderr)")
+        if let expect { #expect(result.stdout.contains(expect), "\(result.stdout)") }
     }
 
-    @Test("docker-archive -> raw disk, built as nobody, passes e2fsck and boots to login")
+    @Test("docker-archive -> hybrid GPT disk, built as nobody, passes e2fsck and boots to login under BIOS and UEFI")
     func dockerArchiveAsNobody() async throws {
         let dir = try Fixtures.scratchDirectory("docker")
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -55,7 +58,8 @@ struct BuildTests {
 
         let parts = try await partitions(disk)
         try #require(parts.count == 2)
-        #expect(parts[1].type == "83")
+        #expect(parts[0].type == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B")  // the ESP
+        #expect(parts[1].type == "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709")  // the x86-64 root (Discoverable Partitions)
         let fsck = try await Fixtures.run(["e2fsck", "-fn", "\(disk)?offset=\(parts[1].start)"])
         #expect(fsck.status == 0, "e2fsck: \(fsck.stdout)\(fsck.stderr)")
         let fstab = try await Fixtures.run(["debugfs", "-R", "cat /etc/fstab", "\(disk)?offset=\(parts[1].start)"])
@@ -63,10 +67,25 @@ struct BuildTests {
         let cfg = try await Fixtures.run(["mtype", "-i", "\(disk)@@\(parts[0].start)", "::/syslinux/syslinux.cfg"])
         #expect(cfg.stdout.hasPrefix("SERIAL 0 115200"))
         #expect(cfg.stdout.contains("console=ttyS0,115200"))
-        try await verifyBoots(disk)
+        let entry = try await Fixtures.run(["mtype", "-i", "\(disk)@@\(parts[0].start)", "::/loader/entries/d2l.conf"])
+        #expect(entry.stdout.contains("options root=UUID="))
+        try await verifyBoots(disk, expect: "booted (bios: booted, uefi: booted)")
     }
 
-    @Test("oci-archive -> qcow2 disk boots to login")
+    @Test("a hybrid MBR disk boots under BIOS and UEFI too")
+    func hybridMBR() async throws {
+        let dir = try Fixtures.scratchDirectory("mbr")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let disk = dir + "/mbr.img"
+        let result = try await Fixtures.d2l(
+            ["build", try await Fixtures.debianDockerArchive(), "-o", disk, "--partition-table", "mbr", "--root-password-empty", "-q"])
+        try #require(result.status == 0, "build failed: \(result.stderr)")
+        let parts = try await partitions(disk)
+        #expect(parts.map(\.type) == ["e", "83"])
+        try await verifyBoots(disk, expect: "booted (bios: booted, uefi: booted)")
+    }
+
+    @Test("oci-archive -> qcow2 disk boots to login under UEFI")
     func ociArchiveToQcow2() async throws {
         let dir = try Fixtures.scratchDirectory("oci")
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -77,7 +96,7 @@ struct BuildTests {
         let info = try await Fixtures.run(["qemu-img", "info", "--output=json", disk])
         #expect(info.stdout.contains("\"format\": \"qcow2\""))
         #expect(try leftovers(in: dir).isEmpty)
-        try await verifyBoots(disk)
+        try await verifyBoots(disk, firmware: ["uefi"])
     }
 
     @Test("same input and SOURCE_DATE_EPOCH give a byte-identical disk, flushed with --sync or not")

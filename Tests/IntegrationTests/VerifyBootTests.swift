@@ -93,6 +93,17 @@ import Testing
         #expect(wall - parsed.seconds < 10, "wall \(wall) s, verdict at \(parsed.seconds) s after power-on")
     }
 
+    @Test func anUnsignedLoaderIsRefusedUnderSecureBootAtOnce() async throws {
+        let disk = try await Fixtures.debianDisk()  // systemd-boot: not signed
+        let (status, report, _, _) = try await Self.verify([disk, "--firmware", "uefi-secure", "--json"])
+        #expect(status == 1)
+        let parsed = try #require(report)
+        #expect(parsed.reason?.contains("Secure Boot refused the loader") == true, "\(parsed.reason ?? "")")
+        #expect(parsed.reason?.contains("Access Denied") == true)
+        #expect(parsed.stages.first?.name == "firmware")
+        #expect(parsed.seconds < 60)  // OVMF refuses it within seconds of power-on
+    }
+
     @Test func missingImageCannotBeTested() async throws {
         let (status, _, stderr, _) = try await Self.verify(["/nonexistent/d2l-missing.img"])
         #expect(status == 125)
