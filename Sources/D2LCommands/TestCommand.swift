@@ -68,6 +68,17 @@ struct TestCommand: PolicedCommand {
         }
     }
 
+    /// The nearest Images/ folder beside a folder holding the scenarios, or beside one of its parents.
+    static func imagesDirectory(near directory: String) -> String {
+        var url = URL(fileURLWithPath: directory).standardizedFileURL
+        for _ in 0..<4 {
+            url.deleteLastPathComponent()
+            let candidate = url.appendingPathComponent("Images").path
+            if FileManager.default.fileExists(atPath: candidate) { return candidate }
+        }
+        return URL(fileURLWithPath: directory).deletingLastPathComponent().appendingPathComponent("Images").path
+    }
+
     func run() async throws {
         Cleanup.shared.installSignalHandlers()
         let inputs = paths.isEmpty ? ["Scenarios"] : paths
@@ -76,8 +87,7 @@ struct TestCommand: PolicedCommand {
         do {
             let files = try ScenarioParser.files(inputs)
             let firstDir = files.first.map { ($0 as NSString).deletingLastPathComponent } ?? "Scenarios"
-            imagesDirectory = images ?? (((firstDir as NSString).appendingPathComponent("..") as NSString)
-                .appendingPathComponent("Images") as NSString).standardizingPath
+            imagesDirectory = images ?? Self.imagesDirectory(near: firstDir)
             scenarios = try files.map { try ScenarioParser.parse(file: $0, imagesDirectory: imagesDirectory) }
         } catch let error as ScenarioError {
             throw error

@@ -221,6 +221,7 @@ public final class MatrixRunner: @unchecked Sendable {
             var boot = result
             if let one { boot.name += " (\(one))" }
             await self.boot(scenario, disk: disk, firmware: one, directory: dir, into: &boot)
+            if let expect = scenario.expect { Self.judge(&boot, against: expect) }
             results.append(boot)
         }
         if !options.keepDisks, !scenario.source.isGivenDisk, results.allSatisfy({ $0.verdict == .passed || $0.verdict == .flaky }) {
@@ -228,6 +229,27 @@ public final class MatrixRunner: @unchecked Sendable {
             for index in results.indices { results[index].disk = nil }
         }
         return results
+    }
+
+    /// A scenario that proves a failure is caught passes when the boot ended as expected.
+    static func judge(_ result: inout ScenarioResult, against expect: Scenario.Expectation) {
+        let actual: Scenario.Expectation.Verdict
+        switch result.verdict {
+        case .passed, .flaky: actual = .passed
+        case .failed: actual = .failed
+        case .error: actual = .couldNotTest
+        case .skipped: return
+        }
+        let reason = result.reason ?? ""
+        let matches = expect.reason.map { reason.range(of: $0, options: .regularExpression) != nil } ?? true
+        if actual == expect.verdict, matches {
+            if actual != .passed { result.reason = "\(actual.rawValue) as expected: \(reason)" }
+            result.verdict = .passed
+        } else {
+            result.reason = "expected \(expect.verdict.rawValue)"
+                + (expect.reason.map { " with a reason matching \($0)" } ?? "") + ", got \(actual.rawValue): \(reason)"
+            result.verdict = .failed
+        }
     }
 
     /// Boots the disk once under `firmware` (the scenario's defaults otherwise), retrying a failed boot
@@ -262,10 +284,11 @@ public final class MatrixRunner: @unchecked Sendable {
                 failures += 1
                 result.verdict = .failed
                 if result.reason == nil { result.reason = "did not boot" }
+                if scenario.expect?.verdict == .failed { return }  // the failure it proves: no retry
             default:
                 result.verdict = .error
-                result.reason = "could not test: "
-                    + (verify.stderr.split(separator: "\n").last.map(String.init) ?? "d2l verify exited \(verify.status)")
+                let said = result.reason ?? verify.stderr.split(separator: "\n").last.map(String.init)
+                result.reason = "could not test: " + (said ?? "d2l verify exited \(verify.status)")
                 return
             }
         }

@@ -62,10 +62,23 @@ public struct Scenario: Sendable, Codable, Equatable {
         public var run: [Command] = []
     }
 
+    /// What the boot must end in, for a scenario that proves a failure is caught: the verdict of
+    /// `d2l verify` and a regular expression its reason must match.
+    public struct Expectation: Sendable, Codable, Equatable {
+        public enum Verdict: String, Sendable, Codable, CaseIterable {
+            case passed, failed
+            case couldNotTest = "could-not-test"
+        }
+        public var verdict: Verdict
+        public var reason: String?
+    }
+
     public var name: String
     public var file: String
     public var description: String?
     public var source: Source
+    /// nil: the boot must pass.
+    public var expect: Expectation?
     public var tags: [String]
     public var build: Build
     public var verify: Verify
@@ -128,7 +141,8 @@ public struct ScenarioError: Error, CustomStringConvertible, Sendable, Categoriz
 
 /// Reads and checks scenario files.
 public enum ScenarioParser {
-    static let topKeys: Set<String> = ["description", "recipe", "archive", "disk", "tags", "build", "verify"]
+    static let topKeys: Set<String> = ["description", "recipe", "archive", "disk", "tags", "build", "verify", "expect"]
+    static let expectKeys: Set<String> = ["verdict", "reason"]
     static let buildKeys: Set<String> = [
         "format", "size", "headroom", "append", "hostname", "root-password-empty", "root-password", "boot",
         "partition-table", "secure-boot",
@@ -285,9 +299,18 @@ public enum ScenarioParser {
                 if !verify.run.isEmpty, verify.login == nil { verify.login = "root" }
             }
         }
+        var expect: Scenario.Expectation?
+        if let e = top["expect"] {
+            guard let map = e as? [String: Any] else { throw fail("expect: expected verdict and reason") }
+            try checkKeys(map, allowed: expectKeys, at: "expect.", fail: fail)
+            let verdict = try choice(Scenario.Expectation.Verdict.self, map["verdict"] ?? "passed", "expect.verdict", fail)
+            let reason = try map["reason"].map { try string($0, "expect.reason", fail) }
+            if let reason { try checkRegex(reason, at: "expect.reason", fail: fail) }
+            expect = Scenario.Expectation(verdict: verdict, reason: reason)
+        }
         return Scenario(
             name: name, file: file, description: try top["description"].map { try string($0, "description", fail) },
-            source: source, tags: tags, build: build, verify: verify)
+            source: source, expect: expect, tags: tags, build: build, verify: verify)
     }
 
     private static func checkKeys(
