@@ -60,7 +60,21 @@ struct TestCommand: PolicedCommand {
     @Flag(help: "List the scenarios that would run, and exit.")
     var list = false
 
+    @Option(help: ArgumentHelp(
+        "Run only shard I of N (1-based): a deterministic split, balanced by --durations, so that N CI jobs finish together.",
+        valueName: "I/N"))
+    var shard: String?
+
+    @Option(help: ArgumentHelp("The results.json of an earlier run, whose times balance the shards.", valueName: "file"))
+    var durations: String?
+
+    @Flag(help: "Merge the results of shards: the arguments are their --output folders; writes one results.xml, results.json and report.html to --output.")
+    var merge = false
+
     func validate() throws {
+        if let shard { try usageErrors { _ = try Shard(parsing: shard) } }
+        if merge, paths.isEmpty { throw ValidationError("--merge needs the --output folders of the shards") }
+        if merge, shard != nil || list { throw ValidationError("--merge runs nothing: no --shard or --list with it") }
         if let jobs, jobs < 1 { throw ValidationError("--jobs must be at least 1") }
         if retries < 0 { throw ValidationError("--retries must be 0 or more") }
         if let filter, (try? NSRegularExpression(pattern: filter)) == nil {
@@ -81,6 +95,10 @@ struct TestCommand: PolicedCommand {
 
     func run() async throws {
         Cleanup.shared.installSignalHandlers()
+        if merge {
+            try write(try MatrixReport.merge(directories: paths))
+            return
+        }
         let inputs = paths.isEmpty ? ["Scenarios"] : paths
         let scenarios: [Scenario]
         let imagesDirectory: String
@@ -93,9 +111,13 @@ struct TestCommand: PolicedCommand {
             throw error
         }
         let regex = filter.flatMap { try? NSRegularExpression(pattern: $0) }
-        let chosen = scenarios.filter { s in
+        var chosen = scenarios.filter { s in
             (regex == nil || regex!.firstMatch(in: s.name, range: NSRange(s.name.startIndex..., in: s.name)) != nil)
                 && (tags.isEmpty || !Set(tags).isDisjoint(with: s.tags))
+        }
+        if let shard {
+            let times = try durations.map { try Shard.durations(fromResults: $0) } ?? [:]
+            chosen = try Shard(parsing: shard).select(chosen, durations: times)
         }
         if list {
             for s in chosen {
@@ -103,7 +125,10 @@ struct TestCommand: PolicedCommand {
             }
             return
         }
-        guard !chosen.isEmpty else { throw ScenarioError(file: inputs.joined(separator: " "), message: "no scenario matches") }
+        // A shard may be empty (more shards than scenarios): that is no error.
+        guard !chosen.isEmpty || shard != nil else {
+            throw ScenarioError(file: inputs.joined(separator: " "), message: "no scenario matches")
+        }
         let outputDir = URL(fileURLWithPath: output).standardizedFileURL.path
         try FileManager.default.createDirectory(atPath: outputDir, withIntermediateDirectories: true)
         let binary = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
@@ -117,8 +142,14 @@ struct TestCommand: PolicedCommand {
         log("\(chosen.count) scenario(s), \(options.jobs) at a time, results in \(outputDir)")
         let started = Date()
         let results = await MatrixRunner(options: options, log: log).run(chosen)
-        let report = MatrixReport(results: results, seconds: Date().timeIntervalSince(started))
+        try write(MatrixReport(results: results, seconds: Date().timeIntervalSince(started)))
+    }
 
+    /// Writes results.xml, results.json and report.html to --output (and --junit), prints the table or
+    /// JSON, and fails when a scenario did.
+    private func write(_ report: MatrixReport) throws {
+        let outputDir = URL(fileURLWithPath: output).standardizedFileURL.path
+        try FileManager.default.createDirectory(atPath: outputDir, withIntermediateDirectories: true)
         let junitText = report.junit()
         try junitText.write(toFile: outputDir + "/results.xml", atomically: true, encoding: .utf8)
         if let junit { try junitText.write(toFile: junit, atomically: true, encoding: .utf8) }

@@ -282,18 +282,33 @@ public final class DiskBuilder {
 
         var final = temp
         if format != .raw {
-            phase("converting to \(format.rawValue)")
-            let converted = temp + "." + format.rawValue
+            phase("converting to \(format.qemuFormat)")
+            let converted = temp + "." + format.qemuFormat
             Cleanup.shared.add(converted)
             defer { Cleanup.shared.remove(converted) }
             do {
-                try await ProcessRunner.run(["qemu-img", "convert", "-f", "raw", "-O", format.rawValue, temp, converted])
+                try await ProcessRunner.run(["qemu-img", "convert", "-f", "raw", "-O", format.qemuFormat, temp, converted])
             } catch {
                 try? FileManager.default.removeItem(atPath: converted)
                 throw error
             }
             try FileManager.default.removeItem(atPath: temp)
             final = converted
+        }
+        if format == .containerdisk {
+            phase("packing a KubeVirt containerDisk")
+            let archive = temp + ".oci.tar"
+            Cleanup.shared.add(archive)
+            defer { Cleanup.shared.remove(archive) }
+            do {
+                try ContainerDiskWriter.write(
+                    disk: final, name: "disk.qcow2", architecture: "amd64", mtime: mtime, output: archive, scratch: scratch)
+            } catch {
+                try? FileManager.default.removeItem(atPath: archive)
+                throw error
+            }
+            try FileManager.default.removeItem(atPath: final)
+            final = archive
         }
         if options.sync {
             phase("syncing to the device")

@@ -4,11 +4,17 @@ import Foundation
 /// everything but raw is converted with `qemu-img convert`.
 public enum DiskFormat: String, CaseIterable, Sendable, Codable, CustomStringConvertible {
     case raw, qcow2, vmdk, vdi, vhdx, vpc
+    /// A KubeVirt containerDisk: an OCI image archive holding the disk as qcow2 under /disk/.
+    case containerdisk
+
+    /// The format QEMU reads the disk in (a containerDisk holds a qcow2).
+    public var qemuFormat: String { self == .containerdisk ? "qcow2" : rawValue }
 
     public var description: String { rawValue }
 
     /// The format a file name implies (`.vhd` is qemu-img's vpc); nil for an extension d2l does not know.
     public static func fromExtension(_ path: String) -> DiskFormat? {
+        if path.lowercased().hasSuffix(".oci.tar") { return .containerdisk }
         switch URL(fileURLWithPath: path).pathExtension.lowercased() {
         case "img", "raw": return .raw
         case "qcow2": return .qcow2
@@ -25,6 +31,7 @@ public enum DiskFormat: String, CaseIterable, Sendable, Codable, CustomStringCon
         switch self {
         case .raw: return "img"
         case .vpc: return "vhd"
+        case .containerdisk: return "oci.tar"
         default: return rawValue
         }
     }

@@ -24,6 +24,8 @@ public struct ScenarioResult: Sendable, Codable {
     public var stages: [Stage] = []
     public var kernelVersion: String?
     public var attempts: Int = 0
+    /// Wall time of the whole scenario (its build and its boots), for balancing CI shards.
+    public var seconds: Double?
     public var disk: String?
     public var transcript: String?
     public var lastLines: [String] = []
@@ -120,7 +122,7 @@ public final class MatrixRunner: @unchecked Sendable {
             }
             for _ in 0..<max(1, options.jobs) { startNext() }
             for await (index, result, elapsed) in group {
-                results[index] = result
+                results[index] = result.map { var r = $0; r.seconds = elapsed; return r }
                 seconds[index] = elapsed
                 result.forEach(report)
                 startNext()

@@ -289,13 +289,17 @@ private struct Run {
         let incorrect = ConsolePattern(builtIn: #"Login incorrect|Authentication failure|Permission denied"#)
         let prompt = ConsolePattern(builtIn: #"login:\s*$"#)
         try session.type(login.user + "\r")
-        var (index, _) = try await waitFor(session, [shell, password, incorrect, prompt], deadline: deadline) {
+        // The prompt counts as come back only once the user name's echo has ended its line: the prompt
+        // still on the console when d2l typed is not an answer.
+        var (index, _) = try await waitFor(
+            session, [shell, password, incorrect, prompt], deadline: deadline, afterALine: [3]
+        ) {
             SessionFailure(reason: "no answer to the user name \(login.user) within \(Int(deadline.seconds)) s", couldNotTest: true)
         }
         if !answersInput {
             // A replayed log: the prompts getty printed again for d2l's newlines come before the user name.
             while index == 3 {
-                (index, _) = try await waitFor(session, [shell, password, incorrect, prompt], deadline: deadline) {
+                (index, _) = try await waitFor(session, [shell, password, incorrect, prompt], deadline: deadline, afterALine: [3]) {
                     SessionFailure(reason: "no answer to the user name \(login.user) in the log", couldNotTest: true)
                 }
             }
@@ -303,7 +307,7 @@ private struct Run {
         switch index {
         case 1:
             try session.type((login.password ?? "") + "\r")
-            (index, _) = try await waitFor(session, [shell, incorrect, prompt], deadline: deadline) {
+            (index, _) = try await waitFor(session, [shell, incorrect, prompt], deadline: deadline, afterALine: [2]) {
                 SessionFailure(reason: "no shell prompt within \(Int(deadline.seconds)) s of the password", couldNotTest: true)
             }
             if index != 0 {
@@ -375,20 +379,23 @@ private struct Run {
 
     private mutating func waitFor(
         _ session: ConsoleSession, _ patterns: [ConsolePattern], deadline: Duration, promptOK: Bool = true,
-        failure: () -> SessionFailure
+        afterALine: Set<Int> = [], failure: () -> SessionFailure
     ) async throws -> (Int, [String]) {
         var ignored: [String] = []
         return try await waitFor(
-            session, patterns, deadline: deadline, promptOK: promptOK, collect: &ignored, failure: failure)
+            session, patterns, deadline: deadline, promptOK: promptOK, afterALine: afterALine, collect: &ignored,
+            failure: failure)
     }
 
     /// Waits for the first line matching one of `patterns`; collects the userspace lines before it
-    /// (the kernel's are judged, not collected).
+    /// (the kernel's are judged, not collected). A prompt-like pattern in `afterALine` matches an
+    /// unfinished line only after a whole line came during the wait.
     private mutating func waitFor(
         _ session: ConsoleSession, _ patterns: [ConsolePattern], deadline: Duration, promptOK: Bool,
-        collect: inout [String], failure: () -> SessionFailure
+        afterALine: Set<Int> = [], collect: inout [String], failure: () -> SessionFailure
     ) async throws -> (Int, [String]) {
         let start = session.now
+        var sawALine = false
         while true {
             switch await session.next() {
             case .closed:
@@ -410,9 +417,11 @@ private struct Run {
                         }
                     }
                     collect.append(text)
+                    sawALine = true
                 }
                 if promptOK, !partial.isEmpty {
-                    for (index, pattern) in patterns.enumerated() where pattern.matchesPrompt {
+                    for (index, pattern) in patterns.enumerated()
+                    where pattern.matchesPrompt && (sawALine || !afterALine.contains(index)) {
                         if let captures = pattern.firstMatch(in: partial) { return (index, captures) }
                     }
                 }

@@ -145,3 +145,58 @@ struct MatrixReportTests {
         #expect(html.contains("#cc0000"))  // the failure marker
     }
 }
+
+@Suite("CI shards and merged results")
+struct ShardTests {
+    static func scenarios(_ names: [String]) throws -> [Scenario] {
+        try names.map { try ScenarioParser.parse("recipe: \($0)\n", file: "/s/\($0).yaml", imagesDirectory: nil) }
+    }
+
+    @Test func everyScenarioLandsInExactlyOneShard() throws {
+        let all = try Self.scenarios((1...11).map { "s\($0)" })
+        for count in 1...5 {
+            var seen: [String] = []
+            for index in 1...count {
+                seen += try Shard(parsing: "\(index)/\(count)").select(all).map(\.name)
+            }
+            #expect(seen.sorted() == all.map(\.name).sorted(), "\(count) shards")
+        }
+        // The same split wherever it runs, whatever order the files came in.
+        #expect(try Shard(parsing: "2/3").select(all).map(\.name) == Shard(parsing: "2/3").select(all.reversed()).map(\.name).reversed())
+    }
+
+    @Test func durationsBalanceTheShards() throws {
+        let all = try Self.scenarios(["long", "a", "b", "c", "d"])
+        let durations = ["long.yaml": 400.0, "a.yaml": 100, "b.yaml": 100, "c.yaml": 100, "d.yaml": 100]
+        let one = try Shard(parsing: "1/2").select(all, durations: durations).map(\.name)
+        let two = try Shard(parsing: "2/2").select(all, durations: durations).map(\.name)
+        #expect(one == ["long"])  // 400 s against 4 x 100 s
+        #expect(two.sorted() == ["a", "b", "c", "d"])
+    }
+
+    @Test func badShardsAreUsageErrors() {
+        for text in ["0/3", "4/3", "1/0", "a/b", "2", "1/2/3"] {
+            #expect(throws: ScenarioError.self, "\(text)") { try Shard(parsing: text) }
+        }
+    }
+
+    @Test func shardsMergeIntoOneReport() throws {
+        let base = NSTemporaryDirectory() + "d2l-merge-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        for (shard, name, verdict) in [("one", "debian", ScenarioResult.Verdict.passed), ("two", "alpine", .failed)] {
+            try FileManager.default.createDirectory(atPath: base + "/" + shard, withIntermediateDirectories: true)
+            var result = ScenarioResult(name: name, file: "/s/\(name).yaml", tags: [], verdict: verdict)
+            result.seconds = shard == "one" ? 50 : 70
+            try MatrixReport(results: [result], seconds: result.seconds ?? 0).json()
+                .write(toFile: base + "/" + shard + "/results.json", atomically: true, encoding: .utf8)
+        }
+        let merged = try MatrixReport.merge(directories: [base + "/one", base + "/two"])
+        #expect(merged.results.map(\.name) == ["debian", "alpine"])
+        #expect(merged.seconds == 70)
+        #expect(merged.counts.failed == 1 && merged.counts.passed == 1)
+        #expect(merged.table().contains("alpine") && merged.html(relativeTo: base).contains("debian"))
+        let durations = try Shard.durations(fromResults: base + "/two/results.json")
+        #expect(durations == ["alpine.yaml": 70])
+        #expect(throws: ScenarioError.self) { try MatrixReport.merge(directories: [base + "/missing"]) }
+    }
+}

@@ -85,6 +85,30 @@ struct BuildTests {
         try await verifyBoots(disk, expect: "booted (bios: booted, uefi: booted)")
     }
 
+    @Test("a KubeVirt containerDisk: podman loads it, /disk/disk.qcow2 belongs to 107, and the disk taken back out boots")
+    func containerDisk() async throws {
+        let dir = try Fixtures.scratchDirectory("containerdisk")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let archive = dir + "/disk.oci.tar"
+        let build = try await Fixtures.d2l(["build", try await Fixtures.debianDockerArchive(), "-o", archive, "--root-password-empty", "-q"])
+        try #require(build.status == 0, "build failed: \(build.stderr)")
+        let podman = ["podman", "--cgroup-manager", "cgroupfs"]
+        let load = try await Fixtures.run(podman + ["load", "-q", "-i", archive])
+        try #require(load.status == 0, "podman load: \(load.stderr)")
+        let image = try #require(load.stdout.split(separator: " ").last.map { $0.trimmingCharacters(in: .whitespacesAndNewlines) })
+        defer { Task { _ = try? await Fixtures.run(podman + ["rmi", "-f", image]) } }
+        let create = try await Fixtures.run(podman + ["create", image, "/none"])
+        try #require(create.status == 0, "podman create: \(create.stderr)")
+        let container = create.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let export = try await Fixtures.run(["sh", "-c", "\"$@\" export \(container) | tar -C \(dir) -xpf - && tar -tvf - < /dev/null; "
+            + "\"$@\" rm \(container) >/dev/null", "sh"] + podman)
+        #expect(export.status == 0, "\(export.stderr)")
+        var st = stat()
+        #expect(stat(dir + "/disk/disk.qcow2", &st) == 0)
+        #expect(st.st_uid == 107 && st.st_gid == 107 && st.st_mode & 0o777 == 0o440)
+        try await verifyBoots(dir + "/disk/disk.qcow2", firmware: ["bios"])
+    }
+
     @Test("oci-archive -> qcow2 disk boots to login under UEFI")
     func ociArchiveToQcow2() async throws {
         let dir = try Fixtures.scratchDirectory("oci")
