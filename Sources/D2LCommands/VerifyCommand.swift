@@ -87,10 +87,10 @@ struct VerifyCommand: PolicedCommand {
     @Option(help: "What a kernel WARNING, Oops, BUG, soft lockup, RCU stall or hung task does (default: warn).")
     var kernelWarnings: KernelWarningsPolicy?
 
-    @Option(help: "Seconds failure patterns stay armed after the last stage, so a crash right after the prompt fails the boot (default: 5).")
+    @Option(help: "Seconds failure patterns stay armed after the last stage, so a crash right after the prompt fails the boot (default: 8).")
     var settle: Double?
 
-    @Option(help: "Seconds without console output, before the last stage, that fail the boot; 0 for no limit (default: 120).")
+    @Option(help: "Seconds without console output, before the last stage, that fail the boot; 0 for no limit (default: 180).")
     var silence: Double?
 
     @Option(help: "After the login prompt, log in as USER or USER:PASSWORD.")

@@ -26,7 +26,7 @@ public struct StagePlan: Sendable {
         ("firmware (SeaBIOS)", ConsolePattern(builtIn: #"^SeaBIOS \(version "#))
     ]
 
-    public static let defaultSilence: Duration = .seconds(120)
+    public static let defaultSilence: Duration = .seconds(180)
     public static let defaultSettle: Duration = .seconds(8)
 
     public init(
