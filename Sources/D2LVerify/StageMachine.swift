@@ -143,7 +143,7 @@ public struct StageMachine: Sendable {
         }
         if inSession { return events }
         if let reset = bannerRepeated(line.text, at: time) { return events + [reset] }
-        events += promptLine(line.text, at: time)
+        events += promptLine(line.text, isKernel: line.isKernel, at: time)
         if failure != nil { return events }
         events += matchStage(line.text, at: time, complete: true)
         return events
@@ -243,7 +243,7 @@ public struct StageMachine: Sendable {
 
     /// A complete line while a prompt is awaited: a prompt followed by a newline or other text on its
     /// line (only getty printing it again can confirm it), or output after a candidate prompt.
-    private mutating func promptLine(_ text: String, at time: Duration) -> [StageEvent] {
+    private mutating func promptLine(_ text: String, isKernel: Bool, at time: Duration) -> [StageEvent] {
         guard let index = reachablePromptStage() else { return [] }
         let followed = Self.promptWithTrailingText(text)
         if !canNudge, let followed, let typedUser, text == followed + typedUser {
@@ -253,7 +253,8 @@ public struct StageMachine: Sendable {
         }
         if var candidate {
             if candidate.nudgedAt != nil {
-                candidate.linesSinceNudge += 1
+                // getty's answer to the newline ends the prompt's line; a kernel message cut out of it does not.
+                if !isKernel { candidate.linesSinceNudge += 1 }
                 self.candidate = candidate
                 return []
             }
@@ -372,8 +373,10 @@ public struct StageMachine: Sendable {
             let isLast = current == plan.stages.count - 1
             if stage.isRequired || isLast {
                 let first = unseenSinceDeadline.first ?? (stage.name, stage.deadline)
-                let event = StageEvent.failed(
-                    stage: first.name, at: time, reason: .deadline(seconds: first.deadline.seconds), lines: [])
+                // A console whose last line is a power-off or reset explains the wait better than the deadline.
+                let reason = Self.explainedEnding([lastLine]).map { FailureReason.guestStopped(how: $0) }
+                    ?? .deadline(seconds: first.deadline.seconds)
+                let event = StageEvent.failed(stage: first.name, at: time, reason: reason, lines: [])
                 failure = event
                 return events + [event]
             }
