@@ -47,7 +47,7 @@ struct BootPartition: Sendable {
         ]
         if epoch != nil { args.append("--invariant") }
         args += [diskPath, "\(partition.byteCount / 1024)"]
-        try await ProcessRunner.run(args)
+        try await ProcessRunner.run(args, environment: env)
     }
 
     /// Creates a directory on the partition.
@@ -65,6 +65,6 @@ struct BootPartition: Sendable {
     func installSyslinux() async throws {
         try await ProcessRunner.run([
             "syslinux", "--install", "--offset", "\(partition.byteOffset)", "--directory", "/syslinux", diskPath,
-        ])
+        ], environment: env)
     }
 }
