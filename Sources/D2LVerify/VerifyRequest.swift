@@ -253,8 +253,12 @@ public enum DiskVerifier {
             + (timed ? "timed by \(file).timing" : "timed by its printk timestamps and 115200 baud")))
         // The log's end is the guest's, a moment after its last byte: after the longest quiet any check
         // waits for (a prompt staying last, the settle time, the silence budget).
-        let quietest = max(plan.settle + plan.promptQuiet, plan.silence ?? .zero)
-        let hypervisor = ReplayHypervisor(transcript: transcript, closeAtEnd: true, endDelay: quietest + .seconds(1))
+        // A log that ends in a power-off or reset ends there, as QEMU does.
+        var text = ConsoleText()
+        let lastLines = text.append(transcript.bytes.suffix(4096)).suffix(5).map(\.text)
+        let endDelay = StageMachine.explainedEnding(lastLines) != nil
+            ? .milliseconds(200) : max(plan.settle + plan.promptQuiet, plan.silence ?? .zero) + .seconds(1)
+        let hypervisor = ReplayHypervisor(transcript: transcript, closeAtEnd: true, endDelay: endDelay)
         var options = VerifyOptions(plan: plan, login: login, commands: commands)
         options.endOfConsole = "the transcript ended before it"
         let verifier = BootVerifier(hypervisor: hypervisor, options: options)

@@ -167,6 +167,8 @@ import Testing
         let off = try await Self.replay("poweroff-during-boot")
         #expect(!off.passed)
         #expect(off.reason?.contains("the guest powered off before reaching it (reboot: Power down)") == true, "\(off.reason ?? "")")
+        #expect(off.seconds - (try Self.time(of: "reboot: Power down", in: "poweroff-during-boot")) < 1)
+        #expect(reset.seconds - (try Self.time(of: "SeaBIOS", in: "reset-during-boot")) < 60)
     }
 
     @Test func aRefusedPasswordIsNoVerdictOnTheBoot() async throws {
