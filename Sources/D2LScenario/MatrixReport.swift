@@ -20,7 +20,7 @@ public struct MatrixReport: Sendable {
         )
     }
 
-    static let stageOrder = ["bootloader", "kernel", "init", "login"]
+    static let stageOrder = ["firmware", "bootloader", "kernel", "init", "login"]
 
     /// The table printed at the end of `d2l test`.
     public func table() -> String {
@@ -151,7 +151,7 @@ public struct MatrixReport: Sendable {
 
     /// A self-contained page: one timeline per scenario on a shared time axis, verdicts, transcript links.
     public func html(relativeTo directory: String) -> String {
-        let colors = ["bootloader": "#8e7cc3", "kernel": "#6fa8dc", "init": "#f6b26b", "login": "#93c47d"]
+        let colors = ["firmware": "#c9c9c9", "bootloader": "#8e7cc3", "kernel": "#6fa8dc", "init": "#f6b26b", "login": "#93c47d"]
         let axis = max(10, results.compactMap { r in r.stages.compactMap(\.seconds).max() }.max() ?? 10)
         let width = 720.0
         var rows = ""
