@@ -94,6 +94,10 @@ public enum D2LMain {
             return 0
         } catch let exit as ExitCode {
             return exit.rawValue
+        } catch where D2LCommand.exitCode(for: error) == .success {
+            // `d2l help build` and `--help` after a subcommand end as a help request thrown from run().
+            print(D2LCommand.fullMessage(for: error))
+            return 0
         } catch {
             let category = error.errorCategory
             let text = "\(error)"

@@ -30,6 +30,13 @@ import D2LVerify
         #expect(await D2LMain.run(["--version"]) == 0)
     }
 
+    @Test func helpIsPrintedForEveryWayOfAskingForIt() async {
+        // `d2l build --help` and `d2l help build` reach run() as a help request; both are help, status 0.
+        for arguments in [["--help"], ["build", "--help"], ["help", "build"], ["verify", "-h"], ["help"]] {
+            #expect(await D2LMain.run(arguments) == 0, "d2l \(arguments.joined(separator: " "))")
+        }
+    }
+
     @Test func runtimeErrorsFollowEachCommandsPolicy() async throws {
         // A missing disk is "could not test" for verify (git bisect run skips), an error (1) for inspect.
         #expect(await D2LMain.run(["verify", "/nonexistent/d2l.img"]) == 125)
