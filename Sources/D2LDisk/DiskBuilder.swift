@@ -126,6 +126,8 @@ public final class DiskBuilder {
         try Self.placeCapturedBootFiles(tree, in: scratch + "/boot")
         try? FileManager.default.removeItem(atPath: scratch + "/scan")
         for warning in tree.warnings.prefix(20) { progress.note("warning: \(warning)") }
+        let longNames = tree.paths(withNamesLongerThan: TreeWriter.maximumNameLength)
+        guard longNames.isEmpty else { throw DiskError.nameTooLong(longNames.map(\.display).sorted()) }
         let facts = BootFacts.examine(tree, architecture: image.architecture, initOverride: options.initPath)
         guard facts.problems.isEmpty, let kernel = facts.kernel, let initrdPath = kernel.initrdPath else {
             throw DiskError.cannotBoot(facts.problems)

@@ -133,6 +133,20 @@ public final class FileTree {
         return out
     }
 
+    /// Paths whose last name is longer than `limit` bytes (ext4 holds 255), in no particular order.
+    public func paths(withNamesLongerThan limit: Int) -> [ImagePath] {
+        var out: [ImagePath] = []
+        var stack: [(ImagePath, TreeNode)] = [([], root)]
+        while let (path, node) = stack.popLast() {
+            for (name, child) in node.children {
+                let childPath = path.isEmpty ? name : path + [UInt8(ascii: "/")] + name
+                if name.count > limit { out.append(childPath) }
+                if child.kind == .directory, !child.children.isEmpty { stack.append((childPath, child)) }
+            }
+        }
+        return out
+    }
+
     /// Computes link sources and sizes once the tree is complete.
     func finalise() {
         var s = Stats()

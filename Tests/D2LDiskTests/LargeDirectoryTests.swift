@@ -124,6 +124,22 @@ struct LargeDirectoryTests {
         try Self.expectClean(fixture)
     }
 
+    @Test("a name over 255 bytes is refused with its path")
+    func nameTooLong() throws {
+        let fixture = try Ext4Fixture()
+        defer { fixture.remove() }
+        let name = String(repeating: "x", count: 256)
+        let layers = try fixture.layers([[.file("etc/ok", "ok"), .file("etc/" + name, "too long")]])
+        let tree = try LayerFlattener().scan(layers)
+        #expect(tree.paths(withNamesLongerThan: 255) == [ImagePath("etc/" + name)])
+        #expect {
+            try fixture.build(layers)
+        } throws: { error in
+            guard let error = error as? DiskError, case .nameTooLong = error else { return false }
+            return error.description.contains("/etc/" + name)
+        }
+    }
+
     @Test("the writer refuses an empty name and one over 255 bytes")
     func writerChecksNames() throws {
         let fixture = try Ext4Fixture()
