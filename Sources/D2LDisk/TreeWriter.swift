@@ -38,6 +38,7 @@ public struct TreeWriter {
     ) throws -> Result {
         var result = Result()
         var directoryInodes: [ImagePath: Ext4Writer.Inode] = [[]: Ext4Writer.rootInode]
+        ext4.reserveNames(tree.stats.names + 1, bytes: tree.stats.nameBytes + 10)  // + lost+found
         try ext4.setMetadata(Ext4Writer.rootInode, tree.root.metadata)
         for (path, node) in tree.directories() where !path.isEmpty {
             let (parentPath, name) = path.splitParent

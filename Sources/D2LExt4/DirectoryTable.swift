@@ -32,6 +32,13 @@ struct DirectoryTable {
     private(set) var names: [UInt8] = []
     private(set) var directories: [UInt32: Directory] = [:]
 
+    /// Makes room for `count` names of `bytes` bytes in all, so that the tables are not regrown
+    /// (growing doubles an array while the old one is still held).
+    mutating func reserve(_ count: Int, bytes: Int) {
+        entries.reserveCapacity(count)
+        names.reserveCapacity(bytes)
+    }
+
     /// Registers a directory made by the writer, so that it is written even if it stays empty.
     mutating func create(_ ino: UInt32, parent: UInt32) {
         directories[ino] = Directory(parent: parent)

@@ -175,6 +175,12 @@ public final class Ext4Writer {
 
     // MARK: public operations
 
+    /// Says how many names (and bytes of names) are coming, so that the memory that holds them
+    /// until `close()` is allocated once.
+    public func reserveNames(_ count: Int, bytes: Int) {
+        directoryTable.reserve(count, bytes: bytes)
+    }
+
     /// Sets owner, mode, times and xattrs of an existing inode (the root directory, say).
     ///
     /// - Throws: `Ext4Error.library` when libext2fs cannot read or write the inode or its attributes.
