@@ -76,6 +76,20 @@ struct LargeDirectoryTests {
         try Self.expectClean(fixture)
     }
 
+    @Test("without dir_index a large directory is linear blocks, one after another")
+    func withoutDirIndex() throws {
+        let fixture = try Ext4Fixture(mkfsOptions: ["-b", "4096", "-O", "^dir_index"])
+        defer { fixture.remove() }
+        let names = (0..<2000).map { "file-" + String(100_000 + $0) }
+        let (_, fs) = try fixture.build([names.map { .file("flat/" + $0, $0) }])
+        let flat = try fs.stat("flat")
+        #expect(flat.raw.i_flags & Self.indexFlag == 0)
+        #expect(flat.size >= 10 * 4096)
+        #expect(try fs.list("flat") == names)
+        for name in [names[0], names[1000], names[1999]] { #expect(try fs.read("flat/" + name) == Array(name.utf8)) }
+        try Self.expectClean(fixture)
+    }
+
     @Test("255-byte names, non-UTF-8 names, hard links and subdirectories across hashed directories")
     func unusualNames() throws {
         let fixture = try Ext4Fixture()
