@@ -191,10 +191,7 @@ public final class Ext4Writer {
         try setXattrs(ino, meta.xattrs)
     }
 
-    /// Creates a directory and returns its inode.
-    ///
-    /// - Throws: `Ext4Error.library` when no inode or block is left or the name cannot be linked.
-    /// The directory gets its blocks when the writer is closed.
+    /// Creates a directory and returns its inode. The directory gets its blocks when the writer is closed.
     ///
     /// - Throws: `Ext4Error.invalidName` for an empty name or one over 255 bytes, `Ext4Error.library` when no inode is left.
     public func mkdir(parent: Inode, name: [UInt8], metadata: FileMetadata) throws -> Inode {
