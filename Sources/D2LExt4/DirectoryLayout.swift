@@ -139,7 +139,9 @@ struct DirectoryLayout {
         var last = -1
         var starts = [0]
         if let dots {
-            writeEntry(at: 0, ino: dots.directory, recordLength: 12, name: [UInt8(ascii: ".")], type: Self.directoryType, format)
+            writeEntry(
+                at: 0, ino: dots.directory, recordLength: 12, name: [UInt8(ascii: ".")], type: Self.directoryType,
+                format)
             writeEntry(
                 at: 12, ino: dots.parent, recordLength: 12, name: [UInt8(ascii: "."), UInt8(ascii: ".")],
                 type: Self.directoryType, format)

@@ -54,7 +54,9 @@ struct DirectoryTable {
         }
         let index = UInt32(entries.count)
         entries.append(
-            Entry(ino: ino, next: Self.none, nameStart: UInt32(names.count), nameLength: UInt8(name.count), fileType: fileType))
+            Entry(
+                ino: ino, next: Self.none, nameStart: UInt32(names.count), nameLength: UInt8(name.count),
+                fileType: fileType))
         names.append(contentsOf: name)
         var dir = directories[directory] ?? Directory(parent: nil)
         if dir.last == Self.none {

@@ -498,11 +498,12 @@ public final class Ext4Writer {
                 for i in 0..<run.length {
                     let logical = Int(run.logical + i)
                     guard logical < layout.blockCount else { break }
-                    block.withUnsafeMutableBytes {
-                        $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[(logical * blockSize)..<((logical + 1) * blockSize)]))
-                    }
+                    let source = bytes[(logical * blockSize)..<((logical + 1) * blockSize)]
+                    block.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: source)) }
                     // Sets the leaf's or the index block's checksum when the file system has metadata_csum.
-                    let code = block.withUnsafeMutableBytes { ext2fs_write_dir_block4(fs, run.physical + i, $0.baseAddress, 0, ino) }
+                    let code = block.withUnsafeMutableBytes {
+                        ext2fs_write_dir_block4(fs, run.physical + i, $0.baseAddress, 0, ino)
+                    }
                     try Ext4Error.check(code, "write block \(logical) of directory \(ino)")
                 }
             }

@@ -165,7 +165,9 @@ struct LargeDirectoryTests {
                 _ = try writer.mkdir(parent: Ext4Writer.rootInode, name: name, metadata: EntryMetadata(permissions: 0o755))
             }
             #expect(throws: Ext4Error.self) {
-                try writer.symlink(parent: Ext4Writer.rootInode, name: name, target: Array("x".utf8), metadata: EntryMetadata(permissions: 0o777))
+                try writer.symlink(
+                    parent: Ext4Writer.rootInode, name: name, target: Array("x".utf8),
+                    metadata: EntryMetadata(permissions: 0o777))
             }
         }
         try writer.close()
