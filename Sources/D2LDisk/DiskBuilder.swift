@@ -136,6 +136,8 @@ public final class DiskBuilder {
             throw error
         }
         for warning in tree.warnings.prefix(20) { progress.note("warning: \(warning)") }
+        let longNames = tree.paths(withNamesLongerThan: TreeWriter.maximumNameLength)
+        guard longNames.isEmpty else { throw DiskError.nameTooLong(longNames.map(\.display).sorted()) }
         let facts = BootFacts.examine(tree, architecture: image.architecture, initOverride: options.initPath)
         guard facts.problems.isEmpty, let kernel = facts.kernel, let initrdPath = kernel.initrdPath else {
             throw DiskError.cannotBoot(facts.problems)
@@ -182,7 +184,9 @@ public final class DiskBuilder {
         let bootSize = Self.roundUp(max(16 << 20, bootBytes + bootBytes / 8 + (8 << 20)), to: 1 << 20)
         let stats = tree.stats
         let inodes = UInt64(stats.inodes) + UInt64(stats.inodes) / 4 + 1024
-        let contentBytes = stats.dataBlocks4K * 4096 + UInt64(stats.directories + stats.longSymlinks) * 4096
+        // Directories: a block each, and the names' records (8 bytes + the name, padded to 4) beyond it.
+        let directoryBytes = UInt64(stats.directories) * 4096 + UInt64(stats.nameBytes + 11 * stats.names)
+        let contentBytes = stats.dataBlocks4K * 4096 + directoryBytes + UInt64(stats.longSymlinks) * 4096
         let headroom = max(UInt64(Double(contentBytes) * options.headroom), options.minimumHeadroom)
         let needed = Self.ext4Size(content: contentBytes, inodes: inodes, free: 0)
         var rootSize = Self.ext4Size(content: contentBytes, inodes: inodes, free: headroom)

@@ -8,6 +8,8 @@ public enum DiskError: Error, CustomStringConvertible, Sendable, CategorizedErro
     case tooSmall(requested: UInt64, needed: UInt64)
     case tool(String)
     case badOption(String)
+    /// Names longer than ext4's 255 bytes, by path.
+    case nameTooLong([String])
 
     public var description: String {
         switch self {
@@ -24,13 +26,17 @@ public enum DiskError: Error, CustomStringConvertible, Sendable, CategorizedErro
             return message
         case .badOption(let message):
             return message
+        case .nameTooLong(let paths):
+            return "ext4 names hold at most 255 bytes; the image has longer ones, shorten or remove them:\n"
+                + paths.prefix(20).map { "  - " + $0 }.joined(separator: "\n")
+                + (paths.count > 20 ? "\n  (and \(paths.count - 20) more)" : "")
         }
     }
 
     /// An image that cannot boot, an existing output and bad sizes are the user's to fix.
     public var category: ErrorCategory {
         switch self {
-        case .cannotBoot, .outputExists, .tooSmall, .badOption: return .usage
+        case .cannotBoot, .outputExists, .tooSmall, .badOption, .nameTooLong: return .usage
         case .io, .tool: return .failed
         }
     }

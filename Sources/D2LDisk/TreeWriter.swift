@@ -20,6 +20,9 @@ public struct TreeWriter {
         self.extraCaptures = extraCaptures
     }
 
+    /// The longest name ext4 holds, in bytes.
+    public static let maximumNameLength = 255
+
     public struct Result: Sendable {
         public var bytesWritten: UInt64 = 0
         public var filesWritten = 0
@@ -35,6 +38,7 @@ public struct TreeWriter {
     ) throws -> Result {
         var result = Result()
         var directoryInodes: [ImagePath: Ext4Writer.Inode] = [[]: Ext4Writer.rootInode]
+        ext4.reserveNames(tree.stats.names + 1, bytes: tree.stats.nameBytes + 10)  // + lost+found
         try ext4.setMetadata(Ext4Writer.rootInode, tree.root.metadata)
         for (path, node) in tree.directories() where !path.isEmpty {
             let (parentPath, name) = path.splitParent
@@ -50,6 +54,7 @@ public struct TreeWriter {
                 }
                 continue
             }
+            try Self.checkName(path)
             directoryInodes[path] = try ext4.mkdir(parent: parent, name: name, metadata: node.metadata)
         }
 
@@ -64,6 +69,7 @@ public struct TreeWriter {
                 let ref = EntryRef(layer: index, ordinal: ordinal)
                 if entry.kind == .directory { continue }
                 let final = tree.isFinal(ref, at: entry.path)
+                if final != nil { try Self.checkName(entry.path) }
                 let (parentPath, name) = entry.path.splitParent
                 switch entry.kind {
                 case .regular(let size):
@@ -132,6 +138,12 @@ public struct TreeWriter {
         case .regular, .directory, .hardlink:
             break
         }
+    }
+
+    /// Refuses a name ext4 cannot hold, naming its path (the writer itself knows only the name).
+    static func checkName(_ path: ImagePath) throws {
+        let (_, name) = path.splitParent
+        guard name.count <= maximumNameLength else { throw DiskError.nameTooLong([path.display]) }
     }
 
     private func isBoot(_ path: ImagePath) -> Bool {

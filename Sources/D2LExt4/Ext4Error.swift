@@ -7,6 +7,16 @@ public enum Ext4Error: Error, CustomStringConvertible, Sendable {
     case library(operation: String, code: Int, message: String)
     /// A read or write of the disk file itself failed.
     case io(path: String, reason: String)
+    /// A name ext4 cannot hold: empty, or longer than 255 bytes.
+    case invalidName(name: [UInt8])
+    /// The same name twice in one directory (inode `directory`).
+    case duplicateName(directory: UInt32, name: [UInt8])
+    /// A directory whose htree would need more index levels than the file system allows.
+    case directoryTooLarge(directory: UInt32, names: Int)
+    /// More subdirectories than a link count can say, on a file system without dir_nlink.
+    case tooManySubdirectories(directory: UInt32, count: Int)
+    /// More names than the writer's in-memory directory table can index (4 G entries or 4 GiB of names).
+    case tooManyNames(Int)
 
     public var description: String {
         switch self {
@@ -14,6 +24,21 @@ public enum Ext4Error: Error, CustomStringConvertible, Sendable {
             return "ext4: \(operation) failed: \(message) (libext2fs error \(code))"
         case .io(let path, let reason):
             return "\(path): \(reason)"
+        case .invalidName(let name):
+            return name.isEmpty
+                ? "ext4: an empty file name cannot be linked"
+                : "ext4: the name \"\(String(decoding: name.prefix(40), as: UTF8.self))...\" is \(name.count) bytes long; "
+                    + "ext4 names hold at most 255 bytes: shorten it in the image"
+        case .duplicateName(let directory, let name):
+            return "ext4: \"\(String(decoding: name, as: UTF8.self))\" occurs twice in the directory at inode \(directory)"
+        case .directoryTooLarge(let directory, let names):
+            return "ext4: the directory at inode \(directory) holds \(names) names, more than a hashed directory "
+                + "of this file system can index: spread them over several directories"
+        case .tooManySubdirectories(let directory, let count):
+            return "ext4: the directory at inode \(directory) has \(count) subdirectories; without the dir_nlink "
+                + "feature a directory can have at most \(EXT2_LINK_MAX - 2)"
+        case .tooManyNames(let count):
+            return "ext4: \(count) names: more than the writer's directory table can hold"
         }
     }
 

@@ -8,6 +8,11 @@ import Foundation
 /// File data does not go through libext2fs's block cache: blocks are
 /// allocated as extents, then the data is written with pwrite straight to
 /// their place in the disk file.
+///
+/// Names are not linked one by one (`ext2fs_link` scans the whole directory each time, which
+/// makes a large directory quadratic): each directory's names are kept in memory as they come,
+/// and `close()` lays out every directory's blocks at once, hashed (htree) when they span more
+/// than one block.
 public final class Ext4Writer {
     private var fs: ext2_filsys?
     private let dataFD: Int32
@@ -21,6 +26,8 @@ public final class Ext4Writer {
     /// for), so that a final fsync finds most of it on its way to the device already.
     public var startWritebackEvery: UInt64?
     private var sinceWriteback: UInt64 = 0
+    /// Every directory's names, written out by `close()`.
+    private var directoryTable = DirectoryTable()
 
     /// An inode number.
     public typealias Inode = UInt32
@@ -61,9 +68,11 @@ public final class Ext4Writer {
     /// output, left to the page cache as `cp` and `qemu-img convert` leave theirs (libext2fs's own
     /// fsync cost 0.6 s of a 0.9 s build here). `DiskBuilder` syncs the whole file when asked to.
     ///
-    /// - Throws: `Ext4Error.library` when the metadata cannot be written out.
+    /// - Throws: `Ext4Error.library` when the directories or the metadata cannot be written out
+    ///   (no block left), `Ext4Error.duplicateName` or `.directoryTooLarge` for a directory ext4 cannot hold.
     public func close() throws {
         guard let handle = fs else { return }
+        try writeDirectories()
         let noSync = Int32(EXT2_FLAG_FLUSH_NO_SYNC)
         var code = ext2fs_flush2(handle, noSync)
         // Turning unix_io's cache off writes the blocks it still holds, and says if that failed.
@@ -148,15 +157,14 @@ public final class Ext4Writer {
         return ino
     }
 
-    /// Links `name` in `parent`, growing the directory when it is full.
+    /// Adds `name` to `parent`'s list; the directory's blocks are written by `close()`.
     private func link(parent: ext2_ino_t, name: [UInt8], ino: ext2_ino_t, type: Int32) throws {
-        let fs = try handle
-        var code = withCName(name) { ext2fs_link(fs, parent, $0, ino, type) }
-        if code == EXT2_ET_DIR_NO_SPACE {
-            try Ext4Error.check(ext2fs_expand_dir(fs, parent), "expand directory \(parent)")
-            code = withCName(name) { ext2fs_link(fs, parent, $0, ino, type) }
-        }
-        try Ext4Error.check(code, "link \(String(decoding: name, as: UTF8.self))")
+        try directoryTable.add(name, ino: ino, fileType: UInt8(type), to: parent)
+    }
+
+    /// ext4 names are 1 to 255 bytes; checked before anything is allocated for them.
+    private func checkName(_ name: [UInt8]) throws(Ext4Error) {
+        guard (1...255).contains(name.count) else { throw .invalidName(name: name) }
     }
 
     private func withCName<T>(_ name: [UInt8], _ body: (UnsafePointer<CChar>) -> T) -> T {
@@ -166,6 +174,12 @@ public final class Ext4Writer {
     }
 
     // MARK: public operations
+
+    /// Says how many names (and bytes of names) are coming, so that the memory that holds them
+    /// until `close()` is allocated once.
+    public func reserveNames(_ count: Int, bytes: Int) {
+        directoryTable.reserve(count, bytes: bytes)
+    }
 
     /// Sets owner, mode, times and xattrs of an existing inode (the root directory, say).
     ///
@@ -177,31 +191,46 @@ public final class Ext4Writer {
         try setXattrs(ino, meta.xattrs)
     }
 
-    /// Creates a directory and returns its inode.
+    /// Creates a directory and returns its inode. The directory gets its blocks when the writer is closed.
     ///
-    /// - Throws: `Ext4Error.library` when no inode or block is left or the name cannot be linked.
+    /// - Throws: `Ext4Error.invalidName` for an empty name or one over 255 bytes, `Ext4Error.library` when no inode is left.
     public func mkdir(parent: Inode, name: [UInt8], metadata: FileMetadata) throws -> Inode {
+        try checkName(name)
         let fs = try handle
-        let ino = try newInode(parent: parent, mode: UInt16(LINUX_S_IFDIR) | 0o755, isDirectory: true)
-        var code = withCName(name) { ext2fs_mkdir(fs, parent, ino, $0) }
-        if code == EXT2_ET_DIR_NO_SPACE {
-            try Ext4Error.check(ext2fs_expand_dir(fs, parent), "expand directory \(parent)")
-            code = withCName(name) { ext2fs_mkdir(fs, parent, ino, $0) }
-        }
-        try Ext4Error.check(code, "mkdir \(String(decoding: name, as: UTF8.self))")
-        try setMetadata(ino, metadata)
+        let mode = UInt16(LINUX_S_IFDIR)
+        let ino = try newInode(parent: parent, mode: mode | 0o755, isDirectory: true)
+        ext2fs_inode_alloc_stats2(fs, ino, 1, 1)
+        var inode = ext2_inode_large()
+        fill(&inode, mode: mode, metadata)
+        inode.i_links_count = 2
+        setEmptyExtentTree(&inode)
+        try writeInode(ino, &inode, new: true)
+        try setXattrs(ino, metadata.xattrs)
+        directoryTable.create(ino, parent: parent)
+        try link(parent: parent, name: name, ino: ino, type: EXT2_FT_DIR)
         return ino
+    }
+
+    private func setEmptyExtentTree(_ inode: inout ext2_inode_large) {
+        inode.i_flags |= UInt32(EXT4_EXTENTS_FL)
+        withUnsafeMutableBytes(of: &inode.i_block) { raw in
+            raw.storeBytes(of: UInt16(0xF30A).littleEndian, toByteOffset: 0, as: UInt16.self)  // magic
+            raw.storeBytes(of: UInt16(0).littleEndian, toByteOffset: 2, as: UInt16.self)  // entries
+            raw.storeBytes(of: UInt16(4).littleEndian, toByteOffset: 4, as: UInt16.self)  // max
+            raw.storeBytes(of: UInt16(0).littleEndian, toByteOffset: 6, as: UInt16.self)  // depth
+        }
     }
 
     /// Creates a regular file of `size` bytes; `produce` hands the data over in blocks
     /// (bytes, offset in the file). `linked` false makes an inode with no name yet
     /// (a hard link adds one later).
     ///
-    /// - Throws: `Ext4Error.library` when no inode or block is left (the file system is full), `Ext4Error.io` when the data cannot be written, and what `produce` throws.
+    /// - Throws: `Ext4Error.invalidName` for a name ext4 cannot hold, `Ext4Error.library` when no inode or block is left (the file system is full), `Ext4Error.io` when the data cannot be written, and what `produce` throws.
     public func createFile(
         parent: Inode, name: [UInt8], metadata: FileMetadata, size: UInt64, linked: Bool = true,
         produce: ((UnsafeRawBufferPointer, Int64) throws -> Void) throws -> Void
     ) throws -> Inode {
+        if linked { try checkName(name) }
         let fs = try handle
         let ino = try newInode(parent: parent, mode: UInt16(LINUX_S_IFREG))
         ext2fs_inode_alloc_stats2(fs, ino, 1, 0)
@@ -213,14 +242,7 @@ public final class Ext4Writer {
                 try Ext4Error.check(ext2fs_inode_size_set(fs, $0, Int64(size)), "set size")
             }
         }
-        inode.i_flags |= UInt32(EXT4_EXTENTS_FL)
-        // An empty extent tree header in i_block.
-        withUnsafeMutableBytes(of: &inode.i_block) { raw in
-            raw.storeBytes(of: UInt16(0xF30A).littleEndian, toByteOffset: 0, as: UInt16.self)  // magic
-            raw.storeBytes(of: UInt16(0).littleEndian, toByteOffset: 2, as: UInt16.self)  // entries
-            raw.storeBytes(of: UInt16(4).littleEndian, toByteOffset: 4, as: UInt16.self)  // max
-            raw.storeBytes(of: UInt16(0).littleEndian, toByteOffset: 6, as: UInt16.self)  // depth
-        }
+        setEmptyExtentTree(&inode)
         try writeInode(ino, &inode, new: true)
         if linked { try link(parent: parent, name: name, ino: ino, type: EXT2_FT_REG_FILE) }
 
@@ -305,16 +327,15 @@ public final class Ext4Writer {
 
     /// Creates a symbolic link.
     ///
-    /// - Throws: `Ext4Error.library` when no inode or block is left or the name cannot be linked.
+    /// - Throws: `Ext4Error.invalidName` for a name ext4 cannot hold, `Ext4Error.library` when no inode or block is left.
     public func symlink(parent: Inode, name: [UInt8], target: [UInt8], metadata: FileMetadata) throws {
+        try checkName(name)
         let fs = try handle
         let ino = try newInode(parent: parent, mode: UInt16(LINUX_S_IFLNK))
-        var code = withCName(name) { cname in withCName(target) { ext2fs_symlink(fs, parent, ino, cname, $0) } }
-        if code == EXT2_ET_DIR_NO_SPACE {
-            try Ext4Error.check(ext2fs_expand_dir(fs, parent), "expand directory \(parent)")
-            code = withCName(name) { cname in withCName(target) { ext2fs_symlink(fs, parent, ino, cname, $0) } }
-        }
+        // No name for libext2fs to link (it would look the name up first, scanning the directory).
+        let code = withCName(target) { ext2fs_symlink(fs, parent, ino, nil, $0) }
         try Ext4Error.check(code, "symlink \(String(decoding: name, as: UTF8.self))")
+        try link(parent: parent, name: name, ino: ino, type: EXT2_FT_SYMLINK)
         var meta = metadata
         meta.permissions = 0o777
         try setMetadata(ino, meta)
@@ -322,8 +343,9 @@ public final class Ext4Writer {
 
     /// Creates a device node, FIFO or socket.
     ///
-    /// - Throws: `Ext4Error.library` when no inode is left or the name cannot be linked.
+    /// - Throws: `Ext4Error.invalidName` for a name ext4 cannot hold, `Ext4Error.library` when no inode is left.
     public func special(parent: Inode, name: [UInt8], kind: SpecialFileKind, metadata: FileMetadata) throws {
+        try checkName(name)
         let fs = try handle
         let mode: UInt16
         let type: Int32
@@ -356,8 +378,9 @@ public final class Ext4Writer {
 
     /// Adds another name for an existing regular file.
     ///
-    /// - Throws: `Ext4Error.library` when the name cannot be linked.
+    /// - Throws: `Ext4Error.invalidName` for a name ext4 cannot hold, `Ext4Error.library` when the inode cannot be updated.
     public func hardlink(parent: Inode, name: [UInt8], to ino: Inode) throws {
+        try checkName(name)
         try link(parent: parent, name: name, ino: ino, type: EXT2_FT_REG_FILE)
         var inode = try readInode(ino)
         inode.i_links_count += 1
@@ -375,6 +398,131 @@ public final class Ext4Writer {
             let code = x.value.withUnsafeBytes { ext2fs_xattr_set(h, x.name, $0.baseAddress, $0.count) }
             try Ext4Error.check(code, "set xattr \(x.name)")
         }
+    }
+
+    // MARK: directories
+
+    /// Lays out and writes every directory that was created or given names, in inode order
+    /// (reproducible): blocks allocated as extents after the data, checksums set by libext2fs.
+    private func writeDirectories() throws {
+        let fs = try handle
+        let format = DirectoryLayout.Format(
+            blockSize: blockSize, checksums: d2l_ext2_has_metadata_csum(fs) != 0,
+            fileTypes: d2l_ext2_has_filetype(fs) != 0, indexed: d2l_ext2_has_dir_index(fs) != 0,
+            maxIndirectLevels: d2l_ext2_has_largedir(fs) != 0 ? 2 : 1,
+            hashVersion: UInt8(truncatingIfNeeded: d2l_ext2_def_hash_version(fs)))
+        let algorithm = d2l_ext2_hash_algorithm(fs)
+        let seed = d2l_ext2_hash_seed(fs)
+        let hash = { (name: UnsafeRawBufferPointer) throws -> (major: UInt32, minor: UInt32) in
+            var major: ext2_dirhash_t = 0
+            var minor: ext2_dirhash_t = 0
+            let code = ext2fs_dirhash2(
+                algorithm, name.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(name.count), nil, 0, seed,
+                &major, &minor)
+            try Ext4Error.check(code, "hash a directory entry")
+            return (major, minor)
+        }
+        for ino in directoryTable.directories.keys.sorted() {
+            let parent: ext2_ino_t
+            if let known = directoryTable.directories[ino]?.parent {
+                parent = known
+            } else {
+                parent = try adoptExistingNames(of: ino)
+            }
+            guard let directory = directoryTable.directories[ino] else { continue }
+            let layout = try DirectoryLayout(
+                directory: ino, parent: parent, entries: directoryTable.entries(of: directory),
+                names: directoryTable.names, format: format, hash: hash)
+            try writeDirectory(ino, layout, subdirectories: directory.subdirectories, replacing: directory.parent == nil)
+        }
+        directoryTable.removeAll()
+    }
+
+    /// Puts the names a directory already holds (mkfs's root has lost+found) in front of the new
+    /// ones, and returns its "..".
+    private func adoptExistingNames(of ino: ext2_ino_t) throws -> ext2_ino_t {
+        final class Found {
+            var parent: ext2_ino_t = 0
+            var entries: [(name: [UInt8], ino: ext2_ino_t, type: UInt8)] = []
+        }
+        let found = Found()
+        let code = ext2fs_dir_iterate2(
+            try handle, ino, 0, nil,
+            { _, entry, dirent, _, _, _, priv in
+                guard let dirent, let priv else { return 0 }
+                let found = Unmanaged<Found>.fromOpaque(priv).takeUnretainedValue()
+                let length = Int(dirent.pointee.name_len & 0xff)
+                let type = UInt8(truncatingIfNeeded: dirent.pointee.name_len >> 8)
+                if entry == DIRENT_DOT_DOT_FILE {
+                    found.parent = dirent.pointee.inode
+                } else if entry != DIRENT_DOT_FILE {
+                    let name = Array(UnsafeRawBufferPointer(start: UnsafeRawPointer(dirent) + 8, count: length))
+                    found.entries.append((name, dirent.pointee.inode, type))
+                }
+                return 0
+            }, Unmanaged.passUnretained(found).toOpaque())
+        try Ext4Error.check(code, "read directory \(ino)")
+        return try withExtendedLifetime(found) {
+            for entry in found.entries.reversed() {
+                try directoryTable.add(entry.name, ino: entry.ino, fileType: entry.type, to: ino, atFront: true)
+            }
+            return found.parent == 0 ? ino : found.parent
+        }
+    }
+
+    /// Gives the directory blocks for `layout` (after freeing its old ones when `replacing`), writes
+    /// them, and sets its size, index flag and link count (2, plus one per subdirectory's "..").
+    private func writeDirectory(_ ino: ext2_ino_t, _ layout: DirectoryLayout, subdirectories: Int, replacing: Bool)
+        throws
+    {
+        let fs = try handle
+        var inode = try readInode(ino)
+        try withUnsafeMutablePointer(to: &inode) { p in
+            try p.withMemoryRebound(to: ext2_inode.self, capacity: 1) { small in
+                if replacing {
+                    try Ext4Error.check(ext2fs_punch(fs, ino, small, nil, 0, ~0), "free the blocks of directory \(ino)")
+                }
+                let flags = Int32(EXT2_FALLOCATE_FORCE_INIT | EXT2_FALLOCATE_INIT_BEYOND_EOF)
+                try Ext4Error.check(
+                    ext2fs_fallocate(fs, flags, ino, small, goal, 0, blk64_t(layout.blockCount)),
+                    "allocate \(layout.blockCount) blocks for directory \(ino) (file system full?)")
+                try Ext4Error.check(
+                    ext2fs_inode_size_set(fs, small, Int64(layout.blockCount * blockSize)), "set size of directory \(ino)")
+            }
+        }
+        let runs = try extentRuns(ino, &inode)
+        if let last = runs.last { goal = last.physical + last.length }
+        var block = [UInt8](repeating: 0, count: blockSize)
+        try layout.bytes.withUnsafeBytes { bytes in
+            for run in runs {
+                for i in 0..<run.length {
+                    let logical = Int(run.logical + i)
+                    guard logical < layout.blockCount else { break }
+                    let source = bytes[(logical * blockSize)..<((logical + 1) * blockSize)]
+                    block.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: source)) }
+                    // Sets the leaf's or the index block's checksum when the file system has metadata_csum.
+                    let code = block.withUnsafeMutableBytes {
+                        ext2fs_write_dir_block4(fs, run.physical + i, $0.baseAddress, 0, ino)
+                    }
+                    try Ext4Error.check(code, "write block \(logical) of directory \(ino)")
+                }
+            }
+        }
+        if layout.isIndexed {
+            inode.i_flags |= UInt32(EXT2_INDEX_FL)
+        } else {
+            inode.i_flags &= ~UInt32(EXT2_INDEX_FL)
+        }
+        // Past EXT2_LINK_MAX, dir_nlink lets a directory's count stay at 1 ("many").
+        let links = 2 + subdirectories
+        if links < Int(EXT2_LINK_MAX) {
+            inode.i_links_count = UInt16(links)
+        } else if d2l_ext2_has_dir_nlink(fs) != 0 {
+            inode.i_links_count = 1
+        } else {
+            throw Ext4Error.tooManySubdirectories(directory: ino, count: subdirectories)
+        }
+        try writeInode(ino, &inode)
     }
 
     /// Free and total blocks, for the summary.

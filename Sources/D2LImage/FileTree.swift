@@ -9,31 +9,67 @@ public struct EntryRef: Hashable, Sendable {
 }
 
 /// One path of the flattened tree and the layer entry that provides it.
+///
+/// An image has a node per file (a million, for some), so a node stays small: stored fields
+/// widest first, and the fields few nodes use (hard-link source, captured data) in a side object.
 public final class TreeNode {
     public enum Kind: Sendable, Equatable { case directory, regular, symlink, hardlink, special }
-    public var kind: Kind
-    /// The entry that provides this node; nil for a directory no layer declared.
-    public var source: EntryRef?
-    /// The layer that last created or replaced this node (whiteouts act on lower ones only).
-    public var layer: Int
     public var metadata: EntryMetadata
     public var size: UInt64 = 0
-    public var entryKind: EntryKind?
-    /// For hard links: the regular-file entry whose inode this name shares.
-    public var linkSource: EntryRef?
     public var children: [ImagePath: TreeNode] = [:]
-    /// The data of a small file the builder needs to read (os-release, inittab, ...).
-    public var content: [UInt8]?
-    /// The first bytes of a file (to check an init's ELF architecture).
-    public var head: [UInt8]?
-    /// A host file holding this file's data, saved while scanning (the /boot files).
-    public var capturedFile: String?
+    private var rare: Rare?
+    public var entryKind: EntryKind?
+    /// The entry that provides this node; nil for a directory no layer declared.
+    public var source: EntryRef?
+    private var storedLayer: Int32
+    public var kind: Kind
+
+    private final class Rare {
+        var linkSource: EntryRef?
+        var content: [UInt8]?
+        var head: [UInt8]?
+        var capturedFile: String?
+    }
 
     init(kind: Kind, source: EntryRef?, layer: Int, metadata: EntryMetadata) {
         self.kind = kind
         self.source = source
-        self.layer = layer
+        self.storedLayer = Int32(layer)
         self.metadata = metadata
+    }
+
+    /// The layer that last created or replaced this node (whiteouts act on lower ones only).
+    public var layer: Int {
+        get { Int(storedLayer) }
+        set { storedLayer = Int32(newValue) }
+    }
+
+    private var rareFields: Rare {
+        if let rare { return rare }
+        let made = Rare()
+        rare = made
+        return made
+    }
+
+    /// For hard links: the regular-file entry whose inode this name shares.
+    public var linkSource: EntryRef? {
+        get { rare?.linkSource }
+        set { if newValue != nil || rare != nil { rareFields.linkSource = newValue } }
+    }
+    /// The data of a small file the builder needs to read (os-release, inittab, ...).
+    public var content: [UInt8]? {
+        get { rare?.content }
+        set { if newValue != nil || rare != nil { rareFields.content = newValue } }
+    }
+    /// The first bytes of a file (to check an init's ELF architecture).
+    public var head: [UInt8]? {
+        get { rare?.head }
+        set { if newValue != nil || rare != nil { rareFields.head = newValue } }
+    }
+    /// A host file holding this file's data, saved while scanning (the /boot files).
+    public var capturedFile: String? {
+        get { rare?.capturedFile }
+        set { if newValue != nil || rare != nil { rareFields.capturedFile = newValue } }
     }
 
     public var symlinkTarget: [UInt8]? {
@@ -62,6 +98,10 @@ public final class FileTree {
         /// Blocks needed for the data at the given block size (set by `finalise`).
         public var dataBlocks4K: UInt64 = 0
         public var longSymlinks = 0
+        /// Names in the tree (every node but the root) and their bytes: what the ext4 writer keeps
+        /// in memory until it writes the directories.
+        public var names = 0
+        public var nameBytes = 0
         public var inodes: Int { regularFiles + directories + symlinks + specials }
     }
 
@@ -133,22 +173,42 @@ public final class FileTree {
         return out
     }
 
+    /// Paths whose last name is longer than `limit` bytes (ext4 holds 255), in no particular order.
+    public func paths(withNamesLongerThan limit: Int) -> [ImagePath] {
+        var out: [ImagePath] = []
+        var stack: [(ImagePath, TreeNode)] = [([], root)]
+        while let (path, node) = stack.popLast() {
+            for (name, child) in node.children {
+                let childPath = path.isEmpty ? name : path + [UInt8(ascii: "/")] + name
+                if name.count > limit { out.append(childPath) }
+                if child.kind == .directory, !child.children.isEmpty { stack.append((childPath, child)) }
+            }
+        }
+        return out
+    }
+
     /// Computes link sources and sizes once the tree is complete.
     func finalise() {
         var s = Stats()
         var sources: Set<EntryRef> = []
-        var sizesBySource: [EntryRef: UInt64] = [:]
+        // Only entries some hard link named can be link sources: remembering every regular file
+        // here cost 48 MB for a million files, while the whole tree was held.
+        var finalSources: Set<EntryRef> = []
         var stack = [root]
         while let node = stack.popLast() {
             switch node.kind {
             case .directory:
                 s.directories += 1
-                stack.append(contentsOf: node.children.values)
+                for (name, child) in node.children {
+                    s.names += 1
+                    s.nameBytes += name.count
+                    stack.append(child)
+                }
             case .regular:
                 s.regularFiles += 1
                 s.dataBytes += node.size
                 s.dataBlocks4K += (node.size + 4095) / 4096
-                if let src = node.source { sizesBySource[src] = node.size }
+                if let src = node.source, linkSourceSizes[src] != nil { finalSources.insert(src) }
             case .symlink:
                 s.symlinks += 1
                 if (node.symlinkTarget?.count ?? 0) >= 60 { s.longSymlinks += 1 }
@@ -160,7 +220,7 @@ public final class FileTree {
             }
         }
         // Link sources that are no longer final at their own path are written as extra inodes.
-        for src in sources where sizesBySource[src] == nil {
+        for src in sources where !finalSources.contains(src) {
             s.regularFiles += 1
             let size = linkSourceSizes[src] ?? 0
             s.dataBytes += size

@@ -52,9 +52,12 @@ public enum ImageReader {
             if try compressedLooksLikeImageArchive(path) { throw ImageError.compressedImageArchive(path) }
             return rootfsImage(path: path, size: size)
         }
-        guard let index = TarIndex.read(fd: fd, fileSize: size) else {
+        // Image archives hold a few files per layer; a tar with more members is a root file system,
+        // and indexing all of its headers (a million, say) would cost seconds and hundreds of MB.
+        guard let index = TarIndex.read(fd: fd, fileSize: size, limit: Self.imageArchiveMemberLimit) else {
             throw ImageError.unrecognised(path, detail: "not a tar archive")
         }
+        if !index.isComplete { return rootfsImage(path: path, size: size) }
         if index.members["manifest.json"] != nil {
             return try dockerArchive(path: path, fd: fd, index: index, platform: platform)
         }
@@ -65,6 +68,9 @@ public enum ImageReader {
         }
         return rootfsImage(path: path, size: size)
     }
+
+    /// More members than this and a tar is taken for a root file system rather than an image archive.
+    static let imageArchiveMemberLimit = 10_000
 
     static func engineReference(_ input: String) -> (String, String)? {
         for engine in ["docker", "podman"] where input.hasPrefix(engine + ":") {

@@ -11,8 +11,10 @@ struct TarIndex {
     }
     var members: [String: Member] = [:]
     var names: [String] = []
+    /// False when reading stopped at the member limit before the end of the tar.
+    var isComplete = true
 
-    /// Indexes the tar at `fd`; returns nil when the file is not an uncompressed tar.
+    /// Indexes the tar at `fd`, up to `limit` members; returns nil when the file is not an uncompressed tar.
     static func read(fd: Int32, fileSize: Int64, limit: Int = .max) -> TarIndex? {
         var index = TarIndex()
         var offset: Int64 = 0
@@ -49,6 +51,7 @@ struct TarIndex {
             }
             offset = next
         }
+        index.isComplete = index.names.count < limit
         return index
     }
 

@@ -1,13 +1,16 @@
 /// Owner, permission bits, times and extended attributes of a file: what a layer entry carries and
 /// what an ext4 inode stores.
+///
+/// Every node of a flattened tree holds one, so the fields are ordered widest first: 30 bytes
+/// rather than 40 (a million files, 10 MB).
 public struct FileMetadata: Sendable, Equatable {
-    /// Permission bits including setuid, setgid and sticky (the low 12 bits of st_mode).
-    public var permissions: UInt16
+    public var mtime: Int64
+    public var xattrs: [Xattr]
     public var uid: UInt32
     public var gid: UInt32
-    public var mtime: Int64
     public var mtimeNanoseconds: UInt32
-    public var xattrs: [Xattr]
+    /// Permission bits including setuid, setgid and sticky (the low 12 bits of st_mode).
+    public var permissions: UInt16
 
     public struct Xattr: Sendable, Equatable {
         public var name: String

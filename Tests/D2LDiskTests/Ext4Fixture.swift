@@ -12,13 +12,16 @@ struct Ext4Fixture {
     let disk: String
     let offset: Int64 = 1 << 20
     let fsSize: Int64
+    /// mkfs.ext4 options beyond the defaults (an inode count, a block size, features).
+    let mkfsOptions: [String]
 
-    init(fsSize: Int64 = 64 << 20) throws {
+    init(fsSize: Int64 = 64 << 20, mkfsOptions: [String] = ["-b", "4096"]) throws {
         let url = FileManager.default.temporaryDirectory.appendingPathComponent("d2l-disk-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
         directory = url.path
         disk = directory + "/disk.img"
         self.fsSize = fsSize
+        self.mkfsOptions = mkfsOptions
     }
 
     func remove() { try? FileManager.default.removeItem(atPath: directory) }
@@ -39,7 +42,7 @@ struct Ext4Fixture {
         try handle.truncate(atOffset: UInt64(offset + fsSize + (1 << 20)))
         try handle.close()
         let (status, output) = try run(
-            "mkfs.ext4", "-q", "-F", "-b", "4096", "-E", "offset=\(offset),nodiscard", disk, "\(fsSize / 1024)k")
+            ["mkfs.ext4", "-q", "-F"] + mkfsOptions + ["-E", "offset=\(offset),nodiscard", disk, "\(fsSize / 1024)k"])
         guard status == 0 else { throw DiskTestError("mkfs.ext4 failed: \(output)") }
     }
 
@@ -69,7 +72,10 @@ struct Ext4Fixture {
     }
 
     @discardableResult
-    func run(_ arguments: String...) throws -> (Int32, String) {
+    func run(_ arguments: String...) throws -> (Int32, String) { try run(arguments) }
+
+    @discardableResult
+    func run(_ arguments: [String]) throws -> (Int32, String) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = arguments

@@ -1,4 +1,4 @@
-import D2LImage
+@testable import D2LImage
 import D2LDiskModel
 import Foundation
 import Testing
@@ -227,6 +227,19 @@ struct ImageReaderTests {
             #expect(tree.names("etc") == [".wh.kept", "os-release"])
             #expect(tree.node("etc/os-release")?.content == Array("ID=test\n".utf8))
         }
+    }
+
+    @Test("a tar with more members than an image archive has is a root file system, even with a /manifest.json")
+    func largeRootfsTar() throws {
+        let dir = try Scratch()
+        defer { dir.remove() }
+        let path = try TarBuilder.write(dir.path + "/rootfs.tar") { t in
+            try t.file("manifest.json", "[]")
+            for i in 0..<ImageReader.imageArchiveMemberLimit { try t.file("many/f\(i)", "") }
+        }
+        let image = try ImageReader.open(path: path)
+        #expect(image.format == .rootfsTar)
+        #expect(try flatten(image.layers).names("many").count == ImageReader.imageArchiveMemberLimit)
     }
 
     @Test("a directory holding a root file system, with its symlinks and hard links")
