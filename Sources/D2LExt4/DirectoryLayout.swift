@@ -194,7 +194,7 @@ struct DirectoryLayout {
         bytes[offset + 6] = UInt8(name.count)
         bytes[offset + 7] = format.fileTypes ? type : 0
         bytes.withUnsafeMutableBytes { out in
-            _ = UnsafeMutableRawBufferPointer(rebasing: out[(offset + 8)..<(offset + 8 + name.count)]).copyBytes(from: name)
+            UnsafeMutableRawBufferPointer(rebasing: out[(offset + 8)..<(offset + 8 + name.count)]).copyBytes(from: name)
         }
     }
 
