@@ -50,9 +50,10 @@ struct BootPartition: Sendable {
         try await ProcessRunner.run(args, environment: env)
     }
 
-    /// Creates a directory on the partition.
-    func mkdir(_ path: String) async throws {
-        try await ProcessRunner.run(["mmd", "-i", mtoolsTarget, "::/" + path], environment: env)
+    /// Creates directories on the partition in one mmd run, in the order given (parents first).
+    func mkdir(_ paths: [String]) async throws {
+        guard !paths.isEmpty else { return }
+        try await ProcessRunner.run(["mmd", "-i", mtoolsTarget] + paths.map { "::/" + $0 }, environment: env)
     }
 
     /// Copies several host files into a directory of the partition in one mcopy run.

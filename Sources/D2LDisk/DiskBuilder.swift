@@ -366,27 +366,38 @@ public final class DiskBuilder {
     /// installs syslinux into /syslinux (which must exist first).
     static func fillBootPartition(_ boot: BootPartition, scratch: String, epoch: Int64?, syslinux: Bool) async throws {
         try await boot.format(epoch: epoch)
-        try await copyBootTree(scratch + "/boot", relative: "", boot: boot, mtime: epoch)
+        try await copyBootTree(scratch + "/boot", boot: boot, mtime: epoch)
         if syslinux { try await boot.installSyslinux() }
     }
 
-    private static func copyBootTree(_ dir: String, relative: String, boot: BootPartition, mtime: Int64?) async throws {
-        let names = try FileManager.default.contentsOfDirectory(atPath: dir).sorted()
-        var files: [String] = []
-        for name in names {
-            let path = dir + "/" + name
-            let rel = relative.isEmpty ? name : relative + "/" + name
-            var isDir: ObjCBool = false
-            _ = FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
-            if isDir.boolValue {
-                try await boot.mkdir(rel)
-                try await copyBootTree(path, relative: rel, boot: boot, mtime: mtime)
-            } else {
-                if let mtime { Self.setMtime(path, mtime) }
-                files.append(path)
+    /// Copies the staged /boot tree: one mmd for every directory, then one mcopy per directory, in
+    /// sorted order so that the FAT's directory entries do not depend on the host's readdir order.
+    private static func copyBootTree(_ root: String, boot: BootPartition, mtime: Int64?) async throws {
+        var directories: [String] = []
+        var files: [(directory: String, paths: [String])] = []
+        var pending = [""]
+        while let relative = pending.popLast() {
+            let dir = relative.isEmpty ? root : root + "/" + relative
+            var here: [String] = []
+            var subdirectories: [String] = []
+            for name in try FileManager.default.contentsOfDirectory(atPath: dir).sorted() {
+                let path = dir + "/" + name
+                let rel = relative.isEmpty ? name : relative + "/" + name
+                var isDir: ObjCBool = false
+                _ = FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
+                if isDir.boolValue {
+                    directories.append(rel)
+                    subdirectories.append(rel)
+                } else {
+                    if let mtime { Self.setMtime(path, mtime) }
+                    here.append(path)
+                }
             }
+            if !here.isEmpty { files.append((relative, here)) }
+            pending += subdirectories.reversed()
         }
-        if !files.isEmpty { try await boot.copy(files, toDirectory: relative) }
+        try await boot.mkdir(directories)
+        for (directory, paths) in files { try await boot.copy(paths, toDirectory: directory) }
     }
 
     static func fsync(path: String, directory: Bool) throws {
