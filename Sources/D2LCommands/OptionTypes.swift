@@ -7,6 +7,7 @@ import D2LVerify
 // Options with a fixed set of values parse into these enums; --help lists the values.
 extension Accelerator: ExpressibleByArgument {}
 extension DiskBus: ExpressibleByArgument {}
+extension GuestNetwork: ExpressibleByArgument {}
 extension DiskFormat: ExpressibleByArgument {}
 extension FailedUnitsPolicy: ExpressibleByArgument {}
 extension KernelWarningsPolicy: ExpressibleByArgument {}

@@ -51,6 +51,8 @@ public struct Scenario: Sendable, Codable, Equatable {
         public var cpus: Int?
         public var accel: Accelerator?
         public var diskBus: DiskBus?
+        /// The guest's NIC: none, or one on QEMU's user-mode network.
+        public var network: GuestNetwork?
         public var failedUnits: FailedUnitsPolicy?
         public var kernelWarnings: KernelWarningsPolicy?
         /// The firmware to boot under, one boot (and one result) each; nil: what the disk claims.
@@ -109,6 +111,7 @@ extension Scenario.Verify {
         if let cpus { request.machine.cpus = cpus }
         if let accel { request.machine.accelerator = accel }
         if let diskBus { request.machine.diskBus = diskBus }
+        if let network { request.machine.network = network }
         if let failedUnits { request.failedUnits = failedUnits }
         if let firmware { request.firmware = firmware }
         if let kernelWarnings { request.kernelWarnings = kernelWarnings }
@@ -148,7 +151,7 @@ public enum ScenarioParser {
         "partition-table", "secure-boot",
     ]
     static let verifyKeys: Set<String> = [
-        "timeout", "memory", "cpus", "accel", "disk-bus", "failed-units", "kernel-warnings", "settle", "silence", "firmware",
+        "timeout", "memory", "cpus", "accel", "disk-bus", "network", "failed-units", "kernel-warnings", "settle", "silence", "firmware",
         "stages", "login", "run",
     ]
     static let stageKeys: Set<String> = ["pattern", "deadline"]
@@ -254,6 +257,7 @@ public enum ScenarioParser {
             verify.cpus = try map["cpus"].map { try int($0, "verify.cpus", fail) }
             verify.accel = try map["accel"].map { try choice(Accelerator.self, $0, "verify.accel", fail) }
             verify.diskBus = try map["disk-bus"].map { try choice(DiskBus.self, $0, "verify.disk-bus", fail) }
+            verify.network = try map["network"].map { try choice(GuestNetwork.self, $0, "verify.network", fail) }
             verify.failedUnits = try map["failed-units"].map { try choice(FailedUnitsPolicy.self, $0, "verify.failed-units", fail) }
             verify.kernelWarnings = try map["kernel-warnings"].map {
                 try choice(KernelWarningsPolicy.self, $0, "verify.kernel-warnings", fail)
