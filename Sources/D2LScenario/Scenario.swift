@@ -32,6 +32,16 @@ public struct Scenario: Sendable, Codable, Equatable {
         public var boot: BootMode?
         public var partitionTable: PartitionTable.Scheme?
         public var secureBoot = false
+        /// `--network`: dhcp or none.
+        public var network: String?
+        /// `--ssh-authorized-key` files, resolved against the scenario's folder.
+        public var sshAuthorizedKeys: [String] = []
+        /// `--user NAME[:PASSWORD]`.
+        public var user: String?
+        /// false: `--no-container-service`.
+        public var containerService = true
+        /// Bytes to add to the disk after the build (`qemu-img resize +SIZE`), as a user enlarging it would.
+        public var enlarge: String?
     }
 
     public struct StageOverride: Sendable, Codable, Equatable {
@@ -97,6 +107,10 @@ public struct Scenario: Sendable, Codable, Equatable {
         if let b = build.boot { a += ["--boot", b.rawValue] }
         if let t = build.partitionTable { a += ["--partition-table", t.rawValue] }
         if build.secureBoot { a.append("--secure-boot") }
+        if let n = build.network { a += ["--network", n] }
+        for key in build.sshAuthorizedKeys { a += ["--ssh-authorized-key", key] }
+        if let u = build.user { a += ["--user", u] }
+        if !build.containerService { a.append("--no-container-service") }
         return a
     }
 }
@@ -148,7 +162,7 @@ public enum ScenarioParser {
     static let expectKeys: Set<String> = ["verdict", "reason"]
     static let buildKeys: Set<String> = [
         "format", "size", "headroom", "append", "hostname", "root-password-empty", "root-password", "boot",
-        "partition-table", "secure-boot",
+        "partition-table", "secure-boot", "network", "ssh-authorized-key", "user", "container-service", "enlarge",
     ]
     static let verifyKeys: Set<String> = [
         "timeout", "memory", "cpus", "accel", "disk-bus", "network", "failed-units", "kernel-warnings", "settle", "silence", "firmware",
@@ -241,6 +255,30 @@ public enum ScenarioParser {
             if let e = map["secure-boot"] {
                 guard let flag = e as? Bool else { throw fail("build.secure-boot: expected true or false") }
                 build.secureBoot = flag
+            }
+            if let n = map["network"] {
+                let text = try string(n, "build.network", fail)
+                guard ["dhcp", "none"].contains(text) else { throw fail("build.network: \(text) is not one of dhcp, none") }
+                build.network = text
+            }
+            if let k = map["ssh-authorized-key"] {
+                let files = (k as? [Any]) ?? [k]
+                build.sshAuthorizedKeys = try files.map { resolve(try string($0, "build.ssh-authorized-key", fail)) }
+                for file in build.sshAuthorizedKeys where !FileManager.default.isReadableFile(atPath: file) {
+                    throw fail("build.ssh-authorized-key: \(file) cannot be read")
+                }
+            }
+            build.user = try map["user"].map { try string($0, "build.user", fail) }
+            if let e = map["container-service"] {
+                guard let flag = e as? Bool else { throw fail("build.container-service: expected true or false") }
+                build.containerService = flag
+            }
+            if let e = map["enlarge"] {
+                let text = try string(e, "build.enlarge", fail)
+                guard let last = text.last, "KMGT".contains(last.uppercased()), let value = Double(text.dropLast()), value > 0 else {
+                    throw fail("build.enlarge: \(text): give a size to add, such as 1G or 512M")
+                }
+                build.enlarge = text
             }
             if let e = map["root-password-empty"] {
                 guard let flag = e as? Bool else { throw fail("build.root-password-empty: expected true or false") }
