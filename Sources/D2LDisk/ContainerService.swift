@@ -145,28 +145,37 @@ public struct ContainerService: Sendable, Equatable, Codable {
 
     // MARK: OpenRC
 
-    /// The OpenRC service: supervised in the background by start-stop-daemon, output to the console.
-    var openRCScript: String {
+    /// The OpenRC service, output to the console. With `supervisor` (the image has OpenRC's
+    /// supervise-daemon) it is supervised and restarted when it dies; otherwise start-stop-daemon runs
+    /// it in the background. Debian's OpenRC has no start-stop-daemon of its own (dpkg's, which knows
+    /// neither --stdout nor --env, takes its place), but it has supervise-daemon.
+    func openRCScript(supervisor: Bool) -> String {
         var lines = [
             "#!/sbin/openrc-run",
             "# Written by d2l build: the container's own command, from the image config (Entrypoint, Cmd,",
             "# Env, WorkingDir, User). d2l build --no-container-service leaves it out.",
             "description=" + Self.shellQuote("The container's command: " + command.joined(separator: " ")),
             "command=" + Self.shellQuote(command[0]),
-            // start-stop-daemon's arguments go through eval: each word is quoted for it, then the whole for the assignment.
+            // The daemon's arguments go through eval: each word is quoted for it, then the whole for the assignment.
             "command_args=" + Self.shellQuote(command.dropFirst().map(Self.shellQuote).joined(separator: " ")),
-            "command_background=true",
-            "pidfile=/run/\(Self.name).pid",
+        ]
+        if supervisor {
+            lines.append("supervisor=supervise-daemon")
+        } else {
+            lines += ["command_background=true", "pidfile=/run/\(Self.name).pid"]
+        }
+        lines += [
             "directory=" + Self.shellQuote(workingDirectory),
             "output_log=/dev/console",
             "error_log=/dev/console",
         ]
         if let user { lines.append("command_user=" + Self.shellQuote(user + (group.map { ":" + $0 } ?? ""))) }
-        for entry in environment {
-            guard let equals = entry.firstIndex(of: "="), equals != entry.startIndex else { continue }
-            let name = String(entry[..<equals])
-            guard name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }) else { continue }
-            lines.append("export \(name)=" + Self.shellQuote(String(entry[entry.index(after: equals)...])))
+        // The Env goes to the command alone, through the daemon's --env: exported here, PATH would hide
+        // OpenRC's own helpers (ebegin, eend) from this script.
+        let env = environment.filter { $0.contains("=") && !$0.hasPrefix("=") }
+        if !env.isEmpty {
+            let variable = supervisor ? "supervise_daemon_args=" : "start_stop_daemon_args="
+            lines.append(variable + Self.shellQuote(env.map { "--env " + Self.shellQuote($0) }.joined(separator: " ")))
         }
         // `after`, not `need`: Debian's OpenRC mounts with its LSB scripts and has no localmount service.
         lines += ["", "depend() {", "\tafter localmount net networking", "}", ""]
@@ -193,7 +202,8 @@ public struct ContainerService: Sendable, Equatable, Codable {
             image.installSystemdUnit(Self.name + ".service", systemdUnit, wantedBy: ["multi-user.target"])
             image.note("container service: \(Self.name).service runs \(summary)")
         case .openrc:
-            image.installOpenRCService(Self.name, openRCScript, runlevel: "default")
+            let supervisor = image.program("supervise-daemon") != nil
+            image.installOpenRCService(Self.name, openRCScript(supervisor: supervisor), runlevel: "default")
             image.note("container service: /etc/init.d/\(Self.name) (OpenRC, default runlevel) runs \(summary)")
         default:
             break

@@ -377,10 +377,13 @@ struct ContainerServiceTests {
         #expect(unknownUser.warnings.contains("User nobody-here is not in the image"))
     }
 
-    @Test("OpenRC: a supervised service whose arguments survive start-stop-daemon's eval")
+    @Test("OpenRC: a supervised service whose arguments and Env survive supervise-daemon's eval")
     func openrcService() throws {
         let c = try UserlandCase(
-            SampleImage.openrc(extra: [TarEntry("bin/sh", .file([1]), mode: 0o755), .file("etc/passwd", "root:x:0:0::/root:/bin/sh\nwww-data:x:33:33::/var/www:/bin/false\n")])
+            SampleImage.openrc(extra: [
+                TarEntry("bin/sh", .file([1]), mode: 0o755), TarEntry("usr/sbin/supervise-daemon", .file([1]), mode: 0o755),
+                .file("etc/passwd", "root:x:0:0::/root:/bin/sh\nwww-data:x:33:33::/var/www:/bin/false\n"),
+            ])
         ) { $0.containerConfig = Self.config }
         let script = try #require(c.text("etc/init.d/d2l-container"))
         #expect(c.mode("etc/init.d/d2l-container")?.0 == 0o755)
@@ -388,19 +391,33 @@ struct ContainerServiceTests {
         #expect(script.contains("command=/bin/sh\n"))
         #expect(script.contains("command_user=www-data\n"))
         #expect(script.contains("directory=/srv/www\n"))
-        #expect(script.contains(#"export GREETING='hi "there"'"#))
+        #expect(!script.contains("export "))  // an exported PATH would hide OpenRC's helpers from the script
+        #expect(script.contains("supervisor=supervise-daemon\n"))
+        let args = try #require(script.split(separator: "\n").first { $0.hasPrefix("supervise_daemon_args=") })
+        #expect(try Self.shellWords(afterEval: String(args), variable: "supervise_daemon_args") == ["--env", #"GREETING=hi "there""#])
         #expect(c.symlink("etc/runlevels/default/d2l-container") == "/etc/init.d/d2l-container")
         // sh reads the assignment, then start-stop-daemon's eval splits it into the original words.
         let line = try #require(script.split(separator: "\n").first { $0.hasPrefix("command_args=") })
-        let words = try Self.shellWords(afterEval: String(line))
+        let words = try Self.shellWords(afterEval: String(line), variable: "command_args")
         #expect(words == ["-c", #"echo "$GREETING 100%"; exec httpd -f"#])
     }
 
-    /// Runs `LINE; eval "set -- $command_args"` in sh and returns the positional parameters.
-    static func shellWords(afterEval line: String) throws -> [String] {
+    @Test("OpenRC without supervise-daemon: start-stop-daemon in the background with a pidfile")
+    func openrcStartStopDaemon() throws {
+        let c = try UserlandCase(SampleImage.openrc(extra: [TarEntry("bin/sh", .file([1]), mode: 0o755)])) {
+            $0.containerConfig = ContainerConfig(cmd: ["/bin/sh", "-c", "sleep 1d"], env: ["A=b"])
+        }
+        let script = try #require(c.text("etc/init.d/d2l-container"))
+        #expect(script.contains("command_background=true\npidfile=/run/d2l-container.pid\n"))
+        #expect(script.contains("start_stop_daemon_args='--env A=b'\n"))
+        #expect(!script.contains("supervisor="))
+    }
+
+    /// Runs `LINE; eval "set -- $VARIABLE"` in sh and returns the positional parameters.
+    static func shellWords(afterEval line: String, variable: String) throws -> [String] {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        process.arguments = ["-c", line + "\neval \"set -- $command_args\"\nfor w in \"$@\"; do printf '%s\\0' \"$w\"; done"]
+        process.arguments = ["-c", line + "\neval \"set -- $\(variable)\"\nfor w in \"$@\"; do printf '%s\\0' \"$w\"; done"]
         let pipe = Pipe()
         process.standardOutput = pipe
         try process.run()
