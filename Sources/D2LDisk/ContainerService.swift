@@ -10,10 +10,15 @@ public struct ContainerService: Sendable, Equatable, Codable {
 
     /// The command as it will run: the program resolved to an absolute path in the image.
     public var command: [String]
+    /// The config's Env, `NAME=VALUE` each.
     public var environment: [String]
+    /// The config's WorkingDir, `/` when it names none.
     public var workingDirectory: String
+    /// The config's User (a name or a uid), nil for root.
     public var user: String?
+    /// The group after the colon of the config's User, when it names one.
     public var group: String?
+    /// The config's ExposedPorts (`8080/tcp`): shown, not opened (the guest has no firewall d2l knows of).
     public var exposedPorts: [String]
 
     /// What the build does with an image's config: a service, or why not.
@@ -29,9 +34,8 @@ public struct ContainerService: Sendable, Equatable, Codable {
     static func decide(
         _ config: ContainerConfig?, initSystem: InitSystem, enabled: Bool, image: ImageEditor
     ) -> Decision {
-        guard let config, !config.command.isEmpty else {
-            return .none("the image config names no Entrypoint or Cmd")
-        }
+        guard let config else { return .none("the input has no image config: a root file system names no command") }
+        guard !config.command.isEmpty else { return .none("the image config names no Entrypoint or Cmd") }
         let shown = config.command.joined(separator: " ")
         if config.isOnlyShell { return .none("the image's command is only a shell (\(shown))") }
         guard enabled else { return .none("--no-container-service") }

@@ -83,6 +83,9 @@ enum MachineIdentity {
                 [Service]
                 Type=oneshot
                 ExecStart=\(keygen) -A
+                # An RSA key takes tens of seconds of CPU under emulation: only what the boot leaves idle.
+                CPUSchedulingPolicy=idle
+                IOSchedulingClass=idle
 
                 [Install]
                 WantedBy=multi-user.target
