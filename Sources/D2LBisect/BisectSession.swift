@@ -156,7 +156,7 @@ public enum BisectSession {
         let hypervisor = try LibvirtHypervisor(uri: request.machine.connect ?? LibvirtHypervisor.defaultURI())
         var spec = MachineSpec(
             diskPath: path, diskFormat: disk.format, accelerator: .tcg, memoryMiB: request.machine.memoryMiB,
-            cpus: request.machine.cpus, diskBus: bus)
+            cpus: request.machine.cpus, diskBus: bus, network: request.machine.network)
         let root = (
             withInitrd: disk.rootArgument(device: bus.devicePrefix, initrd: true),
             withoutInitrd: disk.rootArgument(device: bus.devicePrefix, initrd: false))

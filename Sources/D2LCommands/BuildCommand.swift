@@ -69,6 +69,25 @@ struct BuildCommand: PolicedCommand {
     @Flag(help: "Give root an empty password (for test images only).")
     var rootPasswordEmpty = false
 
+    @Option(help: "The network at boot: dhcp (the first Ethernet NIC by DHCP, with the image's own tools) or none (default: dhcp).")
+    var network: NetworkMode = .dhcp
+
+    @Option(
+        name: .customLong("ssh-authorized-key"),
+        help: ArgumentHelp(
+            "A public key file (id_ed25519.pub, authorized_keys) to log in with over SSH: for the --user, else for root. Repeatable.",
+            valueName: "file"))
+    var sshAuthorizedKeys: [String] = []
+
+    @Option(
+        help: ArgumentHelp(
+            "Create this user (with a home, and in the sudo group where the image has sudo); NAME:PASSWORD also sets its password (stored as a SHA-512 crypt hash).",
+            valueName: "name[:password]"))
+    var user: String?
+
+    @Flag(help: "Do not turn the image config's Entrypoint and Cmd into a service that starts at boot.")
+    var noContainerService = false
+
     @Option(help: "Extra kernel command line arguments.")
     var append: String = ""
 
@@ -111,9 +130,32 @@ struct BuildCommand: PolicedCommand {
         if rootPassword != nil && rootPasswordEmpty {
             throw ValidationError("--root-password and --root-password-empty exclude each other")
         }
+        if let user, UserAccount(parsing: user) == nil {
+            throw ValidationError(
+                "--user \(user): give NAME or NAME:PASSWORD, NAME in lower-case letters, digits, '_' and '-' (not root: use --root-password)")
+        }
+        _ = try authorizedKeys()
         if hostname.isEmpty || hostname.count > 64 || !hostname.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "." }) {
             throw ValidationError("--hostname \(hostname): letters, digits, '-' and '.' only, at most 64")
         }
+    }
+
+    /// The key lines of every --ssh-authorized-key file.
+    ///
+    /// - Throws: `ValidationError` for a file that cannot be read or holds no public key.
+    func authorizedKeys() throws -> [String] {
+        var keys: [String] = []
+        for file in sshAuthorizedKeys {
+            guard let data = FileManager.default.contents(atPath: file) else {
+                throw ValidationError("--ssh-authorized-key \(file): cannot read it")
+            }
+            do {
+                keys += try AuthorizedKeys.parse(String(decoding: data, as: UTF8.self), file: file)
+            } catch {
+                throw ValidationError("--ssh-authorized-key \(error)")
+            }
+        }
+        return keys
     }
 
     func run() async throws {
@@ -137,6 +179,10 @@ struct BuildCommand: PolicedCommand {
         options.bootMode = boot
         options.partitionTable = partitionTable
         options.secureBoot = secureBoot
+        options.network = network
+        options.authorizedKeys = try authorizedKeys()
+        options.user = user.flatMap(UserAccount.init(parsing:))
+        options.containerService = !noContainerService
         options.sourceDateEpoch = Self.sourceDateEpoch
         let started = Date()
         progress.begin("reading \(input)")

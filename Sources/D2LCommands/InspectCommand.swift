@@ -51,6 +51,11 @@ struct InspectCommand: PolicedCommand {
                 print("boot:     \(mode.mode.padding(toLength: 12, withPad: " ", startingAt: 0))"
                     + (mode.supported ? "yes" : "no: " + mode.problems.joined(separator: "; ")))
             }
+            if let service = report.containerService {
+                print("service:  \(ContainerService.name) runs \(service.summary)")
+            } else {
+                print("service:  none (\(report.containerServiceNote ?? "no command"))")
+            }
             for w in report.warnings.prefix(20) { print("warning:  \(w)") }
             if report.canBoot {
                 print("verdict:  can boot")

@@ -19,6 +19,9 @@ struct MachineOptions: ParsableArguments {
     @Option(help: "Disk bus (default: virtio).")
     var diskBus: DiskBus?
 
+    @Option(help: "The guest's network: none (no NIC) or user (one virtio NIC on QEMU's user-mode network, DHCP 10.0.2.0/24) (default: none).")
+    var network: GuestNetwork?
+
     /// Lays the options given on `machine`.
     func apply(to machine: inout MachineRequest) {
         if let connect { machine.connect = connect }
@@ -26,5 +29,6 @@ struct MachineOptions: ParsableArguments {
         if let memory { machine.memoryMiB = memory }
         if let cpus { machine.cpus = cpus }
         if let diskBus { machine.diskBus = diskBus }
+        if let network { machine.network = network }
     }
 }

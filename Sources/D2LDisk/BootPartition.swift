@@ -64,8 +64,9 @@ struct BootPartition: Sendable {
 
     /// Installs syslinux (boot sector + ldlinux.sys) into /syslinux.
     func installSyslinux() async throws {
-        try await ProcessRunner.run([
-            "syslinux", "--install", "--offset", "\(partition.byteOffset)", "--directory", "/syslinux", diskPath,
-        ], environment: env)
+        // syslinux writes ldlinux.sys through mcopy: without SOURCE_DATE_EPOCH it gets the clock's time.
+        try await ProcessRunner.run(
+            ["syslinux", "--install", "--offset", "\(partition.byteOffset)", "--directory", "/syslinux", diskPath],
+            environment: env)
     }
 }

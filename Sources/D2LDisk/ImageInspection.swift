@@ -31,6 +31,10 @@ public struct ImageInspection: Codable, Sendable {
     /// bios, uefi and uefi-secure, each with what stands in its way.
     public var bootModes: [BootModeSupport]
     public var canBoot: Bool
+    /// The image config's command as the service `d2l build` makes of it (`d2l-container`), or nil.
+    public var containerService: ContainerService?
+    /// Why there is no container service (no command, only a shell, an init without services, ...).
+    public var containerServiceNote: String?
 
     /// Scans `image` as `d2l build` would (its /boot and EFI loaders saved to a scratch folder that is
     /// removed after) and reports what it found.
@@ -53,6 +57,14 @@ public struct ImageInspection: Codable, Sendable {
         let modes = BootLoaders.supportedModes(tree: tree, kernelFile: kernelFile).map {
             BootModeSupport(mode: $0.mode, problems: $0.problems)
         }
+        var service: ContainerService?
+        var serviceNote: String?
+        switch ContainerService.decide(
+            image.config, initSystem: facts.initSystem, enabled: true, image: ImageEditor(tree: tree, mtime: 0))
+        {
+        case .service(let s): service = s
+        case .none(let why), .problem(let why): serviceNote = why
+        }
         return ImageInspection(
             input: image.path, format: image.format.rawValue, digest: image.digest.map { "sha256:" + $0 },
             architecture: image.architecture,
@@ -61,6 +73,7 @@ public struct ImageInspection: Codable, Sendable {
             initrdPath: facts.kernel?.initrdPath?.display, initPath: facts.initResolved?.display,
             initSystem: facts.initSystem.rawValue, files: tree.stats.regularFiles,
             directories: tree.stats.directories, contentBytes: tree.stats.dataBytes, problems: facts.problems,
-            warnings: tree.warnings, bootModes: modes, canBoot: facts.problems.isEmpty && modes.contains(where: \.supported))
+            warnings: tree.warnings, bootModes: modes, canBoot: facts.problems.isEmpty && modes.contains(where: \.supported),
+            containerService: service, containerServiceNote: serviceNote)
     }
 }

@@ -32,6 +32,10 @@ public struct BootFacts: Sendable {
         [
             "etc/os-release", "usr/lib/os-release", "etc/inittab", "etc/shadow", "etc/passwd", "etc/hosts",
             "etc/resolv.conf", "etc/hostname", "etc/fstab", "etc/securetty",
+            // What d2l edits or copies to make the disk usable after login: users and groups, ifupdown's
+            // interfaces, a new home's skeleton, root's own authorized keys.
+            "etc/group", "etc/gshadow", "etc/network/interfaces", "etc/skel/.bashrc", "etc/skel/.profile",
+            "etc/skel/.bash_logout", "root/.ssh/authorized_keys",
         ].map { ImagePath($0) })
     /// Base names of inits whose ELF header is read.
     public static let headNames: Set<ImagePath> = Set(

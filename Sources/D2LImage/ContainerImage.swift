@@ -140,6 +140,9 @@ public struct ContainerImage: Sendable {
     public var digest: String?
     /// Repository tags from the archive (informational).
     public var tags: [String] = []
+    /// What the image config says to run (Entrypoint, Cmd, Env, ...); nil for a root file system
+    /// tar or directory, which carry no config.
+    public var config: ContainerConfig?
     /// Files made to read this image (an engine's saved archive), removed by `removeOwnedFiles`.
     public var ownedFiles: [String] = []
 

@@ -117,6 +117,15 @@ public enum ImageReader {
         var variant: String?
         var rootfs: RootFS?
     }
+    /// The `config` section alone, decoded apart so that an odd one never hides the architecture.
+    private struct RuntimeConfigJSON: Decodable {
+        var config: ContainerConfigJSON?
+    }
+
+    /// What the image config says to run; nil when it says nothing or cannot be read.
+    static func runtimeConfig(_ configData: Data) -> ContainerConfig? {
+        (try? JSONDecoder().decode(RuntimeConfigJSON.self, from: configData))?.config?.config
+    }
 
     private static func dockerArchive(path: String, fd: Int32, index: TarIndex, platform: Platform) throws
         -> ContainerImage
@@ -167,6 +176,7 @@ public enum ImageReader {
             format: .dockerArchive, path: path, layers: layers, architecture: config.architecture, os: config.os,
             digest: SHA256Hasher.hex(configData))
         image.tags = manifest.RepoTags ?? []
+        image.config = runtimeConfig(configData)
         return image
     }
 
@@ -249,9 +259,11 @@ public enum ImageReader {
                         location: location, expectedDigest: hex, hasWhiteouts: true, size: layer.size ?? 0,
                         description: "\(path): layer \(i + 1) (sha256:\(hex.prefix(12)))"))
             }
-            return ContainerImage(
+            var image = ContainerImage(
                 format: format, path: path, layers: layers, architecture: config.architecture, os: config.os,
                 digest: try digestHex(chosen.digest, path: path))
+            image.config = runtimeConfig(configData)
+            return image
         }
     }
 

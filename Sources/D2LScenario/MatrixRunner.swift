@@ -213,6 +213,17 @@ public final class MatrixRunner: @unchecked Sendable {
                 result.reason = "d2l build failed: " + (build.stderr.split(separator: "\n").last.map(String.init) ?? "status \(build.status)")
                 return [result]
             }
+            if let enlarge = scenario.build.enlarge {
+                // As a user enlarging the disk after the build would: the image's partitions stay as built.
+                let resize = await ProcessRunner.capture(
+                    ["qemu-img", "resize", "-f", (scenario.build.format ?? .raw).qemuFormat, disk, "+" + enlarge])
+                guard resize.status == 0 else {
+                    result.verdict = .error
+                    result.reason = "could not test: qemu-img resize +\(enlarge) failed: " + resize.stderr.trimmingCharacters(in: .whitespacesAndNewlines)
+                    return [result]
+                }
+                log("enlarged \(scenario.name)'s disk by \(enlarge)")
+            }
         }
         result.disk = disk
 

@@ -32,6 +32,16 @@ public struct Scenario: Sendable, Codable, Equatable {
         public var boot: BootMode?
         public var partitionTable: PartitionTable.Scheme?
         public var secureBoot = false
+        /// `--network`: dhcp or none.
+        public var network: String?
+        /// `--ssh-authorized-key` files, resolved against the scenario's folder.
+        public var sshAuthorizedKeys: [String] = []
+        /// `--user NAME[:PASSWORD]`.
+        public var user: String?
+        /// false: `--no-container-service`.
+        public var containerService = true
+        /// Bytes to add to the disk after the build (`qemu-img resize +SIZE`), as a user enlarging it would.
+        public var enlarge: String?
     }
 
     public struct StageOverride: Sendable, Codable, Equatable {
@@ -51,6 +61,8 @@ public struct Scenario: Sendable, Codable, Equatable {
         public var cpus: Int?
         public var accel: Accelerator?
         public var diskBus: DiskBus?
+        /// The guest's NIC: none, or one on QEMU's user-mode network.
+        public var network: GuestNetwork?
         public var failedUnits: FailedUnitsPolicy?
         public var kernelWarnings: KernelWarningsPolicy?
         /// The firmware to boot under, one boot (and one result) each; nil: what the disk claims.
@@ -95,6 +107,10 @@ public struct Scenario: Sendable, Codable, Equatable {
         if let b = build.boot { a += ["--boot", b.rawValue] }
         if let t = build.partitionTable { a += ["--partition-table", t.rawValue] }
         if build.secureBoot { a.append("--secure-boot") }
+        if let n = build.network { a += ["--network", n] }
+        for key in build.sshAuthorizedKeys { a += ["--ssh-authorized-key", key] }
+        if let u = build.user { a += ["--user", u] }
+        if !build.containerService { a.append("--no-container-service") }
         return a
     }
 }
@@ -109,6 +125,7 @@ extension Scenario.Verify {
         if let cpus { request.machine.cpus = cpus }
         if let accel { request.machine.accelerator = accel }
         if let diskBus { request.machine.diskBus = diskBus }
+        if let network { request.machine.network = network }
         if let failedUnits { request.failedUnits = failedUnits }
         if let firmware { request.firmware = firmware }
         if let kernelWarnings { request.kernelWarnings = kernelWarnings }
@@ -145,10 +162,10 @@ public enum ScenarioParser {
     static let expectKeys: Set<String> = ["verdict", "reason"]
     static let buildKeys: Set<String> = [
         "format", "size", "headroom", "append", "hostname", "root-password-empty", "root-password", "boot",
-        "partition-table", "secure-boot",
+        "partition-table", "secure-boot", "network", "ssh-authorized-key", "user", "container-service", "enlarge",
     ]
     static let verifyKeys: Set<String> = [
-        "timeout", "memory", "cpus", "accel", "disk-bus", "failed-units", "kernel-warnings", "settle", "silence", "firmware",
+        "timeout", "memory", "cpus", "accel", "disk-bus", "network", "failed-units", "kernel-warnings", "settle", "silence", "firmware",
         "stages", "login", "run",
     ]
     static let stageKeys: Set<String> = ["pattern", "deadline"]
@@ -239,6 +256,30 @@ public enum ScenarioParser {
                 guard let flag = e as? Bool else { throw fail("build.secure-boot: expected true or false") }
                 build.secureBoot = flag
             }
+            if let n = map["network"] {
+                let text = try string(n, "build.network", fail)
+                guard ["dhcp", "none"].contains(text) else { throw fail("build.network: \(text) is not one of dhcp, none") }
+                build.network = text
+            }
+            if let k = map["ssh-authorized-key"] {
+                let files = (k as? [Any]) ?? [k]
+                build.sshAuthorizedKeys = try files.map { resolve(try string($0, "build.ssh-authorized-key", fail)) }
+                for file in build.sshAuthorizedKeys where !FileManager.default.isReadableFile(atPath: file) {
+                    throw fail("build.ssh-authorized-key: \(file) cannot be read")
+                }
+            }
+            build.user = try map["user"].map { try string($0, "build.user", fail) }
+            if let e = map["container-service"] {
+                guard let flag = e as? Bool else { throw fail("build.container-service: expected true or false") }
+                build.containerService = flag
+            }
+            if let e = map["enlarge"] {
+                let text = try string(e, "build.enlarge", fail)
+                guard let last = text.last, "KMGT".contains(last.uppercased()), let value = Double(text.dropLast()), value > 0 else {
+                    throw fail("build.enlarge: \(text): give a size to add, such as 1G or 512M")
+                }
+                build.enlarge = text
+            }
             if let e = map["root-password-empty"] {
                 guard let flag = e as? Bool else { throw fail("build.root-password-empty: expected true or false") }
                 build.rootPasswordEmpty = flag
@@ -254,6 +295,7 @@ public enum ScenarioParser {
             verify.cpus = try map["cpus"].map { try int($0, "verify.cpus", fail) }
             verify.accel = try map["accel"].map { try choice(Accelerator.self, $0, "verify.accel", fail) }
             verify.diskBus = try map["disk-bus"].map { try choice(DiskBus.self, $0, "verify.disk-bus", fail) }
+            verify.network = try map["network"].map { try choice(GuestNetwork.self, $0, "verify.network", fail) }
             verify.failedUnits = try map["failed-units"].map { try choice(FailedUnitsPolicy.self, $0, "verify.failed-units", fail) }
             verify.kernelWarnings = try map["kernel-warnings"].map {
                 try choice(KernelWarningsPolicy.self, $0, "verify.kernel-warnings", fail)

@@ -12,6 +12,8 @@ public struct MachineRequest: Sendable, Equatable {
     /// Guest CPUs (1-64).
     public var cpus: Int = 2
     public var diskBus: DiskBus = .virtio
+    /// The guest's NIC: none, or one on QEMU's user-mode network.
+    public var network: GuestNetwork = .none
 
     public init() {}
 
@@ -210,13 +212,15 @@ public enum DiskVerifier {
         let hypervisor = try LibvirtHypervisor(uri: request.machine.connect ?? LibvirtHypervisor.defaultURI())
         var spec = MachineSpec(
             diskPath: path, diskFormat: disk.format, accelerator: .tcg, memoryMiB: request.machine.memoryMiB,
-            cpus: request.machine.cpus, diskBus: bus, directBoot: directBoot, firmware: firmware[0])
+            cpus: request.machine.cpus, diskBus: bus, directBoot: directBoot, firmware: firmware[0],
+            network: request.machine.network)
         let (accelerator, warning) = await AcceleratorProbe.shared.resolve(
             request.machine.accelerator, hypervisor: hypervisor, probe: spec)
         if let warning { notes(.note(warning)) }
         spec.accelerator = accelerator
         var about = "\(path): \(disk.format), \(bus.rawValue), \(accelerator.rawValue)"
         about += ", \(request.machine.memoryMiB) MiB, \(request.machine.cpus) CPUs"
+        about += request.machine.network == .none ? ", no NIC" : ", a NIC on the user-mode network"
         if let guest = disk.guest {
             about += "; \(guest.prettyName ?? "unknown OS"), init \(guest.initSystem.rawValue)"
         } else {

@@ -27,6 +27,10 @@ import D2LVerify
         #expect(await D2LMain.run(["build", "x", "--format", "vhdx2"]) == 64)
         #expect(await D2LMain.run(["test", "--engine", "lxc"]) == 64)
         #expect(await D2LMain.run(["inspect"]) == 64)
+        #expect(await D2LMain.run(["build", "x", "--network", "static"]) == 64)
+        #expect(await D2LMain.run(["build", "x", "--user", "Root Admin"]) == 64)
+        #expect(await D2LMain.run(["build", "x", "--ssh-authorized-key", "/nonexistent/key.pub"]) == 64)
+        #expect(await D2LMain.run(["verify", "disk.img", "--network", "bridge"]) == 125)
         #expect(await D2LMain.run(["--version"]) == 0)
     }
 

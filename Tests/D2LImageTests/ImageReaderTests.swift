@@ -294,3 +294,70 @@ struct ImageReaderTests {
         }
     }
 }
+
+@Suite("Image config: what the container runs")
+struct ContainerConfigTests {
+    static let runtime = #"""
+        "config":{"Entrypoint":["/bin/sh","-c"],"Cmd":["exec httpd -f -p 8080"],"Env":["PATH=/usr/bin:/bin","GREETING=hi there"],
+        "WorkingDir":"/srv/www","User":"www-data:www-data","ExposedPorts":{"8080/tcp":{},"53/udp":null}}
+        """#
+
+    @Test("docker-archive and OCI configs give Entrypoint, Cmd, Env, WorkingDir, User and ExposedPorts")
+    func readsTheRuntimeConfig() throws {
+        let dir = try Scratch()
+        defer { dir.remove() }
+        let layers = try ImageReaderTests.writeLayers(in: dir)
+        let config = #"{"architecture":"amd64","os":"linux",\#(Self.runtime),"rootfs":{"type":"layers","diff_ids":[]}}"#
+        let archive = try TarBuilder.write(dir.path + "/image.tar") { t in
+            try t.file(Array("aaa/layer.tar".utf8), Array(try Data(contentsOf: URL(fileURLWithPath: layers[0]))))
+            try t.file("cfg.json", config)
+            try t.file("manifest.json", #"[{"Config":"cfg.json","Layers":["aaa/layer.tar"]}]"#)
+        }
+        let expected = ContainerConfig(
+            entrypoint: ["/bin/sh", "-c"], cmd: ["exec httpd -f -p 8080"], env: ["PATH=/usr/bin:/bin", "GREETING=hi there"],
+            workingDir: "/srv/www", user: "www-data:www-data", exposedPorts: ["53/udp", "8080/tcp"])
+        let docker = try ImageReader.open(path: archive)
+        #expect(docker.config == expected)
+        #expect(docker.config?.command == ["/bin/sh", "-c", "exec httpd -f -p 8080"])
+        #expect(docker.config?.environment("GREETING") == "hi there")
+        #expect(docker.config?.userAndGroup.user == "www-data")
+        #expect(docker.config?.userAndGroup.group == "www-data")
+
+        let layout = try OCILayout(root: dir.path + "/oci")
+        let layerHex = try layout.addBlob(file: layers[0])
+        let blob = try layout.addBlob(config)
+        let manifest = try layout.addBlob(
+            #"{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:\#(blob.hex)","size":\#(blob.size)},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:\#(layerHex)"}]}"#)
+        try layout.writeIndex([
+            #"{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:\#(manifest.hex)","size":\#(manifest.size)}"#
+        ])
+        #expect(try ImageReader.open(path: dir.path + "/oci").config == expected)
+
+        // A root file system carries no config at all.
+        #expect(try ImageReader.open(path: layers[0]).config == nil)
+    }
+
+    @Test("a config section of an unexpected shape is ignored and the architecture still read")
+    func oddConfigKeepsTheArchitecture() throws {
+        let dir = try Scratch()
+        defer { dir.remove() }
+        let layers = try ImageReaderTests.writeLayers(in: dir)
+        let archive = try TarBuilder.write(dir.path + "/image.tar") { t in
+            try t.file(Array("aaa/layer.tar".utf8), Array(try Data(contentsOf: URL(fileURLWithPath: layers[0]))))
+            try t.file("cfg.json", #"{"architecture":"amd64","os":"linux","config":{"Cmd":"not a list"}}"#)
+            try t.file("manifest.json", #"[{"Config":"cfg.json","Layers":["aaa/layer.tar"]}]"#)
+        }
+        let image = try ImageReader.open(path: archive)
+        #expect(image.architecture == "amd64")
+        #expect(image.config == nil)
+    }
+
+    @Test("only a shell (Debian's `bash`) is no service; a shell with a script is")
+    func onlyAShell() {
+        #expect(ContainerConfig(cmd: ["bash"]).isOnlyShell)
+        #expect(ContainerConfig(cmd: ["/bin/sh"]).isOnlyShell)
+        #expect(!ContainerConfig(cmd: ["sh", "-c", "httpd"]).isOnlyShell)
+        #expect(!ContainerConfig(entrypoint: ["/usr/bin/tini", "--"], cmd: ["bash"]).isOnlyShell)
+        #expect(!ContainerConfig(cmd: ["nginx"]).isOnlyShell)
+    }
+}

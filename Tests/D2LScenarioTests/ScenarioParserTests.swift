@@ -66,6 +66,37 @@ struct ScenarioParserTests {
         ])
     }
 
+    @Test func afterBootKeysBecomeBuildAndVerifyArguments() throws {
+        let dir = NSTemporaryDirectory() + "d2l-scenario-keys-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir + "/keys", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        FileManager.default.createFile(atPath: dir + "/keys/test.pub", contents: Data("ssh-ed25519 AAAA t\n".utf8))
+        let s = try ScenarioParser.parse(
+            """
+            recipe: demo
+            build:
+              network: none
+              user: alice:pw
+              ssh-authorized-key: keys/test.pub
+              container-service: false
+              enlarge: 1G
+            verify:
+              network: user
+            """, file: dir + "/after.yaml", imagesDirectory: images)
+        #expect(s.build.enlarge == "1G")
+        #expect(s.buildArguments == [
+            "--root-password-empty", "--network", "none", "--ssh-authorized-key", dir + "/keys/test.pub", "--user", "alice:pw",
+            "--no-container-service",
+        ])
+        var request = VerifyRequest(image: "disk.img")
+        s.verify.apply(to: &request)
+        #expect(request.machine.network == .user)
+        #expect(error("recipe: demo\nverify:\n  network: bridge\n").contains("verify.network: bridge is not one of none, user"))
+        #expect(error("recipe: demo\nbuild:\n  network: static\n").contains("build.network: static is not one of dhcp, none"))
+        #expect(error("recipe: demo\nbuild:\n  enlarge: lots\n").contains("build.enlarge: lots: give a size"))
+        #expect(error("recipe: demo\nbuild:\n  ssh-authorized-key: /nonexistent.pub\n").contains("/nonexistent.pub cannot be read"))
+    }
+
     @Test func unknownKeyIsNamedWithASuggestion() {
         let e = error("recipe: demo\nverfy:\n  timeout: 3\n")
         #expect(e.contains("unknown key verfy"))

@@ -18,4 +18,14 @@ import Testing
         #expect(!xml.contains("<interface"))
         #expect(MachineSpec.uniqueName() != MachineSpec.uniqueName())
     }
+
+    @Test func aNICOnlyWhenAskedAndOnTheUserModeNetwork() {
+        var spec = MachineSpec(name: "d2l-verify-test", diskPath: "/d/disk.img")
+        #expect(!spec.domainXML.contains("<interface"))
+        spec.network = .user
+        let xml = spec.domainXML
+        #expect(xml.contains("<interface type='user'><model type='virtio'/><rom enabled='no'/></interface>"))
+        // The disk stays the boot device: no boot order on the NIC.
+        #expect(xml.contains("<boot dev='hd'/>"))
+    }
 }
