@@ -12,7 +12,7 @@ struct ScenarioParserTests {
     let images: String = {
         let dir = NSTemporaryDirectory() + "d2l-scenario-\(getpid())"
         try? FileManager.default.createDirectory(atPath: dir + "/Images/demo", withIntermediateDirectories: true)
-        FileManager.default.createFile(atPath: dir + "/Images/demo/Dockerfile", contents: Data("FROM debian:bookworm\n".utf8))
+        _ = FileManager.default.createFile(atPath: dir + "/Images/demo/Dockerfile", contents: Data("FROM debian:bookworm\n".utf8))
         return dir + "/Images"
     }()
 
@@ -70,7 +70,7 @@ struct ScenarioParserTests {
         let dir = NSTemporaryDirectory() + "d2l-scenario-keys-\(getpid())"
         try FileManager.default.createDirectory(atPath: dir + "/keys", withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        FileManager.default.createFile(atPath: dir + "/keys/test.pub", contents: Data("ssh-ed25519 AAAA t\n".utf8))
+        _ = FileManager.default.createFile(atPath: dir + "/keys/test.pub", contents: Data("ssh-ed25519 AAAA t\n".utf8))
         let s = try ScenarioParser.parse(
             """
             recipe: demo
