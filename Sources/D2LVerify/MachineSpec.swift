@@ -114,8 +114,10 @@ public struct MachineSpec: Sendable {
         }
     }
 
-    /// The libvirt domain XML: transient disk, no relabelling, serial console, a NIC only when asked;
-    /// q35 and OVMF with its own NVRAM for UEFI (which needs ACPI; Secure Boot needs SMM too).
+    /// The libvirt domain XML: transient disk, no relabelling, serial console, a NIC only when asked,
+    /// a virtio RNG fed from the host's /dev/urandom (as clouds give one: a guest that makes SSH host
+    /// keys at first boot does not wait for entropy under TCG); q35 and OVMF with its own NVRAM for
+    /// UEFI (which needs ACPI; Secure Boot needs SMM too).
     public var domainXML: String {
         let type = accelerator == .kvm ? "kvm" : "qemu"
         let target = diskBus == .virtio ? "vda" : "sda"
@@ -152,6 +154,7 @@ public struct MachineSpec: Sendable {
                 <serial type='pty'><target port='0'/></serial>
                 <console type='pty'><target type='serial' port='0'/></console>
                 \(interfaceXML)
+                <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
                 <memballoon model='none'/>
               </devices>
               <seclabel type='none'/>
