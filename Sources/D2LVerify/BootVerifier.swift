@@ -39,7 +39,9 @@ public struct VerifyOptions: Sendable {
     public var commands: [GuestCommand]
     public var loginDeadline: Duration = .seconds(60)
     public var commandDeadline: Duration = .seconds(180)
-    public var poweroffDeadline: Duration = .seconds(90)
+    /// From `poweroff` typed to the guest stopping. sysvinit's shutdown scripts (DHCP release, clock,
+    /// swap, unmounts) took 90 s under TCG on a loaded two-core machine: a hung shutdown still fails.
+    public var poweroffDeadline: Duration = .seconds(180)
     /// Command output kept in the report, per command.
     public var outputLimit = 64 << 10
     /// What an end of the console means when it is not a guest stopping (a replayed log that ended).
