@@ -68,23 +68,25 @@ public struct TreeWriter {
                 ordinal += 1
                 let ref = EntryRef(layer: index, ordinal: ordinal)
                 if entry.kind == .directory { continue }
-                let final = tree.isFinal(ref, at: entry.path)
-                if final != nil { try Self.checkName(entry.path) }
-                let (parentPath, name) = entry.path.splitParent
+                // Where the scan put the entry (its parents resolved through the image's symlinks).
+                let path = tree.placement(of: ref) ?? entry.path
+                let final = tree.isFinal(ref, at: path)
+                if final != nil { try Self.checkName(path) }
+                let (parentPath, name) = path.splitParent
+                let needed = tree.linkSources.contains(ref)
                 switch entry.kind {
                 case .regular(let size):
-                    let needed = tree.linkSources.contains(ref)
                     guard final != nil || needed else { continue }
-                    if let node = final, isBoot(entry.path), let dir = bootDirectory {
+                    if let node = final, isBoot(path), let dir = bootDirectory {
                         if node.capturedFile != nil { continue }  // saved while scanning
-                        try capture(stream, to: dir + "/" + relativeBoot(entry.path))
+                        try capture(stream, to: dir + "/" + relativeBoot(path))
                         continue
                     }
                     // A link source whose directory is gone gets an inode with no name of its own;
                     // the parent is then only an allocation hint.
                     guard let parent = directoryInodes[parentPath] ?? (final == nil ? Ext4Writer.rootInode : nil)
                     else { continue }
-                    let tee = final != nil ? try extraCaptures[entry.path].map(Self.createCapture) : nil
+                    let tee = final != nil ? try extraCaptures[path].map(Self.createCapture) : nil
                     defer { try? tee?.close() }
                     let ino = try ext4.createFile(
                         parent: parent, name: name, metadata: entry.metadata, size: size, linked: final != nil
@@ -101,17 +103,19 @@ public struct TreeWriter {
                     result.filesWritten += 1
                     progress?.update(bytes: ext4.bytesWritten, total: total)
                 case .hardlink:
-                    guard let node = final, let parent = directoryInodes[parentPath] else { continue }
-                    if node.kind == .hardlink {
-                        if let src = node.linkSource, let ino = linkInodes[src] {
-                            try ext4.hardlink(parent: parent, name: name, to: ino)
-                        }
-                    } else if let kind = node.entryKind {
-                        try writeOther(kind, parent: parent, name: name, metadata: node.metadata, ext4: ext4)
-                    }
+                    guard let node = final, let parent = directoryInodes[parentPath], let src = node.linkSource,
+                        let ino = linkInodes[src]
+                    else { continue }
+                    try ext4.hardlink(parent: parent, name: name, to: ino)
                 default:
-                    guard final != nil, let parent = directoryInodes[parentPath] else { continue }
-                    try writeOther(entry.kind, parent: parent, name: name, metadata: entry.metadata, ext4: ext4)
+                    guard final != nil || needed else { continue }
+                    // As for files: a link source whose name is gone keeps an inode without one.
+                    guard let parent = directoryInodes[parentPath] ?? (final == nil ? Ext4Writer.rootInode : nil)
+                    else { continue }
+                    let ino = try writeOther(
+                        entry.kind, parent: parent, name: name, metadata: entry.metadata, linked: final != nil,
+                        ext4: ext4)
+                    if needed, let ino { linkInodes[ref] = ino }
                 }
             }
             try stream.finish()
@@ -121,23 +125,22 @@ public struct TreeWriter {
         return result
     }
 
+    /// Writes a symlink, device, FIFO or socket and returns its inode (nil for other kinds).
     private func writeOther(
-        _ kind: EntryKind, parent: Ext4Writer.Inode, name: ImagePath, metadata: EntryMetadata, ext4: Ext4Writer
-    ) throws {
+        _ kind: EntryKind, parent: Ext4Writer.Inode, name: ImagePath, metadata: EntryMetadata, linked: Bool,
+        ext4: Ext4Writer
+    ) throws -> Ext4Writer.Inode? {
+        let special: SpecialFileKind
         switch kind {
         case .symlink(let target):
-            try ext4.symlink(parent: parent, name: name, target: target, metadata: metadata)
-        case .characterDevice(let major, let minor):
-            try ext4.special(parent: parent, name: name, kind: .characterDevice(major: major, minor: minor), metadata: metadata)
-        case .blockDevice(let major, let minor):
-            try ext4.special(parent: parent, name: name, kind: .blockDevice(major: major, minor: minor), metadata: metadata)
-        case .fifo:
-            try ext4.special(parent: parent, name: name, kind: .fifo, metadata: metadata)
-        case .socket:
-            try ext4.special(parent: parent, name: name, kind: .socket, metadata: metadata)
-        case .regular, .directory, .hardlink:
-            break
+            return try ext4.symlink(parent: parent, name: name, target: target, metadata: metadata, linked: linked)
+        case .characterDevice(let major, let minor): special = .characterDevice(major: major, minor: minor)
+        case .blockDevice(let major, let minor): special = .blockDevice(major: major, minor: minor)
+        case .fifo: special = .fifo
+        case .socket: special = .socket
+        case .regular, .directory, .hardlink: return nil
         }
+        return try ext4.special(parent: parent, name: name, kind: special, metadata: metadata, linked: linked)
     }
 
     /// Refuses a name ext4 cannot hold, naming its path (the writer itself knows only the name).

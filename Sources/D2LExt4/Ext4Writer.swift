@@ -185,8 +185,14 @@ public final class Ext4Writer {
     ///
     /// - Throws: `Ext4Error.library` when libext2fs cannot read or write the inode or its attributes.
     public func setMetadata(_ ino: Inode, _ meta: FileMetadata) throws {
+        try setMetadata(ino, meta, links: nil)
+    }
+
+    /// Sets metadata and, unless nil, the link count.
+    private func setMetadata(_ ino: Inode, _ meta: FileMetadata, links: UInt16?) throws {
         var inode = try readInode(ino)
         fill(&inode, mode: inode.i_mode & 0o170000, meta)
+        if let links { inode.i_links_count = links }
         try writeInode(ino, &inode)
         try setXattrs(ino, meta.xattrs)
     }
@@ -325,27 +331,36 @@ public final class Ext4Writer {
         }
     }
 
-    /// Creates a symbolic link.
+    /// Creates a symbolic link and returns its inode. `linked` false makes an inode with no name
+    /// yet (a hard link adds one later).
     ///
     /// - Throws: `Ext4Error.invalidName` for a name ext4 cannot hold, `Ext4Error.library` when no inode or block is left.
-    public func symlink(parent: Inode, name: [UInt8], target: [UInt8], metadata: FileMetadata) throws {
-        try checkName(name)
+    @discardableResult
+    public func symlink(parent: Inode, name: [UInt8], target: [UInt8], metadata: FileMetadata, linked: Bool = true)
+        throws -> Inode
+    {
+        if linked { try checkName(name) }
         let fs = try handle
         let ino = try newInode(parent: parent, mode: UInt16(LINUX_S_IFLNK))
         // No name for libext2fs to link (it would look the name up first, scanning the directory).
         let code = withCName(target) { ext2fs_symlink(fs, parent, ino, nil, $0) }
         try Ext4Error.check(code, "symlink \(String(decoding: name, as: UTF8.self))")
-        try link(parent: parent, name: name, ino: ino, type: EXT2_FT_SYMLINK)
+        if linked { try link(parent: parent, name: name, ino: ino, type: EXT2_FT_SYMLINK) }
         var meta = metadata
         meta.permissions = 0o777
-        try setMetadata(ino, meta)
+        try setMetadata(ino, meta, links: linked ? 1 : 0)
+        return ino
     }
 
-    /// Creates a device node, FIFO or socket.
+    /// Creates a device node, FIFO or socket and returns its inode. `linked` false makes an inode
+    /// with no name yet (a hard link adds one later).
     ///
     /// - Throws: `Ext4Error.invalidName` for a name ext4 cannot hold, `Ext4Error.library` when no inode is left.
-    public func special(parent: Inode, name: [UInt8], kind: SpecialFileKind, metadata: FileMetadata) throws {
-        try checkName(name)
+    @discardableResult
+    public func special(
+        parent: Inode, name: [UInt8], kind: SpecialFileKind, metadata: FileMetadata, linked: Bool = true
+    ) throws -> Inode {
+        if linked { try checkName(name) }
         let fs = try handle
         let mode: UInt16
         let type: Int32
@@ -365,24 +380,35 @@ public final class Ext4Writer {
         ext2fs_inode_alloc_stats2(fs, ino, 1, 0)
         var inode = ext2_inode_large()
         fill(&inode, mode: mode, metadata)
-        inode.i_links_count = 1
+        inode.i_links_count = linked ? 1 : 0
         if major < 256 && minor < 256 {
             inode.i_block.0 = major * 256 + minor
         } else {
             inode.i_block.1 = (minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12)
         }
         try writeInode(ino, &inode, new: true)
-        try link(parent: parent, name: name, ino: ino, type: type)
+        if linked { try link(parent: parent, name: name, ino: ino, type: type) }
         try setXattrs(ino, metadata.xattrs)
+        return ino
     }
 
-    /// Adds another name for an existing regular file.
+    /// Adds another name for an existing file, symlink, device, FIFO or socket (not a directory);
+    /// the directory entry gets the file type of the inode's mode.
     ///
     /// - Throws: `Ext4Error.invalidName` for a name ext4 cannot hold, `Ext4Error.library` when the inode cannot be updated.
     public func hardlink(parent: Inode, name: [UInt8], to ino: Inode) throws {
         try checkName(name)
-        try link(parent: parent, name: name, ino: ino, type: EXT2_FT_REG_FILE)
         var inode = try readInode(ino)
+        let type: Int32
+        switch UInt32(inode.i_mode) & 0o170000 {
+        case UInt32(LINUX_S_IFLNK): type = EXT2_FT_SYMLINK
+        case UInt32(LINUX_S_IFCHR): type = EXT2_FT_CHRDEV
+        case UInt32(LINUX_S_IFBLK): type = EXT2_FT_BLKDEV
+        case UInt32(LINUX_S_IFIFO): type = EXT2_FT_FIFO
+        case UInt32(LINUX_S_IFSOCK): type = EXT2_FT_SOCK
+        default: type = EXT2_FT_REG_FILE
+        }
+        try link(parent: parent, name: name, ino: ino, type: type)
         inode.i_links_count += 1
         try writeInode(ino, &inode)
     }

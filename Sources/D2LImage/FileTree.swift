@@ -51,7 +51,7 @@ public final class TreeNode {
         return made
     }
 
-    /// For hard links: the regular-file entry whose inode this name shares.
+    /// For hard links: the entry whose inode this name shares (a regular file, symlink, device or FIFO).
     public var linkSource: EntryRef? {
         get { rare?.linkSource }
         set { if newValue != nil || rare != nil { rareFields.linkSource = newValue } }
@@ -72,16 +72,22 @@ public final class TreeNode {
         set { if newValue != nil || rare != nil { rareFields.capturedFile = newValue } }
     }
 
+    /// The target of a symlink, or of a hard link to a symlink (another name for the same inode).
     public var symlinkTarget: [UInt8]? {
         if case .symlink(let t) = entryKind { return t }
         return nil
+    }
+
+    /// A regular file, or a hard link to one (not to a symlink, device or FIFO).
+    public var isRegularFile: Bool {
+        kind == .regular || (kind == .hardlink && entryKind == nil)
     }
 }
 
 /// The result of flattening: the final tree, and which entries must be written.
 public final class FileTree {
     public let root: TreeNode
-    /// Regular-file entries that hard links point to.
+    /// Entries that hard links point to (regular files, symlinks, devices, FIFOs).
     public private(set) var linkSources: Set<EntryRef> = []
     public private(set) var stats = Stats()
     /// Problems met while flattening (entries skipped), for the user.
@@ -119,6 +125,76 @@ public final class FileTree {
         return node
     }
 
+    /// The most symlinks one path may go through (Linux's MAXSYMLINKS).
+    public static let maximumSymlinkHops = 40
+
+    /// Walks to the directory at `path` as a container engine applies a layer (Docker's and
+    /// containerd's `RootPath`, the kernel's lookup in a chroot): every symlink on the way is followed
+    /// inside the image, a relative target from the directory that holds the link, an absolute one
+    /// from the image root, and `..` stops at the root, so a path never leaves the image.
+    ///
+    /// A name that is missing, or names something that is not a directory, gets the directory
+    /// `make` returns (nil: the walk gives nil).
+    ///
+    /// - Returns: the directory and its path with every symlink resolved.
+    /// - Throws: `ImageError.symlinkLoop` past `maximumSymlinkHops` symlinks (the kernel's ELOOP).
+    func walkToDirectory(_ path: ImagePath, making make: (() -> TreeNode)? = nil) throws(ImageError)
+        -> (node: TreeNode, path: ImagePath)?
+    {
+        // Names still to walk, the last one to walk first.
+        var pending = path.split(separator: UInt8(ascii: "/")).reversed().map(Array.init)
+        var trail: [(name: ImagePath, node: TreeNode)] = []
+        var hops = 0
+        while let part = pending.popLast() {
+            if part == [UInt8(ascii: ".")] { continue }
+            if part == [UInt8(ascii: "."), UInt8(ascii: ".")] {
+                if !trail.isEmpty { trail.removeLast() }
+                continue
+            }
+            let node = trail.last?.node ?? root
+            if let child = node.children[part] {
+                if child.kind == .directory {
+                    trail.append((part, child))
+                    continue
+                }
+                if let target = child.symlinkTarget {
+                    hops += 1
+                    guard hops <= Self.maximumSymlinkHops else {
+                        throw .symlinkLoop(path: path.display, layer: "")
+                    }
+                    if target.first == UInt8(ascii: "/") { trail.removeAll() }
+                    pending += target.split(separator: UInt8(ascii: "/")).reversed().map(Array.init)
+                    continue
+                }
+            }
+            guard let make else { return nil }
+            let made = make()
+            node.children[part] = made
+            trail.append((part, made))
+        }
+        return (trail.last?.node ?? root, Array(trail.map(\.name).joined(separator: [UInt8(ascii: "/")])))
+    }
+
+    /// The node a layer entry at `path` names: its parent directories resolved through the image's
+    /// symlinks as `walkToDirectory` does, its last name not followed (a hard link's target).
+    ///
+    /// - Throws: `ImageError.symlinkLoop` when the parents go through a symlink loop.
+    public func lookupEntry(_ path: ImagePath) throws(ImageError) -> (node: TreeNode, path: ImagePath)? {
+        let (parentPath, name) = path.splitParent
+        guard !name.isEmpty else { return (root, []) }
+        guard let (parent, resolved) = try walkToDirectory(parentPath), let node = parent.children[name] else {
+            return nil
+        }
+        return (node, resolved.isEmpty ? name : resolved + [UInt8(ascii: "/")] + name)
+    }
+
+    /// Where an entry was put when its parent path went through a symlink (`bin/tool` on a merged-/usr
+    /// image is `usr/bin/tool`); nil when it is where its own path says.
+    public func placement(of ref: EntryRef) -> ImagePath? { placements[ref] }
+
+    /// Entries whose parent path went through a symlink, and their real path (few, in any image).
+    var placements: [EntryRef: ImagePath] = [:]
+
     /// Resolves `path` inside the image, following symlinks as the image's kernel would
     /// (never on the host). Returns the final path and node, or nil.
     public func resolve(_ path: ImagePath, followLast: Bool = true) -> (ImagePath, TreeNode)? {
@@ -135,7 +211,7 @@ public final class FileTree {
                 continue
             }
             guard node.kind == .directory, let child = node.children[part] else { return nil }
-            if child.kind == .symlink, followLast || !pending.isEmpty, let target = child.symlinkTarget {
+            if followLast || !pending.isEmpty, let target = child.symlinkTarget {
                 hops += 1
                 guard hops < 40 else { return nil }
                 let targetParts = target.split(separator: UInt8(ascii: "/")).map(Array.init)
@@ -196,6 +272,7 @@ public final class FileTree {
         var finalSources: Set<EntryRef> = []
         var stack = [root]
         while let node = stack.popLast() {
+            if let src = node.source, linkSourceSizes[src] != nil { finalSources.insert(src) }
             switch node.kind {
             case .directory:
                 s.directories += 1
@@ -208,7 +285,6 @@ public final class FileTree {
                 s.regularFiles += 1
                 s.dataBytes += node.size
                 s.dataBlocks4K += (node.size + 4095) / 4096
-                if let src = node.source, linkSourceSizes[src] != nil { finalSources.insert(src) }
             case .symlink:
                 s.symlinks += 1
                 if (node.symlinkTarget?.count ?? 0) >= 60 { s.longSymlinks += 1 }
@@ -219,7 +295,8 @@ public final class FileTree {
                 s.specials += 1
             }
         }
-        // Link sources that are no longer final at their own path are written as extra inodes.
+        // Link sources that are no longer final at their own path are written as extra inodes
+        // (counted as regular files: a symlink's or device's inode needs no more room).
         for src in sources where !finalSources.contains(src) {
             s.regularFiles += 1
             let size = linkSourceSizes[src] ?? 0
@@ -230,6 +307,6 @@ public final class FileTree {
         stats = s
     }
 
-    /// Sizes of every regular entry a hard link named (filled while scanning).
+    /// Sizes of every entry a hard link named (filled while scanning; 0 for a symlink, device or FIFO).
     var linkSourceSizes: [EntryRef: UInt64] = [:]
 }

@@ -300,4 +300,34 @@ struct LayerFlattenerTests {
         #expect(data[4096..<(size - 8192)].allSatisfy { $0 == 0 })
         #expect(data[(size - 8192)...].allSatisfy { $0 == 0xab })
     }
+
+    @Test("whiteouts, opaque markers and hard-link targets are found through the image's symlinks")
+    func whiteoutsThroughSymlinks() throws {
+        let dir = try Scratch()
+        defer { dir.remove() }
+        let lower = try dir.layer("0.tar") { t in
+            try t.directory("usr/bin")
+            try t.file("usr/bin/ls", "ls")
+            try t.file("usr/bin/cat", "cat")
+            try t.directory("usr/lib")
+            try t.file("usr/lib/old", "old")
+            try t.symlink("bin", to: "usr/bin")
+            try t.symlink("lib", to: "/usr/lib")
+        }
+        let upper = try dir.layer("1.tar") { t in
+            try t.whiteout("bin/ls")
+            try t.opaque("lib")
+            try t.file("lib/new", "new")
+            try t.hardlink("bin/kitten", to: "bin/cat")
+        }
+        let tree = try flatten([lower, upper])
+        #expect(tree.names("usr/bin") == ["cat", "kitten"])
+        #expect(tree.names("usr/lib") == ["new"])
+        #expect(tree.node("bin")?.kind == .symlink)
+        #expect(tree.node("lib")?.kind == .symlink)
+        let kitten = try #require(tree.node("usr/bin/kitten"))
+        #expect(kitten.linkSource == tree.node("usr/bin/cat")?.source)
+        #expect(tree.placement(of: EntryRef(layer: 1, ordinal: 3)) == ImagePath("usr/lib/new"))
+        #expect(tree.placement(of: EntryRef(layer: 0, ordinal: 2)) == nil)
+    }
 }

@@ -1,0 +1,128 @@
+import CExt2fs
+import D2LDisk
+import D2LImage
+import Foundation
+import Testing
+
+/// Layer semantics that used to go wrong (issue 14): each test writes its own layers, writes
+/// them into ext4, reads the result back and has e2fsck check it.
+@Suite("Layer semantics through to ext4")
+struct LayerSemanticsTests {
+    static let symlinkType: UInt16 = 0o120000
+    static let directoryType: UInt16 = 0o040000
+
+    @Test("a later layer writes through the image's symlinks: merged /usr, absolute and escaping targets")
+    func pathsThroughSymlinks() throws {
+        let fixture = try Ext4Fixture()
+        defer { fixture.remove() }
+        let (tree, fs) = try fixture.build([
+            [
+                TarEntry("usr", .directory), TarEntry("usr/bin", .directory),
+                TarEntry("usr/bin/ls", .file(Array("LS".utf8)), mode: 0o755),
+                TarEntry("bin", .symlink("usr/bin")),
+                TarEntry("var", .directory),
+                TarEntry("var/run", .symlink("/run")),  // absolute; /run does not exist yet
+                TarEntry("opt/real", .directory),
+                TarEntry("etc", .directory),
+                TarEntry("etc/x", .symlink("/opt/real")),
+                TarEntry("up", .symlink("../../../../srv")),  // ".." stops at the image root
+                TarEntry("chain", .symlink("bin")),  // a symlink to a symlink
+            ],
+            [
+                TarEntry("bin/tool", .file(Array("TOOL".utf8)), mode: 0o755),
+                .file("var/run/pid", "42"),
+                .file("etc/x/f", "through an absolute link"),
+                .file("up/escaped", "inside"),
+                .file("chain/other", "two hops"),
+                TarEntry("bin/sh", .hardlink("usr/bin/ls")),  // a hard link placed through a symlink
+            ],
+        ])
+        // The system's symlinks are still symlinks, and what the layer wrote is behind them.
+        #expect(try fs.stat("bin").type == Self.symlinkType)
+        #expect(try fs.symlinkTarget("bin") == "usr/bin")
+        #expect(try fs.list("usr/bin") == ["ls", "other", "sh", "tool"])
+        #expect(try fs.read("usr/bin/tool") == Array("TOOL".utf8))
+        #expect(try fs.read("usr/bin/other") == Array("two hops".utf8))
+        #expect(try fs.stat("usr/bin/sh").ino == (try fs.stat("usr/bin/ls").ino))
+        #expect(try fs.stat("var/run").type == Self.symlinkType)
+        #expect(try fs.read("run/pid") == Array("42".utf8))
+        #expect(try fs.stat("etc/x").type == Self.symlinkType)
+        #expect(try fs.read("opt/real/f") == Array("through an absolute link".utf8))
+        #expect(try fs.read("srv/escaped") == Array("inside".utf8))
+        #expect(try fs.list("") == ["bin", "chain", "etc", "lost+found", "opt", "run", "srv", "up", "usr", "var"])
+        #expect(tree.placement(of: EntryRef(layer: 1, ordinal: 1)) == ImagePath("usr/bin/tool"))
+        try TreeWriterTests.expectClean(fixture)
+    }
+
+    @Test("an explicit directory entry in a later layer replaces a symlink, as Docker and containerd do")
+    func directoryEntryReplacesSymlink() throws {
+        let fixture = try Ext4Fixture()
+        defer { fixture.remove() }
+        let (_, fs) = try fixture.build([
+            [TarEntry("usr/lib", .directory), .file("usr/lib/libc", "C"), TarEntry("lib", .symlink("usr/lib"))],
+            [TarEntry("lib", .directory), .file("lib/own", "own")],
+        ])
+        #expect(try fs.stat("lib").type == Self.directoryType)
+        #expect(try fs.list("lib") == ["own"])
+        #expect(try fs.list("usr/lib") == ["libc"])
+        try TreeWriterTests.expectClean(fixture)
+    }
+
+    @Test("a symlink loop on an entry's path is refused, naming the entry and the layer")
+    func symlinkLoop() throws {
+        let fixture = try Ext4Fixture()
+        defer { fixture.remove() }
+        let layers = try fixture.layers([
+            [TarEntry("a", .symlink("b")), TarEntry("b", .symlink("/a"))],
+            [.file("a/f", "never written")],
+        ])
+        #expect {
+            try LayerFlattener().scan(layers)
+        } throws: { error in
+            guard case ImageError.symlinkLoop(let path, let layer)? = error as? ImageError else { return false }
+            let text = "\(error)"
+            return path == "/a" && layer == "layer 1" && text.contains("symlink loop") && text.contains("layer 1")
+        }
+    }
+
+    @Test("a hard link to a symlink, a device or a FIFO is a second name for the same inode")
+    func hardlinksToOtherKinds() throws {
+        let fixture = try Ext4Fixture()
+        defer { fixture.remove() }
+        let (_, fs) = try fixture.build([
+            [
+                TarEntry("s", .symlink("target")),
+                TarEntry("s2", .hardlink("s")),
+                TarEntry("dev/null", .characterDevice(1, 3), mode: 0o666),
+                TarEntry("dev/null2", .hardlink("dev/null")),
+                TarEntry("disk", .blockDevice(8, 0), mode: 0o660),
+                TarEntry("fifo", .fifo),
+                TarEntry("fifo2", .hardlink("fifo")),
+                TarEntry("gone", .symlink("old target")),
+            ],
+            [
+                TarEntry("disk2", .hardlink("disk")),  // across layers
+                TarEntry("kept", .hardlink("gone")),
+            ],
+            [.file("gone", "replaced: the link keeps the old symlink")],
+        ])
+        for (a, b, type) in [
+            ("s", "s2", Self.symlinkType), ("dev/null", "dev/null2", UInt16(0o020000)),
+            ("disk", "disk2", UInt16(0o060000)), ("fifo", "fifo2", UInt16(0o010000)),
+        ] {
+            let first = try fs.stat(a)
+            let second = try fs.stat(b)
+            #expect(first.ino == second.ino, "\(a) and \(b) are separate inodes")
+            #expect(first.links == 2)
+            #expect(first.type == type)
+        }
+        #expect(try fs.symlinkTarget("s2") == "target")
+        #expect(try fs.stat("kept").type == Self.symlinkType)
+        #expect(try fs.stat("kept").links == 1)
+        #expect(try fs.symlinkTarget("kept") == "old target")
+        #expect(try fs.read("gone") == Array("replaced: the link keeps the old symlink".utf8))
+        // The directory entries carry the inode's type (e2fsck checks that too).
+        #expect(try fixture.debugfs("ls -l /").contains("s2"))
+        try TreeWriterTests.expectClean(fixture)
+    }
+}
