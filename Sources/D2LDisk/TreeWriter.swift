@@ -89,7 +89,8 @@ public struct TreeWriter {
                     let tee = final != nil ? try extraCaptures[path].map(Self.createCapture) : nil
                     defer { try? tee?.close() }
                     let ino = try ext4.createFile(
-                        parent: parent, name: name, metadata: entry.metadata, size: size, linked: final != nil
+                        parent: parent, name: name, metadata: entry.metadata, size: size,
+                        dataRegions: entry.dataRegions, linked: final != nil
                     ) { sink in
                         try stream.readData { bytes, offset in
                             try sink(bytes, offset)

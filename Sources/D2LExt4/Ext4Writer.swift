@@ -231,10 +231,14 @@ public final class Ext4Writer {
     /// (bytes, offset in the file). `linked` false makes an inode with no name yet
     /// (a hard link adds one later).
     ///
-    /// - Throws: `Ext4Error.invalidName` for a name ext4 cannot hold, `Ext4Error.library` when no inode or block is left (the file system is full), `Ext4Error.io` when the data cannot be written, and what `produce` throws.
+    /// `dataRegions` (sorted, disjoint byte ranges within `size`) makes a sparse file: only the
+    /// blocks those ranges touch are allocated, the rest stay holes (unmapped in the extent tree,
+    /// read as zeros), and `produce` may only hand over bytes inside the ranges.
+    ///
+    /// - Throws: `Ext4Error.invalidName` for a name ext4 cannot hold, `Ext4Error.library` when no inode or block is left (the file system is full), `Ext4Error.io` when the data cannot be written or lies outside `dataRegions`, and what `produce` throws.
     public func createFile(
-        parent: Inode, name: [UInt8], metadata: FileMetadata, size: UInt64, linked: Bool = true,
-        produce: ((UnsafeRawBufferPointer, Int64) throws -> Void) throws -> Void
+        parent: Inode, name: [UInt8], metadata: FileMetadata, size: UInt64, dataRegions: [Range<UInt64>]? = nil,
+        linked: Bool = true, produce: ((UnsafeRawBufferPointer, Int64) throws -> Void) throws -> Void
     ) throws -> Inode {
         if linked { try checkName(name) }
         let fs = try handle
@@ -252,19 +256,34 @@ public final class Ext4Writer {
         try writeInode(ino, &inode, new: true)
         if linked { try link(parent: parent, name: name, ino: ino, type: EXT2_FT_REG_FILE) }
 
-        let blocks = (size + UInt64(blockSize) - 1) / UInt64(blockSize)
-        if blocks > 0 {
+        let bs = UInt64(blockSize)
+        let blockRanges = Self.blockRanges(dataRegions ?? [0..<size], blockSize: bs)
+        if !blockRanges.isEmpty {
             let flags = Int32(EXT2_FALLOCATE_FORCE_INIT | EXT2_FALLOCATE_INIT_BEYOND_EOF)
-            try withUnsafeMutablePointer(to: &inode) { p in
-                try p.withMemoryRebound(to: ext2_inode.self, capacity: 1) {
-                    try Ext4Error.check(
-                        ext2fs_fallocate(fs, flags, ino, $0, goal, 0, blocks),
-                        "allocate \(blocks) blocks (file system full?)")
+            for range in blockRanges {
+                try withUnsafeMutablePointer(to: &inode) { p in
+                    try p.withMemoryRebound(to: ext2_inode.self, capacity: 1) {
+                        try Ext4Error.check(
+                            ext2fs_fallocate(fs, flags, ino, $0, goal, range.lowerBound, UInt64(range.count)),
+                            "allocate \(range.count) blocks (file system full?)")
+                    }
                 }
             }
             let runs = try extentRuns(ino, &inode)
             if let last = runs.last { goal = last.physical + last.length }
             try writeInode(ino, &inode)
+            if dataRegions != nil {
+                // The blocks are not cleared when allocated: the parts of a sparse file's blocks that
+                // its data does not cover must read as the zeros of the hole next to them.
+                let zeros = [UInt8](repeating: 0, count: blockSize)
+                try zeros.withUnsafeBytes { zero in
+                    for range in blockRanges {
+                        for block in Set([range.lowerBound, range.upperBound - 1]) {
+                            try write(zero, at: Int64(block * bs), runs: runs, counted: false)
+                        }
+                    }
+                }
+            }
             try produce { bytes, offset in
                 try self.write(bytes, at: offset, runs: runs)
             }
@@ -301,18 +320,34 @@ public final class Ext4Writer {
         return runs
     }
 
-    private func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64, runs: [Run]) throws {
+    /// The blocks `regions` (sorted byte ranges) touch, as sorted, disjoint block ranges.
+    static func blockRanges(_ regions: [Range<UInt64>], blockSize: UInt64) -> [Range<UInt64>] {
+        var out: [Range<UInt64>] = []
+        for region in regions where !region.isEmpty {
+            let blocks = (region.lowerBound / blockSize)..<((region.upperBound + blockSize - 1) / blockSize)
+            if let last = out.last, blocks.lowerBound <= last.upperBound {
+                out[out.count - 1] = last.lowerBound..<max(last.upperBound, blocks.upperBound)
+            } else {
+                out.append(blocks)
+            }
+        }
+        return out
+    }
+
+    private func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64, runs: [Run], counted: Bool = true) throws {
         var done = 0
         let bs = UInt64(blockSize)
         while done < bytes.count {
             let fileOffset = UInt64(offset) + UInt64(done)
             let lblk = fileOffset / bs
             guard let run = runs.first(where: { lblk >= $0.logical && lblk < $0.logical + $0.length }) else {
-                throw Ext4Error.io(path: path, reason: "internal error: block \(lblk) of a file is not mapped")
+                throw Ext4Error.io(
+                    path: path, reason: "block \(lblk) of a file is not mapped: the layer gave data outside the file's size or its sparse map")
             }
             let runEnd = (run.logical + run.length) * bs
             let count = Int(min(UInt64(bytes.count - done), runEnd - fileOffset))
-            let diskOffset = partitionOffset + Int64((run.physical - run.logical) * bs + fileOffset)
+            // The logical block may lie past the physical one (a sparse file's data far into the file).
+            let diskOffset = partitionOffset + Int64(run.physical * bs + (fileOffset - run.logical * bs))
             var written = 0
             while written < count {
                 let n = pwrite(dataFD, bytes.baseAddress! + done + written, count - written, off_t(diskOffset) + off_t(written))
@@ -321,6 +356,7 @@ public final class Ext4Writer {
             }
             done += count
         }
+        guard counted else { return }
         bytesWritten += UInt64(bytes.count)
         if let every = startWritebackEvery {
             sinceWriteback += UInt64(bytes.count)

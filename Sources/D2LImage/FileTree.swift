@@ -29,6 +29,7 @@ public final class TreeNode {
         var content: [UInt8]?
         var head: [UInt8]?
         var capturedFile: String?
+        var dataRegions: [Range<UInt64>]?
     }
 
     init(kind: Kind, source: EntryRef?, layer: Int, metadata: EntryMetadata) {
@@ -72,6 +73,23 @@ public final class TreeNode {
         set { if newValue != nil || rare != nil { rareFields.capturedFile = newValue } }
     }
 
+    /// For a sparse file: the byte ranges that hold data (the rest are holes); nil for a dense file.
+    public var dataRegions: [Range<UInt64>]? {
+        get { rare?.dataRegions }
+        set { if newValue != nil || rare != nil { rareFields.dataRegions = newValue } }
+    }
+
+    /// Bytes of data the file's blocks hold: its size, or for a sparse file its data regions' bytes.
+    public var dataBytes: UInt64 {
+        dataRegions.map { $0.reduce(0) { $0 + UInt64($1.count) } } ?? size
+    }
+
+    /// Blocks of `blockSize` bytes the file's data needs: holes in a sparse file take none.
+    public func dataBlocks(blockSize: UInt64) -> UInt64 {
+        if let regions = dataRegions { return LayerEntry.blocks(of: regions, blockSize: blockSize) }
+        return (size + blockSize - 1) / blockSize
+    }
+
     /// The target of a symlink, or of a hard link to a symlink (another name for the same inode).
     public var symlinkTarget: [UInt8]? {
         if case .symlink(let t) = entryKind { return t }
@@ -99,9 +117,10 @@ public final class FileTree {
         public var symlinks = 0
         public var hardlinks = 0
         public var specials = 0
-        /// Bytes of regular-file data that will be written.
+        /// Bytes of regular-file data that will be written (holes in sparse files not counted).
         public var dataBytes: UInt64 = 0
-        /// Blocks needed for the data at the given block size (set by `finalise`).
+        /// 4 KiB blocks the data needs (set by `finalise`): what sizes the disk, so a sparse file
+        /// counts only the blocks its data touches, not its apparent size.
         public var dataBlocks4K: UInt64 = 0
         public var longSymlinks = 0
         /// Names in the tree (every node but the root) and their bytes: what the ext4 writer keeps
@@ -283,8 +302,8 @@ public final class FileTree {
                 }
             case .regular:
                 s.regularFiles += 1
-                s.dataBytes += node.size
-                s.dataBlocks4K += (node.size + 4095) / 4096
+                s.dataBytes += node.dataBytes
+                s.dataBlocks4K += node.dataBlocks(blockSize: 4096)
             case .symlink:
                 s.symlinks += 1
                 if (node.symlinkTarget?.count ?? 0) >= 60 { s.longSymlinks += 1 }
@@ -307,6 +326,6 @@ public final class FileTree {
         stats = s
     }
 
-    /// Sizes of every entry a hard link named (filled while scanning; 0 for a symlink, device or FIFO).
+    /// Data bytes of every entry a hard link named (filled while scanning; 0 for a symlink, device or FIFO).
     var linkSourceSizes: [EntryRef: UInt64] = [:]
 }

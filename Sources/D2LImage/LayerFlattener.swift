@@ -147,7 +147,7 @@ public struct LayerFlattener {
             node.linkSource = src
             node.size = targetNode.size
             if !targetNode.isRegularFile { node.entryKind = targetNode.entryKind }
-            tree.linkSourceSizes[src] = targetNode.size
+            tree.linkSourceSizes[src] = targetNode.dataBytes
             parent.children[name] = node
         default:
             let kind: TreeNode.Kind
@@ -160,6 +160,7 @@ public struct LayerFlattener {
             node.entryKind = entry.kind
             if case .regular(let size) = entry.kind {
                 node.size = size
+                node.dataRegions = entry.dataRegions
                 if let stream {
                     if capturePaths.contains(path), size <= 1 << 20 {
                         node.content = try stream.readAll(limit: 1 << 20)

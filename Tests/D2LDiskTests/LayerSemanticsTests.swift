@@ -125,4 +125,59 @@ struct LayerSemanticsTests {
         #expect(try fixture.debugfs("ls -l /").contains("s2"))
         try TreeWriterTests.expectClean(fixture)
     }
+
+    @Test("a sparse file keeps its holes (pax and GNU tar sparse entries), and counts only its data for sizing")
+    func sparseFilesKeepHoles() throws {
+        // 64 MiB of file system: two 5 GiB files fit only when their holes stay holes.
+        let fixture = try Ext4Fixture()
+        defer { fixture.remove() }
+        let size = 5 << 30
+        let head = TreeWriterTests.pattern(4096, seed: 11)  // across two blocks: starts 100 bytes in
+        let tail = TreeWriterTests.pattern(4096 - 100, seed: 13)  // ends the file, mid-block
+        var layers = try fixture.layers([
+            [TarEntry("pax", .sparse(size: size, data: [((1 << 20) + 100, head), (size - tail.count, tail)]))]
+        ])
+        // GNU tar's own sparse format ('S' headers), from a file with holes made by truncate.
+        let source = fixture.directory + "/gnu-src"
+        try FileManager.default.createDirectory(atPath: source, withIntermediateDirectories: true)
+        let gnuFile = source + "/gnu"
+        try Data(head).write(to: URL(fileURLWithPath: gnuFile))
+        #expect(try fixture.run("truncate", "-s", "\(size)", gnuFile).0 == 0)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: gnuFile))
+        try handle.seek(toOffset: UInt64(3 << 30))
+        handle.write(Data(tail))
+        try handle.close()
+        let gnuTar = fixture.directory + "/gnu.tar"
+        let (status, output) = try fixture.run(
+            "tar", "--sparse", "--format=gnu", "--owner=0", "--group=0", "-cf", gnuTar, "-C", source, "gnu")
+        #expect(status == 0, "tar: \(output)")
+        layers.append(LayerSource(location: .file(gnuTar), hasWhiteouts: true, size: 0, description: "gnu.tar"))
+
+        let (tree, fs) = try fixture.build(layers)
+        #expect(tree.lookup(ImagePath("pax"))?.dataRegions?.count == 2)
+        #expect(tree.lookup(ImagePath("pax"))?.dataBytes == UInt64(head.count + tail.count))
+        // GNU tar finds data in 512-byte or file-system blocks: at most two 4 KiB ones here.
+        #expect(tree.stats.dataBytes <= UInt64(head.count + tail.count + 2 * 4096))
+        // What sizes the disk: the blocks the data touches (3 + 2), not 2 x 5 GiB.
+        #expect(tree.stats.dataBlocks4K == 5)
+
+        let pax = try fs.stat("pax")
+        #expect(pax.size == UInt64(size))
+        #expect(pax.sectors == 3 * 8, "the holes were allocated: \(pax.sectors) sectors")
+        let at = UInt64(1 << 20)
+        let around = try fs.read("pax", offset: at, count: 8192)
+        #expect(around[0..<100].allSatisfy { $0 == 0 })
+        #expect(Array(around[100..<(100 + head.count)]) == head)
+        #expect(around[(100 + head.count)...].allSatisfy { $0 == 0 })
+        #expect(try fs.read("pax", offset: UInt64(size - tail.count), count: tail.count + 10) == tail)
+        #expect(try fs.read("pax", offset: 1 << 30, count: 4096).allSatisfy { $0 == 0 })
+
+        let gnu = try fs.stat("gnu")
+        #expect(gnu.size == UInt64(size))
+        #expect(gnu.sectors == 2 * 8, "the holes were allocated: \(gnu.sectors) sectors")
+        #expect(try fs.read("gnu", offset: 0, count: head.count) == head)
+        #expect(try fs.read("gnu", offset: 3 << 30, count: tail.count) == tail)
+        #expect(try fs.read("gnu", offset: 2 << 30, count: 4096).allSatisfy { $0 == 0 })
+        try TreeWriterTests.expectClean(fixture)
+    }
 }
