@@ -208,6 +208,7 @@ public final class DiskBuilder {
         // Directories: a block each, and the names' records (8 bytes + the name, padded to 4) beyond it.
         let directoryBytes = UInt64(stats.directories) * 4096 + UInt64(stats.nameBytes + 11 * stats.names)
         let contentBytes = stats.dataBlocks4K * 4096 + directoryBytes + UInt64(stats.longSymlinks) * 4096
+            + stats.xattrBytes
         let headroom = max(UInt64(Double(contentBytes) * options.headroom), options.minimumHeadroom)
         let needed = Self.ext4Size(content: contentBytes, inodes: inodes, free: 0)
         var rootSize = Self.ext4Size(content: contentBytes, inodes: inodes, free: headroom)
@@ -234,6 +235,12 @@ public final class DiskBuilder {
         // 1 MiB after the root: alignment, and room for GPT's backup entries and header.
         let diskSize = rootPart.byteOffset + rootPart.byteCount + (1 << 20)
 
+        // Attributes too large for one block need ea_inode, or are refused here, before any writing.
+        let features = try TreeWriter.ext4Features(for: tree, blockSize: 4096, kernel: kernel.version)
+        if !features.isEmpty {
+            progress.note("ext4 features \(features.joined(separator: ",")): the image has extended attributes larger than a block")
+        }
+
         // 4. Write into a temporary file beside the output; rename at the end.
         try Self.createSparse(temp, size: diskSize)
         let table = PartitionTable(
@@ -251,6 +258,7 @@ public final class DiskBuilder {
             [
                 "mkfs.ext4", "-q", "-F", "-b", "4096", "-m", "1", "-L", "root", "-U", rootUUID,
                 "-N", "\(inodes)",
+            ] + (features.isEmpty ? [] : ["-O", features.joined(separator: ",")]) + [
                 "-E", "offset=\(rootPart.byteOffset),hash_seed=\(hashSeed),lazy_itable_init=1,lazy_journal_init=1,nodiscard",
                 temp, "\(rootSize / 1024)k",
             ], environment: mkfsEnv)

@@ -1,3 +1,4 @@
+import D2LDiskModel
 import D2LExt4
 import D2LImage
 import D2LSupport
@@ -39,7 +40,7 @@ public struct TreeWriter {
         var result = Result()
         var directoryInodes: [ImagePath: Ext4Writer.Inode] = [[]: Ext4Writer.rootInode]
         ext4.reserveNames(tree.stats.names + 1, bytes: tree.stats.nameBytes + 10)  // + lost+found
-        try ext4.setMetadata(Ext4Writer.rootInode, tree.root.metadata)
+        try Self.naming([]) { try ext4.setMetadata(Ext4Writer.rootInode, tree.root.metadata) }
         for (path, node) in tree.directories() where !path.isEmpty {
             let (parentPath, name) = path.splitParent
             guard let parent = directoryInodes[parentPath] else { continue }
@@ -55,7 +56,9 @@ public struct TreeWriter {
                 continue
             }
             try Self.checkName(path)
-            directoryInodes[path] = try ext4.mkdir(parent: parent, name: name, metadata: node.metadata)
+            directoryInodes[path] = try Self.naming(path) {
+                try ext4.mkdir(parent: parent, name: name, metadata: node.metadata)
+            }
         }
 
         var linkInodes: [EntryRef: Ext4Writer.Inode] = [:]
@@ -74,49 +77,53 @@ public struct TreeWriter {
                 if final != nil { try Self.checkName(path) }
                 let (parentPath, name) = path.splitParent
                 let needed = tree.linkSources.contains(ref)
-                switch entry.kind {
-                case .regular(let size):
-                    guard final != nil || needed else { continue }
-                    if let node = final, isBoot(path), let dir = bootDirectory {
-                        if node.capturedFile != nil { continue }  // saved while scanning
-                        try capture(stream, to: dir + "/" + relativeBoot(path))
-                        continue
-                    }
-                    // A link source whose directory is gone gets an inode with no name of its own;
-                    // the parent is then only an allocation hint.
-                    guard let parent = directoryInodes[parentPath] ?? (final == nil ? Ext4Writer.rootInode : nil)
-                    else { continue }
-                    let tee = final != nil ? try extraCaptures[path].map(Self.createCapture) : nil
-                    defer { try? tee?.close() }
-                    let ino = try ext4.createFile(
-                        parent: parent, name: name, metadata: entry.metadata, size: size,
-                        dataRegions: entry.dataRegions, linked: final != nil
-                    ) { sink in
-                        try stream.readData { bytes, offset in
-                            try sink(bytes, offset)
-                            if let tee {
-                                try tee.seek(toOffset: UInt64(offset))
-                                tee.write(Data(bytes))
+                do {
+                    switch entry.kind {
+                    case .regular(let size):
+                        guard final != nil || needed else { continue }
+                        if let node = final, isBoot(path), let dir = bootDirectory {
+                            if node.capturedFile != nil { continue }  // saved while scanning
+                            try capture(stream, to: dir + "/" + relativeBoot(path))
+                            continue
+                        }
+                        // A link source whose directory is gone gets an inode with no name of its own;
+                        // the parent is then only an allocation hint.
+                        guard let parent = directoryInodes[parentPath] ?? (final == nil ? Ext4Writer.rootInode : nil)
+                        else { continue }
+                        let tee = final != nil ? try extraCaptures[path].map(Self.createCapture) : nil
+                        defer { try? tee?.close() }
+                        let ino = try ext4.createFile(
+                            parent: parent, name: name, metadata: entry.metadata, size: size,
+                            dataRegions: entry.dataRegions, linked: final != nil
+                        ) { sink in
+                            try stream.readData { bytes, offset in
+                                try sink(bytes, offset)
+                                if let tee {
+                                    try tee.seek(toOffset: UInt64(offset))
+                                    tee.write(Data(bytes))
+                                }
                             }
                         }
+                        if needed { linkInodes[ref] = ino }
+                        result.filesWritten += 1
+                        progress?.update(bytes: ext4.bytesWritten, total: total)
+                    case .hardlink:
+                        guard let node = final, let parent = directoryInodes[parentPath], let src = node.linkSource,
+                            let ino = linkInodes[src]
+                        else { continue }
+                        try ext4.hardlink(parent: parent, name: name, to: ino)
+                    default:
+                        guard final != nil || needed else { continue }
+                        // As for files: a link source whose name is gone keeps an inode without one.
+                        guard let parent = directoryInodes[parentPath] ?? (final == nil ? Ext4Writer.rootInode : nil)
+                        else { continue }
+                        let ino = try writeOther(
+                            entry.kind, parent: parent, name: name, metadata: entry.metadata, linked: final != nil,
+                            ext4: ext4)
+                        if needed, let ino { linkInodes[ref] = ino }
                     }
-                    if needed { linkInodes[ref] = ino }
-                    result.filesWritten += 1
-                    progress?.update(bytes: ext4.bytesWritten, total: total)
-                case .hardlink:
-                    guard let node = final, let parent = directoryInodes[parentPath], let src = node.linkSource,
-                        let ino = linkInodes[src]
-                    else { continue }
-                    try ext4.hardlink(parent: parent, name: name, to: ino)
-                default:
-                    guard final != nil || needed else { continue }
-                    // As for files: a link source whose name is gone keeps an inode without one.
-                    guard let parent = directoryInodes[parentPath] ?? (final == nil ? Ext4Writer.rootInode : nil)
-                    else { continue }
-                    let ino = try writeOther(
-                        entry.kind, parent: parent, name: name, metadata: entry.metadata, linked: final != nil,
-                        ext4: ext4)
-                    if needed, let ino { linkInodes[ref] = ino }
+                } catch let error as Ext4Error {
+                    throw DiskError.ext4(path: path.display, error)
                 }
             }
             try stream.finish()
@@ -142,6 +149,50 @@ public struct TreeWriter {
         case .regular, .directory, .hardlink: return nil
         }
         return try ext4.special(parent: parent, name: name, kind: special, metadata: metadata, linked: linked)
+    }
+
+    /// The `mkfs.ext4 -O` features the tree's extended attributes need: `ea_inode` when an inode's
+    /// attributes do not fit one attribute block (a 6 KB `user.` value) and `kernel` mounts such a file
+    /// system (Linux 4.13 and later; nil: assumed to). Checked before anything is written: most images
+    /// have no large attribute, and then no node is visited.
+    ///
+    /// - Throws: `DiskError.xattrTooLarge` naming the path, the attribute and the limit, when a value is
+    ///   over the kernel's 64 KiB or needs `ea_inode` that `kernel` cannot mount.
+    public static func ext4Features(for tree: FileTree, blockSize: Int, kernel: KernelVersion?) throws -> [String] {
+        guard tree.stats.largestXattrSet > XattrSpace.blockCapacity(blockSize: blockSize) else { return [] }
+        var needsEAInode = false
+        func check(_ path: ImagePath, _ node: TreeNode) throws {
+            switch XattrSpace.fit(node.metadata.xattrs, blockSize: blockSize) {
+            case .fits:
+                return
+            case .tooLarge(let name, let size, let limit):
+                throw DiskError.xattrTooLarge(
+                    path: path.display, name: name, size: size, limit: limit,
+                    reason: "Linux reads and writes attribute values of at most \(limit) bytes; shrink or remove it in the image")
+            case .needsEAInode(let name, let size, let limit):
+                if let kernel, kernel < KernelVersion(XattrSpace.eaInodeKernel) {
+                    throw DiskError.xattrTooLarge(
+                        path: path.display, name: name, size: size, limit: limit,
+                        reason: "one ext4 attribute block holds \(limit) bytes, and larger values need the ea_inode "
+                            + "feature, which kernel \(kernel) cannot mount (\(XattrSpace.eaInodeKernel) or later can); "
+                            + "shrink the attribute in the image or boot a newer kernel")
+                }
+                needsEAInode = true
+            }
+        }
+        try check([], tree.root)
+        // Hard links too: a link whose source's own name is gone is the only place its attributes show.
+        try tree.forEachNode(check)
+        return needsEAInode ? ["ea_inode"] : []
+    }
+
+    /// Runs `body`, adding `path` to a libext2fs error (the ext4 writer knows only inode numbers).
+    static func naming<T>(_ path: ImagePath, _ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch let error as Ext4Error {
+            throw DiskError.ext4(path: path.display, error)
+        }
     }
 
     /// Refuses a name ext4 cannot hold, naming its path (the writer itself knows only the name).

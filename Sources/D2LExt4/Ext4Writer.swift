@@ -458,8 +458,66 @@ public final class Ext4Writer {
         try Ext4Error.check(ext2fs_xattrs_read(h), "read xattrs of inode \(ino)")
         for x in xattrs {
             let code = x.value.withUnsafeBytes { ext2fs_xattr_set(h, x.name, $0.baseAddress, $0.count) }
-            try Ext4Error.check(code, "set xattr \(x.name)")
+            try Ext4Error.check(code, "set extended attribute \(x.name) (\(x.value.count) bytes)")
         }
+        // Only a set larger than one attribute block can have sent values to inodes of their own.
+        if d2l_ext2_has_ea_inode(fs) != 0,
+            xattrs.reduce(0, { $0 + XattrSpace.entryBytes($1) }) > XattrSpace.blockCapacity(blockSize: blockSize)
+        {
+            try chargeValueInodes(ino)
+        }
+    }
+
+    /// Adds the blocks of the inode's attribute values kept in inodes of their own (ea_inode) to its
+    /// block count, as the kernel does (it charges them to the owner's quota; e2fsck expects the owner's
+    /// i_blocks to include them, "i_blocks is 8, should be 24"). libext2fs leaves that to its caller.
+    private func chargeValueInodes(_ ino: ext2_ino_t) throws {
+        let fs = try handle
+        let inodeSize = Int(d2l_ext2_inode_size(fs))
+        var raw = [UInt8](repeating: 0, count: max(inodeSize, MemoryLayout<ext2_inode_large>.size))
+        try raw.withUnsafeMutableBytes { buffer in
+            try Ext4Error.check(
+                ext2fs_read_inode_full(
+                    fs, ino, buffer.baseAddress!.assumingMemoryBound(to: ext2_inode.self), Int32(inodeSize)),
+                "read inode \(ino)")
+        }
+        func u16(_ bytes: [UInt8], _ at: Int) -> Int { Int(bytes[at]) | Int(bytes[at + 1]) << 8 }
+        func u32(_ bytes: [UInt8], _ at: Int) -> Int { u16(bytes, at) | u16(bytes, at + 2) << 16 }
+        /// Sizes of the values stored in inodes, from entries starting at `start` (ext4 docs, "Extended Attributes").
+        func valueInodeSizes(_ bytes: [UInt8], from start: Int, to end: Int) -> [Int] {
+            var sizes: [Int] = []
+            var at = start
+            while at + 16 <= end, u32(bytes, at) != 0 {
+                let nameLength = Int(bytes[at])
+                if u32(bytes, at + 4) != 0 { sizes.append(u32(bytes, at + 8)) }
+                at += (16 + nameLength + 3) & ~3
+            }
+            return sizes
+        }
+        let magic = 0xEA02_0000
+        var sizes: [Int] = []
+        let extra = u16(raw, 128)  // i_extra_isize
+        let ibody = 128 + extra
+        if inodeSize > 128, ibody + 4 <= inodeSize, u32(raw, ibody) == magic {
+            sizes += valueInodeSizes(raw, from: ibody + 4, to: inodeSize)
+        }
+        var inode = try readInode(ino)
+        let block = UInt64(inode.i_file_acl) | UInt64(inode.osd2.linux2.l_i_file_acl_high) << 32
+        if block != 0 {
+            var data = [UInt8](repeating: 0, count: blockSize)
+            try data.withUnsafeMutableBytes { buffer in
+                try Ext4Error.check(
+                    ext2fs_read_ext_attr3(fs, block, buffer.baseAddress, ino), "read the attribute block of inode \(ino)")
+            }
+            if u32(data, 0) == magic { sizes += valueInodeSizes(data, from: 32, to: blockSize) }
+        }
+        guard !sizes.isEmpty else { return }
+        let sectorsPerBlock = UInt64(blockSize / 512)
+        let added = sizes.reduce(UInt64(0)) { $0 + UInt64(($1 + blockSize - 1) / blockSize) * sectorsPerBlock }
+        let total = (UInt64(inode.i_blocks) | UInt64(inode.osd2.linux2.l_i_blocks_hi) << 32) + added
+        inode.i_blocks = UInt32(truncatingIfNeeded: total)
+        inode.osd2.linux2.l_i_blocks_hi = UInt16(truncatingIfNeeded: total >> 32)
+        try writeInode(ino, &inode)
     }
 
     // MARK: directories

@@ -127,6 +127,12 @@ public final class FileTree {
         /// in memory until it writes the directories.
         public var names = 0
         public var nameBytes = 0
+        /// The most bytes of extended attributes (names and values, plus 24 per attribute) on one
+        /// inode: when this fits a file system's attribute block, every inode's attributes do.
+        public var largestXattrSet = 0
+        /// Bytes of every inode's extended attributes (names and values): room to keep for attribute
+        /// blocks and for values in inodes of their own, beyond what fits in the inodes.
+        public var xattrBytes: UInt64 = 0
         public var inodes: Int { regularFiles + directories + symlinks + specials }
     }
 
@@ -268,6 +274,18 @@ public final class FileTree {
         return out
     }
 
+    /// Every node but the root, with its path, in no particular order.
+    public func forEachNode(_ body: (ImagePath, TreeNode) throws -> Void) rethrows {
+        var stack: [(ImagePath, TreeNode)] = [([], root)]
+        while let (path, node) = stack.popLast() {
+            for (name, child) in node.children {
+                let childPath = path.isEmpty ? name : path + [UInt8(ascii: "/")] + name
+                try body(childPath, child)
+                if child.kind == .directory, !child.children.isEmpty { stack.append((childPath, child)) }
+            }
+        }
+    }
+
     /// Paths whose last name is longer than `limit` bytes (ext4 holds 255), in no particular order.
     public func paths(withNamesLongerThan limit: Int) -> [ImagePath] {
         var out: [ImagePath] = []
@@ -292,6 +310,11 @@ public final class FileTree {
         var stack = [root]
         while let node = stack.popLast() {
             if let src = node.source, linkSourceSizes[src] != nil { finalSources.insert(src) }
+            if !node.metadata.xattrs.isEmpty {
+                let bytes = node.metadata.xattrs.reduce(0) { $0 + $1.name.utf8.count + $1.value.count + 24 }
+                s.largestXattrSet = max(s.largestXattrSet, bytes)
+                s.xattrBytes += UInt64(bytes)
+            }
             switch node.kind {
             case .directory:
                 s.directories += 1

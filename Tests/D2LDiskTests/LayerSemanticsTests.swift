@@ -1,5 +1,7 @@
 import CExt2fs
 import D2LDisk
+import D2LDiskModel
+import D2LExt4
 import D2LImage
 import Foundation
 import Testing
@@ -179,5 +181,75 @@ struct LayerSemanticsTests {
         #expect(try fs.read("gnu", offset: 3 << 30, count: tail.count) == tail)
         #expect(try fs.read("gnu", offset: 2 << 30, count: 4096).allSatisfy { $0 == 0 })
         try TreeWriterTests.expectClean(fixture)
+    }
+
+    static func withXattr(_ path: String, _ name: String, _ value: [UInt8]) -> TarEntry {
+        var entry = TarEntry.file(path, "data")
+        entry.xattrs = [(name, value)]
+        return entry
+    }
+
+    @Test("an extended attribute larger than a block is stored with ea_inode, or refused before writing")
+    func largeXattrStored() throws {
+        let big = TreeWriterTests.pattern(6 * 1024, seed: 17)
+        let fixture = try Ext4Fixture(mkfsOptions: ["-b", "4096", "-O", "ea_inode"])
+        defer { fixture.remove() }
+        let layers = try fixture.layers([
+            [Self.withXattr("opt/f", "user.big", big), Self.withXattr("opt/small", "user.small", [1, 2, 3])]
+        ])
+        let tree = try LayerFlattener().scan(layers)
+        // The builder's decision: the feature for a kernel that mounts it, a refusal for one that does not.
+        #expect(try TreeWriter.ext4Features(for: tree, blockSize: 4096, kernel: KernelVersion("6.1.0-18-amd64")) == ["ea_inode"])
+        #expect(try TreeWriter.ext4Features(for: tree, blockSize: 4096, kernel: nil) == ["ea_inode"])
+        #expect {
+            try TreeWriter.ext4Features(for: tree, blockSize: 4096, kernel: KernelVersion("4.9.0-8-amd64"))
+        } throws: { error in
+            guard case DiskError.xattrTooLarge(let path, let name, let size, let limit, _)? = error as? DiskError
+            else { return false }
+            return path == "/opt/f" && name == "user.big" && size == big.count && limit == 4060
+                && "\(error)".contains("ea_inode") && "\(error)".contains("4.9.0-8-amd64")
+        }
+        let (_, fs) = try fixture.build(layers)
+        #expect(try fs.xattr("opt/f", "user.big") == big)
+        #expect(try fs.xattr("opt/small", "user.small") == [1, 2, 3])
+        try TreeWriterTests.expectClean(fixture)
+
+        // Without large attributes nothing changes.
+        let plain = try LayerFlattener().scan(try fixture.layers([[Self.withXattr("f", "user.small", [1])]]))
+        #expect(try TreeWriter.ext4Features(for: plain, blockSize: 4096, kernel: nil) == [])
+    }
+
+    @Test("an attribute value over the kernel's 64 KiB is refused with its path, name and limit")
+    func hugeXattrRefused() throws {
+        let fixture = try Ext4Fixture()
+        defer { fixture.remove() }
+        let tree = try LayerFlattener().scan(
+            try fixture.layers([[Self.withXattr("var/huge", "trusted.huge", [UInt8](repeating: 7, count: 70_000))]]))
+        #expect {
+            try TreeWriter.ext4Features(for: tree, blockSize: 4096, kernel: nil)
+        } throws: { error in
+            guard case DiskError.xattrTooLarge(let path, let name, let size, let limit, _)? = error as? DiskError
+            else { return false }
+            return path == "/var/huge" && name == "trusted.huge" && size == 70_000 && limit == 65536
+        }
+        #expect(XattrSpace.fit([.init(name: "user.a", value: [UInt8](repeating: 0, count: 1500))], blockSize: 4096) == .fits)
+        let three = (0..<3).map { EntryMetadata.Xattr(name: "user.m\($0)", value: [UInt8](repeating: 0, count: 1500)) }
+        #expect(XattrSpace.fit(three, blockSize: 4096) == .needsEAInode(name: "user.m0", size: 1500, limit: 4060))
+    }
+
+    @Test("a libext2fs failure says what went wrong and where, not \"Unknown code ext2 163\"")
+    func ext4ErrorsNamePathAndCause() throws {
+        let fixture = try Ext4Fixture()  // no ea_inode: the 6 KB value cannot be stored
+        defer { fixture.remove() }
+        #expect {
+            try fixture.build([[Self.withXattr("opt/f", "user.big", [UInt8](repeating: 1, count: 6 * 1024))]])
+        } throws: { error in
+            guard case DiskError.ext4(let path, _)? = error as? DiskError else { return false }
+            let text = "\(error)"
+            return path == "/opt/f" && text.contains("/opt/f") && text.contains("user.big")
+                && !text.contains("Unknown code") && text.contains("Insufficient space to store extended attribute data")
+        }
+        // EXT2_ET_EA_NO_SPACE, code 163 of the ext2 table: once "Unknown code ext2 163".
+        #expect(Ext4Error.message(2_133_571_491) == "Insufficient space to store extended attribute data")
     }
 }
