@@ -170,10 +170,16 @@ public final class FileTree {
         var pending = path.split(separator: UInt8(ascii: "/")).reversed().map(Array.init)
         var trail: [(name: ImagePath, node: TreeNode)] = []
         var hops = 0
+        // Whether the path walked differs from `path` (most entries' do not: no new path is made for them).
+        var redirected = false
         while let part = pending.popLast() {
-            if part == [UInt8(ascii: ".")] { continue }
+            if part == [UInt8(ascii: ".")] {
+                redirected = true
+                continue
+            }
             if part == [UInt8(ascii: "."), UInt8(ascii: ".")] {
                 if !trail.isEmpty { trail.removeLast() }
+                redirected = true
                 continue
             }
             let node = trail.last?.node ?? root
@@ -189,6 +195,7 @@ public final class FileTree {
                     }
                     if target.first == UInt8(ascii: "/") { trail.removeAll() }
                     pending += target.split(separator: UInt8(ascii: "/")).reversed().map(Array.init)
+                    redirected = true
                     continue
                 }
             }
@@ -197,7 +204,9 @@ public final class FileTree {
             node.children[part] = made
             trail.append((part, made))
         }
-        return (trail.last?.node ?? root, Array(trail.map(\.name).joined(separator: [UInt8(ascii: "/")])))
+        let node = trail.last?.node ?? root
+        guard redirected else { return (node, path) }
+        return (node, Array(trail.map(\.name).joined(separator: [UInt8(ascii: "/")])))
     }
 
     /// The node a layer entry at `path` names: its parent directories resolved through the image's

@@ -119,8 +119,11 @@ public struct LayerFlattener {
             return dir
         }
         guard let (parent, parentPath) = made else { return }
-        let path = parentPath.isEmpty ? name : parentPath + [UInt8(ascii: "/")] + name
-        if path != entry.path { tree.placements[ref] = path }
+        var path = entry.path
+        if parentPath != entryParent {
+            path = parentPath.isEmpty ? name : parentPath + [UInt8(ascii: "/")] + name
+            tree.placements[ref] = path
+        }
         switch entry.kind {
         case .directory:
             if let existing = parent.children[name], existing.kind == .directory {

@@ -313,12 +313,15 @@ struct LayerFlattenerTests {
             try t.file("usr/lib/old", "old")
             try t.symlink("bin", to: "usr/bin")
             try t.symlink("lib", to: "/usr/lib")
+            try t.directory("usr/share")
+            try t.symlink("usr/local", to: "./../usr/./")  // "..", "." and a trailing slash
         }
         let upper = try dir.layer("1.tar") { t in
             try t.whiteout("bin/ls")
             try t.opaque("lib")
             try t.file("lib/new", "new")
             try t.hardlink("bin/kitten", to: "bin/cat")
+            try t.file("usr/local/share/doc", "doc")
         }
         let tree = try flatten([lower, upper])
         #expect(tree.names("usr/bin") == ["cat", "kitten"])
@@ -329,5 +332,7 @@ struct LayerFlattenerTests {
         #expect(kitten.linkSource == tree.node("usr/bin/cat")?.source)
         #expect(tree.placement(of: EntryRef(layer: 1, ordinal: 3)) == ImagePath("usr/lib/new"))
         #expect(tree.placement(of: EntryRef(layer: 0, ordinal: 2)) == nil)
+        #expect(tree.names("usr/share") == ["doc"])
+        #expect(tree.placement(of: EntryRef(layer: 1, ordinal: 5)) == ImagePath("usr/share/doc"))
     }
 }
