@@ -99,7 +99,8 @@ public final class DiskBuilder {
     /// Reads the image, checks it can boot, writes the disk; the output appears only when all went well.
     ///
     /// - Throws: `DiskError` (the image cannot boot, the output exists, a tool is missing or failed,
-    ///   the disk is too small), `ImageError` for an unreadable layer, `Ext4Error` when libext2fs fails.
+    ///   the disk is too small, an extended attribute ext4 cannot hold, `.ext4` when libext2fs fails on a
+    ///   file), `ImageError` for an unreadable layer or a symlink loop, `Ext4Error` when libext2fs fails.
     public func build() async throws -> BuildSummary {
         let format = options.format ?? DiskFormat.fromExtension(options.output) ?? .raw
         let output = URL(fileURLWithPath: options.output).standardizedFileURL.path

@@ -48,7 +48,15 @@ public enum DiskError: Error, CustomStringConvertible, Sendable, CategorizedErro
     public var category: ErrorCategory {
         switch self {
         case .cannotBoot, .outputExists, .tooSmall, .badOption, .nameTooLong, .xattrTooLarge: return .usage
-        case .io, .tool, .ext4: return .failed
+        case .io, .tool: return .failed
+        // As the libext2fs error it wraps was before it named the path.
+        case .ext4(_, let error): return error.errorCategory
         }
+    }
+
+    /// The libext2fs error a `.ext4` failure wraps.
+    public var cause: (any Error)? {
+        if case .ext4(_, let error) = self { return error }
+        return nil
     }
 }

@@ -32,7 +32,7 @@ public struct TreeWriter {
     /// Writes the tree. `digests` checks the layers' blob digests; pass one started
     /// earlier to overlap the hashing with other work (it is waited for at the end).
     ///
-    /// - Throws: `Ext4Error` when libext2fs fails (full file system, too many inodes), `ImageError` when a layer cannot be read or its digest does not match, `DiskError.io` when a /boot file cannot be saved.
+    /// - Throws: `DiskError.ext4` with the path being written when libext2fs fails (full file system, too many inodes, an attribute that does not fit), `DiskError.nameTooLong`, `ImageError` when a layer cannot be read or its digest does not match, `DiskError.io` when a /boot file cannot be saved.
     public func write(
         tree: FileTree, layers: [LayerSource], to ext4: Ext4Writer, progress: ProgressReporter?,
         digests: LayerDigests? = nil

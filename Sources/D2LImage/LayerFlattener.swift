@@ -38,7 +38,8 @@ public struct LayerFlattener {
 
     /// Scans every layer, bottom first.
     ///
-    /// - Throws: `ImageError` when a layer cannot be read.
+    /// - Throws: `ImageError` when a layer cannot be read, `ImageError.symlinkLoop` (naming the entry and
+    ///   the layer) when an entry's directories go through a symlink loop.
     public func scan(
         _ layers: [LayerSource], progress: ProgressReporter? = nil
     ) throws -> FileTree {
@@ -69,13 +70,18 @@ public struct LayerFlattener {
 
     /// Lays one more layer (files the builder generates) on a scanned tree.
     ///
-    /// - Throws: `ImageError` when the layer cannot be read.
+    /// - Throws: `ImageError` when the layer cannot be read, `ImageError.symlinkLoop` when an entry's
+    ///   directories go through a symlink loop of the image.
     public func overlay(_ layer: LayerSource, index: Int, on tree: FileTree) throws {
         let stream = try layer.open()
         var ordinal = 0
         while let entry = try stream.next() {
             ordinal += 1
-            try apply(entry, ref: EntryRef(layer: index, ordinal: ordinal), whiteouts: true, tree: tree, stream: stream)
+            do {
+                try apply(entry, ref: EntryRef(layer: index, ordinal: ordinal), whiteouts: true, tree: tree, stream: stream)
+            } catch ImageError.symlinkLoop(let path, _) {
+                throw ImageError.symlinkLoop(path: path, layer: layer.description)
+            }
         }
         tree.finalise()
     }
