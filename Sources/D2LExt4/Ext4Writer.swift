@@ -317,6 +317,7 @@ public final class Ext4Writer {
             else { continue }
             runs.append(Run(logical: extent.e_lblk, physical: extent.e_pblk, length: UInt64(extent.e_len)))
         }
+        runs.sort { $0.logical < $1.logical }  // in-order already; `run(containing:in:)` depends on it
         return runs
     }
 
@@ -334,13 +335,30 @@ public final class Ext4Writer {
         return out
     }
 
+    /// The run that maps logical block `block`: a binary search, since a sparse file can have
+    /// thousands of runs and every block of data written looks one up.
+    private static func run(containing block: UInt64, in runs: [Run]) -> Run? {
+        var low = 0
+        var high = runs.count
+        while low < high {
+            let middle = (low + high) / 2
+            if runs[middle].logical + runs[middle].length <= block {
+                low = middle + 1
+            } else {
+                high = middle
+            }
+        }
+        guard low < runs.count, runs[low].logical <= block else { return nil }
+        return runs[low]
+    }
+
     private func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64, runs: [Run], counted: Bool = true) throws {
         var done = 0
         let bs = UInt64(blockSize)
         while done < bytes.count {
             let fileOffset = UInt64(offset) + UInt64(done)
             let lblk = fileOffset / bs
-            guard let run = runs.first(where: { lblk >= $0.logical && lblk < $0.logical + $0.length }) else {
+            guard let run = Self.run(containing: lblk, in: runs) else {
                 throw Ext4Error.io(
                     path: path, reason: "block \(lblk) of a file is not mapped: the layer gave data outside the file's size or its sparse map")
             }

@@ -136,8 +136,13 @@ struct LayerSemanticsTests {
         let size = 5 << 30
         let head = TreeWriterTests.pattern(4096, seed: 11)  // across two blocks: starts 100 bytes in
         let tail = TreeWriterTests.pattern(4096 - 100, seed: 13)  // ends the file, mid-block
+        // Many regions: an extent tree deeper than the inode's four extents, data written across them.
+        let pieces = (0..<600).map { (offset: $0 * 65536 + ($0 % 7) * 1000, bytes: TreeWriterTests.pattern(300 + $0, seed: UInt32($0))) }
         var layers = try fixture.layers([
-            [TarEntry("pax", .sparse(size: size, data: [((1 << 20) + 100, head), (size - tail.count, tail)]))]
+            [
+                TarEntry("pax", .sparse(size: size, data: [((1 << 20) + 100, head), (size - tail.count, tail)])),
+                TarEntry("many", .sparse(size: 600 * 65536, data: pieces)),
+            ]
         ])
         // GNU tar's own sparse format ('S' headers), from a file with holes made by truncate.
         let source = fixture.directory + "/gnu-src"
@@ -157,11 +162,24 @@ struct LayerSemanticsTests {
 
         let (tree, fs) = try fixture.build(layers)
         #expect(tree.lookup(ImagePath("pax"))?.dataRegions?.count == 2)
+        #expect(tree.lookup(ImagePath("many"))?.dataRegions?.count == pieces.count)
         #expect(tree.lookup(ImagePath("pax"))?.dataBytes == UInt64(head.count + tail.count))
         // GNU tar finds data in 512-byte or file-system blocks: at most two 4 KiB ones here.
-        #expect(tree.stats.dataBytes <= UInt64(head.count + tail.count + 2 * 4096))
-        // What sizes the disk: the blocks the data touches (3 + 2), not 2 x 5 GiB.
-        #expect(tree.stats.dataBlocks4K == 5)
+        let manyBytes = UInt64(pieces.reduce(0) { $0 + $1.bytes.count })
+        #expect(tree.lookup(ImagePath("many"))?.dataBytes == manyBytes)
+        #expect(tree.stats.dataBytes - manyBytes <= UInt64(head.count + tail.count + 2 * 4096))
+        // What sizes the disk: the blocks the data touches (3 + 2 + one or two per piece), not 2 x 5 GiB.
+        let manyBlocks = pieces.reduce(UInt64(0)) {
+            $0 + UInt64(($1.offset + $1.bytes.count - 1) / 4096 - $1.offset / 4096 + 1)
+        }
+        #expect(tree.stats.dataBlocks4K == 5 + manyBlocks)
+        for piece in [pieces[0], pieces[1], pieces[299], pieces[599]] {
+            let read = try fs.read("many", offset: UInt64(piece.offset), count: piece.bytes.count + 8)
+            #expect(Array(read.prefix(piece.bytes.count)) == piece.bytes)
+            #expect(read.suffix(8).allSatisfy { $0 == 0 })
+        }
+        #expect(try fs.stat("many").sectors >= manyBlocks * 8)
+        #expect(try fs.stat("many").sectors < (manyBlocks + 8) * 8)
 
         let pax = try fs.stat("pax")
         #expect(pax.size == UInt64(size))
