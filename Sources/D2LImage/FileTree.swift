@@ -159,20 +159,30 @@ public final class FileTree {
     /// from the image root, and `..` stops at the root, so a path never leaves the image.
     ///
     /// A name that is missing, or names something that is not a directory, gets the directory
-    /// `make` returns (nil: the walk gives nil).
+    /// `make` returns (nil: the walk gives nil); a missing symlink target is made too (`var/run ->
+    /// /run` with no /run), but a symlink to a file is replaced itself, leaving the file alone.
     ///
     /// - Returns: the directory and its path with every symlink resolved.
     /// - Throws: `ImageError.symlinkLoop` past `maximumSymlinkHops` symlinks (the kernel's ELOOP).
     func walkToDirectory(_ path: ImagePath, making make: (() -> TreeNode)? = nil) throws(ImageError)
         -> (node: TreeNode, path: ImagePath)?
     {
-        // Names still to walk, the last one to walk first.
-        var pending = path.split(separator: UInt8(ascii: "/")).reversed().map(Array.init)
-        var trail: [(name: ImagePath, node: TreeNode)] = []
+        typealias Trail = [(name: ImagePath, node: TreeNode)]
+        /// The symlink a layer took for a directory, where it is, and the walk up to it.
+        struct Link {
+            var directory: TreeNode
+            var name: ImagePath
+            var trail: Trail
+        }
+        // Names still to walk, the last one to walk first; a symlink target's last name carries the link.
+        var pending: [(part: ImagePath, link: Link?)] = path.split(separator: UInt8(ascii: "/")).reversed().map {
+            (Array($0), nil)
+        }
+        var trail: Trail = []
         var hops = 0
         // Whether the path walked differs from `path` (most entries' do not: no new path is made for them).
         var redirected = false
-        while let part = pending.popLast() {
+        while let (part, link) = pending.popLast() {
             if part == [UInt8(ascii: ".")] {
                 redirected = true
                 continue
@@ -193,9 +203,21 @@ public final class FileTree {
                     guard hops <= Self.maximumSymlinkHops else {
                         throw .symlinkLoop(path: path.display, layer: "")
                     }
+                    // A chain of links answers for the first one, the name the layer used.
+                    let outer = link ?? Link(directory: node, name: part, trail: trail)
                     if target.first == UInt8(ascii: "/") { trail.removeAll() }
-                    pending += target.split(separator: UInt8(ascii: "/")).reversed().map(Array.init)
+                    pending += target.split(separator: UInt8(ascii: "/")).reversed().enumerated().map {
+                        (Array($0.element), $0.offset == 0 ? outer : nil)
+                    }
                     redirected = true
+                    continue
+                }
+                if let link, let make {
+                    // A symlink to a file, device or FIFO where the layer has a directory: the symlink is
+                    // replaced (as a file in a directory's place is), not the file it points to.
+                    let made = make()
+                    link.directory.children[link.name] = made
+                    trail = link.trail + [(link.name, made)]
                     continue
                 }
             }

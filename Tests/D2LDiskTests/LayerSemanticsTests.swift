@@ -29,6 +29,10 @@ struct LayerSemanticsTests {
                 TarEntry("etc/x", .symlink("/opt/real")),
                 TarEntry("up", .symlink("../../../../srv")),  // ".." stops at the image root
                 TarEntry("chain", .symlink("bin")),  // a symlink to a symlink
+                .file("etc/passwd", "root:x:0:0::/root:/bin/sh\n"),
+                TarEntry("etc/pw", .symlink("/etc/passwd")),  // a symlink to a file
+                TarEntry("etc/pw2", .symlink("pw3")),  // and a chain to it
+                TarEntry("etc/pw3", .symlink("../etc/passwd")),
             ],
             [
                 TarEntry("bin/tool", .file(Array("TOOL".utf8)), mode: 0o755),
@@ -37,6 +41,8 @@ struct LayerSemanticsTests {
                 .file("up/escaped", "inside"),
                 .file("chain/other", "two hops"),
                 TarEntry("bin/sh", .hardlink("usr/bin/ls")),  // a hard link placed through a symlink
+                .file("etc/pw/f", "the link becomes a directory"),
+                .file("etc/pw2/g", "so does the first link of a chain"),
             ],
         ])
         // The system's symlinks are still symlinks, and what the layer wrote is behind them.
@@ -51,6 +57,14 @@ struct LayerSemanticsTests {
         #expect(try fs.stat("etc/x").type == Self.symlinkType)
         #expect(try fs.read("opt/real/f") == Array("through an absolute link".utf8))
         #expect(try fs.read("srv/escaped") == Array("inside".utf8))
+        // A symlink to a file is replaced, never the file it points to.
+        #expect(try fs.read("etc/passwd") == Array("root:x:0:0::/root:/bin/sh\n".utf8))
+        #expect(try fs.stat("etc/pw").type == Self.directoryType)
+        #expect(try fs.read("etc/pw/f") == Array("the link becomes a directory".utf8))
+        #expect(try fs.stat("etc/pw2").type == Self.directoryType)
+        #expect(try fs.list("etc/pw2") == ["g"])
+        #expect(try fs.symlinkTarget("etc/pw3") == "../etc/passwd")
+        #expect(try fs.list("etc") == ["passwd", "pw", "pw2", "pw3", "x"])
         #expect(try fs.list("") == ["bin", "chain", "etc", "lost+found", "opt", "run", "srv", "up", "usr", "var"])
         #expect(tree.placement(of: EntryRef(layer: 1, ordinal: 1)) == ImagePath("usr/bin/tool"))
         try TreeWriterTests.expectClean(fixture)
