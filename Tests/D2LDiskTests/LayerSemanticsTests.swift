@@ -168,25 +168,29 @@ struct LayerSemanticsTests {
         try handle.seek(toOffset: UInt64(3 << 30))
         handle.write(Data(tail))
         try handle.close()
+        // The same file read from a directory input: libarchive finds its holes (SEEK_HOLE, FIEMAP).
+        layers.append(LayerSource(location: .directory(source), hasWhiteouts: false, size: 0, description: source))
         let gnuTar = fixture.directory + "/gnu.tar"
         let (status, output) = try fixture.run(
             "tar", "--sparse", "--format=gnu", "--owner=0", "--group=0", "-cf", gnuTar, "-C", source, "gnu")
         #expect(status == 0, "tar: \(output)")
+        // The directory layer is read when scanned, after this: its copy is /gnu-dir, the tar's /gnu.
+        #expect(try fixture.run("mv", gnuFile, source + "/gnu-dir").0 == 0)
         layers.append(LayerSource(location: .file(gnuTar), hasWhiteouts: true, size: 0, description: "gnu.tar"))
 
         let (tree, fs) = try fixture.build(layers)
         #expect(tree.lookup(ImagePath("pax"))?.dataRegions?.count == 2)
         #expect(tree.lookup(ImagePath("many"))?.dataRegions?.count == pieces.count)
         #expect(tree.lookup(ImagePath("pax"))?.dataBytes == UInt64(head.count + tail.count))
-        // GNU tar finds data in 512-byte or file-system blocks: at most two 4 KiB ones here.
+        // GNU tar and a directory input find data in 512-byte or file-system blocks: at most 4 KiB each.
         let manyBytes = UInt64(pieces.reduce(0) { $0 + $1.bytes.count })
         #expect(tree.lookup(ImagePath("many"))?.dataBytes == manyBytes)
-        #expect(tree.stats.dataBytes - manyBytes <= UInt64(head.count + tail.count + 2 * 4096))
-        // What sizes the disk: the blocks the data touches (3 + 2 + one or two per piece), not 2 x 5 GiB.
+        #expect(tree.stats.dataBytes - manyBytes <= UInt64(head.count + tail.count + 4 * 4096))
+        // What sizes the disk: the blocks the data touches (3 + 2 + 2 + one or two per piece), not 3 x 5 GiB.
         let manyBlocks = pieces.reduce(UInt64(0)) {
             $0 + UInt64(($1.offset + $1.bytes.count - 1) / 4096 - $1.offset / 4096 + 1)
         }
-        #expect(tree.stats.dataBlocks4K == 5 + manyBlocks)
+        #expect(tree.stats.dataBlocks4K == 7 + manyBlocks)
         for piece in [pieces[0], pieces[1], pieces[299], pieces[599]] {
             let read = try fs.read("many", offset: UInt64(piece.offset), count: piece.bytes.count + 8)
             #expect(Array(read.prefix(piece.bytes.count)) == piece.bytes)
@@ -212,6 +216,12 @@ struct LayerSemanticsTests {
         #expect(try fs.read("gnu", offset: 0, count: head.count) == head)
         #expect(try fs.read("gnu", offset: 3 << 30, count: tail.count) == tail)
         #expect(try fs.read("gnu", offset: 2 << 30, count: 4096).allSatisfy { $0 == 0 })
+
+        let fromDirectory = try fs.stat("gnu-dir")
+        #expect(fromDirectory.size == UInt64(size))
+        #expect(fromDirectory.sectors == 2 * 8, "the holes were allocated: \(fromDirectory.sectors) sectors")
+        #expect(try fs.read("gnu-dir", offset: 0, count: head.count) == head)
+        #expect(try fs.read("gnu-dir", offset: 3 << 30, count: tail.count) == tail)
         try TreeWriterTests.expectClean(fixture)
     }
 
