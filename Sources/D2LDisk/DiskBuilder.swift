@@ -205,7 +205,15 @@ public final class DiskBuilder {
         // firmware refuses a FAT32 with too few clusters), FAT32 above.
         let bootSize = Self.roundUp(max(16 << 20, bootBytes + bootBytes / 8 + (8 << 20)), to: 1 << 20)
         let stats = tree.stats
-        let inodes = UInt64(stats.inodes) + UInt64(stats.inodes) / 4 + 1024
+        // Attributes too large for one block need ea_inode (and inodes for their values), or are
+        // refused here, before any writing.
+        let xattrNeeds = try TreeWriter.xattrNeeds(for: tree, blockSize: 4096, kernel: kernel.version)
+        let features = xattrNeeds.features
+        if !features.isEmpty {
+            progress.note("ext4 features \(features.joined(separator: ",")): the image has extended attributes larger than a block")
+        }
+        let inodeCount = UInt64(stats.inodes + xattrNeeds.valueInodes)
+        let inodes = inodeCount + inodeCount / 4 + 1024
         // Directories: a block each, and the names' records (8 bytes + the name, padded to 4) beyond it.
         let directoryBytes = UInt64(stats.directories) * 4096 + UInt64(stats.nameBytes + 11 * stats.names)
         let contentBytes = stats.dataBlocks4K * 4096 + directoryBytes + UInt64(stats.longSymlinks) * 4096
@@ -235,12 +243,6 @@ public final class DiskBuilder {
             sectorCount: rootSize / 512, guid: gpt ? guid("root") : .zero, name: gpt ? "root" : "")
         // 1 MiB after the root: alignment, and room for GPT's backup entries and header.
         let diskSize = rootPart.byteOffset + rootPart.byteCount + (1 << 20)
-
-        // Attributes too large for one block need ea_inode, or are refused here, before any writing.
-        let features = try TreeWriter.ext4Features(for: tree, blockSize: 4096, kernel: kernel.version)
-        if !features.isEmpty {
-            progress.note("ext4 features \(features.joined(separator: ",")): the image has extended attributes larger than a block")
-        }
 
         // 4. Write into a temporary file beside the output; rename at the end.
         try Self.createSparse(temp, size: diskSize)

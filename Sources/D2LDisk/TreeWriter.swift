@@ -151,16 +151,29 @@ public struct TreeWriter {
         return try ext4.special(parent: parent, name: name, kind: special, metadata: metadata, linked: linked)
     }
 
-    /// The `mkfs.ext4 -O` features the tree's extended attributes need: `ea_inode` when an inode's
-    /// attributes do not fit one attribute block (a 6 KB `user.` value) and `kernel` mounts such a file
-    /// system (Linux 4.13 and later; nil: assumed to). Checked before anything is written: most images
-    /// have no large attribute, and then no node is visited.
+    /// What the tree's extended attributes need of the file system.
+    public struct XattrNeeds: Sendable, Equatable {
+        /// `mkfs.ext4 -O` features: `ea_inode`, or none.
+        public var features: [String] = []
+        /// At most this many values get inodes of their own (each takes an inode of the file system).
+        public var valueInodes = 0
+
+        public init(features: [String] = [], valueInodes: Int = 0) {
+            self.features = features
+            self.valueInodes = valueInodes
+        }
+    }
+
+    /// What the tree's extended attributes need: the `ea_inode` feature when an inode's attributes do
+    /// not fit one attribute block (a 6 KB `user.` value) and `kernel` mounts such a file system (Linux
+    /// 4.13 and later; nil: assumed to), and inodes for the values. Checked before anything is written:
+    /// most images have no large attribute, and then no node is visited.
     ///
     /// - Throws: `DiskError.xattrTooLarge` naming the path, the attribute and the limit, when a value is
     ///   over the kernel's 64 KiB or needs `ea_inode` that `kernel` cannot mount.
-    public static func ext4Features(for tree: FileTree, blockSize: Int, kernel: KernelVersion?) throws -> [String] {
-        guard tree.stats.largestXattrSet > XattrSpace.blockCapacity(blockSize: blockSize) else { return [] }
-        var needsEAInode = false
+    public static func xattrNeeds(for tree: FileTree, blockSize: Int, kernel: KernelVersion?) throws -> XattrNeeds {
+        guard tree.stats.largestXattrSet > XattrSpace.blockCapacity(blockSize: blockSize) else { return XattrNeeds() }
+        var needs = XattrNeeds()
         func check(_ path: ImagePath, _ node: TreeNode) throws {
             switch XattrSpace.fit(node.metadata.xattrs, blockSize: blockSize) {
             case .fits:
@@ -177,13 +190,14 @@ public struct TreeWriter {
                             + "feature, which kernel \(kernel) cannot mount (\(XattrSpace.eaInodeKernel) or later can); "
                             + "shrink the attribute in the image or boot a newer kernel")
                 }
-                needsEAInode = true
+                needs.features = ["ea_inode"]
+                needs.valueInodes += node.metadata.xattrs.count
             }
         }
         try check([], tree.root)
         // Hard links too: a link whose source's own name is gone is the only place its attributes show.
         try tree.forEachNode(check)
-        return needsEAInode ? ["ea_inode"] : []
+        return needs
     }
 
     /// Runs `body`, adding `path` to a libext2fs error (the ext4 writer knows only inode numbers).

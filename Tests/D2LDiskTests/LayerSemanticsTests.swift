@@ -241,10 +241,11 @@ struct LayerSemanticsTests {
         ])
         let tree = try LayerFlattener().scan(layers)
         // The builder's decision: the feature for a kernel that mounts it, a refusal for one that does not.
-        #expect(try TreeWriter.ext4Features(for: tree, blockSize: 4096, kernel: KernelVersion("6.1.0-18-amd64")) == ["ea_inode"])
-        #expect(try TreeWriter.ext4Features(for: tree, blockSize: 4096, kernel: nil) == ["ea_inode"])
+        let needs = try TreeWriter.xattrNeeds(for: tree, blockSize: 4096, kernel: KernelVersion("6.1.0-18-amd64"))
+        #expect(needs == TreeWriter.XattrNeeds(features: ["ea_inode"], valueInodes: 1))
+        #expect(try TreeWriter.xattrNeeds(for: tree, blockSize: 4096, kernel: nil).features == ["ea_inode"])
         #expect {
-            try TreeWriter.ext4Features(for: tree, blockSize: 4096, kernel: KernelVersion("4.9.0-8-amd64"))
+            try TreeWriter.xattrNeeds(for: tree, blockSize: 4096, kernel: KernelVersion("4.9.0-8-amd64"))
         } throws: { error in
             guard case DiskError.xattrTooLarge(let path, let name, let size, let limit, _)? = error as? DiskError
             else { return false }
@@ -258,7 +259,7 @@ struct LayerSemanticsTests {
 
         // Without large attributes nothing changes.
         let plain = try LayerFlattener().scan(try fixture.layers([[Self.withXattr("f", "user.small", [1])]]))
-        #expect(try TreeWriter.ext4Features(for: plain, blockSize: 4096, kernel: nil) == [])
+        #expect(try TreeWriter.xattrNeeds(for: plain, blockSize: 4096, kernel: nil) == TreeWriter.XattrNeeds())
     }
 
     @Test("an attribute value over the kernel's 64 KiB is refused with its path, name and limit")
@@ -268,7 +269,7 @@ struct LayerSemanticsTests {
         let tree = try LayerFlattener().scan(
             try fixture.layers([[Self.withXattr("var/huge", "trusted.huge", [UInt8](repeating: 7, count: 70_000))]]))
         #expect {
-            try TreeWriter.ext4Features(for: tree, blockSize: 4096, kernel: nil)
+            try TreeWriter.xattrNeeds(for: tree, blockSize: 4096, kernel: nil)
         } throws: { error in
             guard case DiskError.xattrTooLarge(let path, let name, let size, let limit, _)? = error as? DiskError
             else { return false }
