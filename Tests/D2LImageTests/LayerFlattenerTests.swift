@@ -335,4 +335,26 @@ struct LayerFlattenerTests {
         #expect(tree.names("usr/share") == ["doc"])
         #expect(tree.placement(of: EntryRef(layer: 1, ordinal: 5)) == ImagePath("usr/share/doc"))
     }
+
+    @Test("a sparse map is sorted, clipped to the size and merged; its blocks count shared blocks once")
+    func sparseMapNormalised() throws {
+        let regions: [Range<UInt64>] = [9000..<9100, 0..<100, 50..<200, 200..<300, 5000..<5000, 20_000..<30_000]
+        let normalised = LayerEntry.normaliseRegions(regions, size: 25_000)
+        #expect(normalised == [0..<300, 9000..<9100, 20_000..<25_000])
+        // Blocks 0, 2, 4 to 6 (4 KiB), and two regions inside one block count it once.
+        #expect(LayerEntry.blocks(of: normalised, blockSize: 4096) == 5)
+        #expect(LayerEntry.blocks(of: [0..<10, 100..<200, 4095..<4097], blockSize: 4096) == 2)
+
+        // What the flattener keeps from a sparse entry, and what sizes the disk.
+        let dir = try Scratch()
+        defer { dir.remove() }
+        let size = 8 << 20  // TarBuilder holds the whole file in memory
+        let layer = try dir.layer("0.tar") { t in
+            try t.sparseFile("huge", size: size, extents: [(0, 100), (size - 4096, 4096)], fill: 0x5a)
+        }
+        let tree = try flatten([layer])
+        #expect(tree.node("huge")?.dataRegions == [0..<100, UInt64(size - 4096)..<UInt64(size)])
+        #expect(tree.stats.dataBytes == 4196)
+        #expect(tree.stats.dataBlocks4K == 2)
+    }
 }
