@@ -210,7 +210,8 @@ public final class DiskBuilder {
         let xattrNeeds = try TreeWriter.xattrNeeds(for: tree, blockSize: 4096, kernel: kernel.version)
         let features = xattrNeeds.features
         if !features.isEmpty {
-            progress.note("ext4 features \(features.joined(separator: ",")): the image has extended attributes larger than a block")
+            progress.note(
+                "ext4 features \(features.joined(separator: ",")): the image has extended attributes larger than a block")
         }
         let inodeCount = UInt64(stats.inodes + xattrNeeds.valueInodes)
         let inodes = inodeCount + inodeCount / 4 + 1024

@@ -181,13 +181,15 @@ public struct TreeWriter {
             case .tooLarge(let name, let size, let limit):
                 throw DiskError.xattrTooLarge(
                     path: path.display, name: name, size: size, limit: limit,
-                    reason: "Linux reads and writes attribute values of at most \(limit) bytes; shrink or remove it in the image")
+                    reason: "Linux reads and writes attribute values of at most \(limit) bytes; "
+                        + "shrink or remove it in the image")
             case .needsEAInode(let name, let size, let limit):
                 if let kernel, kernel < KernelVersion(XattrSpace.eaInodeKernel) {
                     throw DiskError.xattrTooLarge(
                         path: path.display, name: name, size: size, limit: limit,
                         reason: "one ext4 attribute block holds \(limit) bytes, and larger values need the ea_inode "
-                            + "feature, which kernel \(kernel) cannot mount (\(XattrSpace.eaInodeKernel) or later can); "
+                            + "feature, which kernel \(kernel) cannot mount "
+                            + "(\(XattrSpace.eaInodeKernel) or later can); "
                             + "shrink the attribute in the image or boot a newer kernel")
                 }
                 needs.features = ["ea_inode"]

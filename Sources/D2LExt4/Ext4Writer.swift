@@ -360,7 +360,9 @@ public final class Ext4Writer {
             let lblk = fileOffset / bs
             guard let run = Self.run(containing: lblk, in: runs) else {
                 throw Ext4Error.io(
-                    path: path, reason: "block \(lblk) of a file is not mapped: the layer gave data outside the file's size or its sparse map")
+                    path: path,
+                    reason: "block \(lblk) of a file is not mapped: the layer gave data outside the file's size "
+                        + "or its sparse map")
             }
             let runEnd = (run.logical + run.length) * bs
             let count = Int(min(UInt64(bytes.count - done), runEnd - fileOffset))
@@ -525,7 +527,8 @@ public final class Ext4Writer {
             var data = [UInt8](repeating: 0, count: blockSize)
             try data.withUnsafeMutableBytes { buffer in
                 try Ext4Error.check(
-                    ext2fs_read_ext_attr3(fs, block, buffer.baseAddress, ino), "read the attribute block of inode \(ino)")
+                    ext2fs_read_ext_attr3(fs, block, buffer.baseAddress, ino),
+                    "read the attribute block of inode \(ino)")
             }
             if u32(data, 0) == magic { sizes += valueInodeSizes(data, from: 32, to: blockSize) }
         }

@@ -78,7 +78,8 @@ public struct LayerFlattener {
         while let entry = try stream.next() {
             ordinal += 1
             do {
-                try apply(entry, ref: EntryRef(layer: index, ordinal: ordinal), whiteouts: true, tree: tree, stream: stream)
+                try apply(
+                    entry, ref: EntryRef(layer: index, ordinal: ordinal), whiteouts: true, tree: tree, stream: stream)
             } catch ImageError.symlinkLoop(let path, _) {
                 throw ImageError.symlinkLoop(path: path, layer: layer.description)
             }
