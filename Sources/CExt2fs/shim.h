@@ -19,6 +19,7 @@ static inline int d2l_ext2_has_dir_index(ext2_filsys fs) { return ext2fs_has_fea
 static inline int d2l_ext2_has_filetype(ext2_filsys fs) { return ext2fs_has_feature_filetype(fs->super); }
 static inline int d2l_ext2_has_largedir(ext2_filsys fs) { return ext2fs_has_feature_largedir(fs->super); }
 static inline int d2l_ext2_has_dir_nlink(ext2_filsys fs) { return ext2fs_has_feature_dir_nlink(fs->super); }
+static inline int d2l_ext2_has_ea_inode(ext2_filsys fs) { return ext2fs_has_feature_ea_inode(fs->super); }
 // The hash version a dx_root records (s_def_hash_version), and the one to compute names' hashes with:
 // the same, made "unsigned" when the superblock says so (as e2fsck's rehash and the kernel do).
 static inline int d2l_ext2_def_hash_version(ext2_filsys fs) { return fs->super->s_def_hash_version; }

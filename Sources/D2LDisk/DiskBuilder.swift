@@ -99,7 +99,8 @@ public final class DiskBuilder {
     /// Reads the image, checks it can boot, writes the disk; the output appears only when all went well.
     ///
     /// - Throws: `DiskError` (the image cannot boot, the output exists, a tool is missing or failed,
-    ///   the disk is too small), `ImageError` for an unreadable layer, `Ext4Error` when libext2fs fails.
+    ///   the disk is too small, an extended attribute ext4 cannot hold, `.ext4` when libext2fs fails on a
+    ///   file), `ImageError` for an unreadable layer or a symlink loop, `Ext4Error` when libext2fs fails.
     public func build() async throws -> BuildSummary {
         let format = options.format ?? DiskFormat.fromExtension(options.output) ?? .raw
         let output = URL(fileURLWithPath: options.output).standardizedFileURL.path
@@ -204,10 +205,20 @@ public final class DiskBuilder {
         // firmware refuses a FAT32 with too few clusters), FAT32 above.
         let bootSize = Self.roundUp(max(16 << 20, bootBytes + bootBytes / 8 + (8 << 20)), to: 1 << 20)
         let stats = tree.stats
-        let inodes = UInt64(stats.inodes) + UInt64(stats.inodes) / 4 + 1024
+        // Attributes too large for one block need ea_inode (and inodes for their values), or are
+        // refused here, before any writing.
+        let xattrNeeds = try TreeWriter.xattrNeeds(for: tree, blockSize: 4096, kernel: kernel.version)
+        let features = xattrNeeds.features
+        if !features.isEmpty {
+            progress.note(
+                "ext4 features \(features.joined(separator: ",")): the image has extended attributes larger than a block")
+        }
+        let inodeCount = UInt64(stats.inodes + xattrNeeds.valueInodes)
+        let inodes = inodeCount + inodeCount / 4 + 1024
         // Directories: a block each, and the names' records (8 bytes + the name, padded to 4) beyond it.
         let directoryBytes = UInt64(stats.directories) * 4096 + UInt64(stats.nameBytes + 11 * stats.names)
         let contentBytes = stats.dataBlocks4K * 4096 + directoryBytes + UInt64(stats.longSymlinks) * 4096
+            + stats.xattrBytes
         let headroom = max(UInt64(Double(contentBytes) * options.headroom), options.minimumHeadroom)
         let needed = Self.ext4Size(content: contentBytes, inodes: inodes, free: 0)
         var rootSize = Self.ext4Size(content: contentBytes, inodes: inodes, free: headroom)
@@ -251,6 +262,7 @@ public final class DiskBuilder {
             [
                 "mkfs.ext4", "-q", "-F", "-b", "4096", "-m", "1", "-L", "root", "-U", rootUUID,
                 "-N", "\(inodes)",
+            ] + (features.isEmpty ? [] : ["-O", features.joined(separator: ",")]) + [
                 "-E", "offset=\(rootPart.byteOffset),hash_seed=\(hashSeed),lazy_itable_init=1,lazy_journal_init=1,nodiscard",
                 temp, "\(rootSize / 1024)k",
             ], environment: mkfsEnv)

@@ -1,3 +1,4 @@
+import D2LExt4
 import D2LSupport
 
 /// Why a disk could not be written.
@@ -10,6 +11,11 @@ public enum DiskError: Error, CustomStringConvertible, Sendable, CategorizedErro
     case badOption(String)
     /// Names longer than ext4's 255 bytes, by path.
     case nameTooLong([String])
+    /// An extended attribute the disk cannot hold: on `path`, attribute `name` of `size` bytes, over
+    /// `limit`; `reason` says which limit and what to do.
+    case xattrTooLarge(path: String, name: String, size: Int, limit: Int, reason: String)
+    /// libext2fs failed while writing the file at `path` (in the image).
+    case ext4(path: String, Ext4Error)
 
     public var description: String {
         switch self {
@@ -30,14 +36,27 @@ public enum DiskError: Error, CustomStringConvertible, Sendable, CategorizedErro
             return "ext4 names hold at most 255 bytes; the image has longer ones, shorten or remove them:\n"
                 + paths.prefix(20).map { "  - " + $0 }.joined(separator: "\n")
                 + (paths.count > 20 ? "\n  (and \(paths.count - 20) more)" : "")
+        case .xattrTooLarge(let path, let name, let size, let limit, let reason):
+            return "\(path): extended attribute \(name) takes \(size) bytes, over the limit of \(limit) bytes: "
+                + reason
+        case .ext4(let path, let error):
+            return "\(path): \(error)"
         }
     }
 
     /// An image that cannot boot, an existing output and bad sizes are the user's to fix.
     public var category: ErrorCategory {
         switch self {
-        case .cannotBoot, .outputExists, .tooSmall, .badOption, .nameTooLong: return .usage
+        case .cannotBoot, .outputExists, .tooSmall, .badOption, .nameTooLong, .xattrTooLarge: return .usage
         case .io, .tool: return .failed
+        // As the libext2fs error it wraps was before it named the path.
+        case .ext4(_, let error): return error.errorCategory
         }
+    }
+
+    /// The libext2fs error a `.ext4` failure wraps.
+    public var cause: (any Error)? {
+        if case .ext4(_, let error) = self { return error }
+        return nil
     }
 }

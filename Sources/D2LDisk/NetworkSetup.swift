@@ -64,7 +64,7 @@ enum NetworkSetup {
 
     /// The target of /etc/resolv.conf when it is a symlink into /run.
     static func runSymlinkTarget(_ image: ImageEditor) -> String? {
-        guard let node = image.node("etc/resolv.conf"), node.kind == .symlink, let raw = node.symlinkTarget else { return nil }
+        guard let node = image.node("etc/resolv.conf"), let raw = node.symlinkTarget else { return nil }
         let target = String(decoding: raw, as: UTF8.self)
         return target.hasPrefix("/run/") || target.hasPrefix("../run/") || target.hasPrefix("/var/run/")
             || target.hasPrefix("../var/run/") ? target : nil

@@ -45,9 +45,18 @@ public enum Ext4Error: Error, CustomStringConvertible, Sendable {
     /// Throws `.library` with libext2fs's own message when `code` is not 0.
     static func check(_ code: errcode_t, _ operation: @autoclosure () -> String) throws(Ext4Error) {
         guard code != 0 else { return }
-        let message = error_message(code).map { String(cString: $0) } ?? "unknown error"
-        throw .library(operation: operation(), code: Int(code), message: message)
+        throw .library(operation: operation(), code: Int(code), message: message(code))
     }
+
+    /// libext2fs's text for `code` ("No free space in extended attribute"), or strerror's for an errno.
+    public static func message(_ code: errcode_t) -> String {
+        _ = errorTableRegistered
+        return error_message(code).map { String(cString: $0) } ?? "unknown error"
+    }
+
+    /// com_err knows libext2fs's messages only once its table is registered; without it every
+    /// code reads "Unknown code ext2 163".
+    private static let errorTableRegistered: Void = { initialize_ext2_error_table() }()
 }
 
 /// Inodes that are neither files, directories nor symlinks.

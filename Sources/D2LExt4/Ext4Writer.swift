@@ -185,8 +185,14 @@ public final class Ext4Writer {
     ///
     /// - Throws: `Ext4Error.library` when libext2fs cannot read or write the inode or its attributes.
     public func setMetadata(_ ino: Inode, _ meta: FileMetadata) throws {
+        try setMetadata(ino, meta, links: nil)
+    }
+
+    /// Sets metadata and, unless nil, the link count.
+    private func setMetadata(_ ino: Inode, _ meta: FileMetadata, links: UInt16?) throws {
         var inode = try readInode(ino)
         fill(&inode, mode: inode.i_mode & 0o170000, meta)
+        if let links { inode.i_links_count = links }
         try writeInode(ino, &inode)
         try setXattrs(ino, meta.xattrs)
     }
@@ -225,10 +231,14 @@ public final class Ext4Writer {
     /// (bytes, offset in the file). `linked` false makes an inode with no name yet
     /// (a hard link adds one later).
     ///
-    /// - Throws: `Ext4Error.invalidName` for a name ext4 cannot hold, `Ext4Error.library` when no inode or block is left (the file system is full), `Ext4Error.io` when the data cannot be written, and what `produce` throws.
+    /// `dataRegions` (sorted, disjoint byte ranges within `size`) makes a sparse file: only the
+    /// blocks those ranges touch are allocated, the rest stay holes (unmapped in the extent tree,
+    /// read as zeros), and `produce` may only hand over bytes inside the ranges.
+    ///
+    /// - Throws: `Ext4Error.invalidName` for a name ext4 cannot hold, `Ext4Error.library` when no inode or block is left (the file system is full), `Ext4Error.io` when the data cannot be written or lies outside `dataRegions`, and what `produce` throws.
     public func createFile(
-        parent: Inode, name: [UInt8], metadata: FileMetadata, size: UInt64, linked: Bool = true,
-        produce: ((UnsafeRawBufferPointer, Int64) throws -> Void) throws -> Void
+        parent: Inode, name: [UInt8], metadata: FileMetadata, size: UInt64, dataRegions: [Range<UInt64>]? = nil,
+        linked: Bool = true, produce: ((UnsafeRawBufferPointer, Int64) throws -> Void) throws -> Void
     ) throws -> Inode {
         if linked { try checkName(name) }
         let fs = try handle
@@ -246,19 +256,34 @@ public final class Ext4Writer {
         try writeInode(ino, &inode, new: true)
         if linked { try link(parent: parent, name: name, ino: ino, type: EXT2_FT_REG_FILE) }
 
-        let blocks = (size + UInt64(blockSize) - 1) / UInt64(blockSize)
-        if blocks > 0 {
+        let bs = UInt64(blockSize)
+        let blockRanges = Self.blockRanges(dataRegions ?? [0..<size], blockSize: bs)
+        if !blockRanges.isEmpty {
             let flags = Int32(EXT2_FALLOCATE_FORCE_INIT | EXT2_FALLOCATE_INIT_BEYOND_EOF)
-            try withUnsafeMutablePointer(to: &inode) { p in
-                try p.withMemoryRebound(to: ext2_inode.self, capacity: 1) {
-                    try Ext4Error.check(
-                        ext2fs_fallocate(fs, flags, ino, $0, goal, 0, blocks),
-                        "allocate \(blocks) blocks (file system full?)")
+            for range in blockRanges {
+                try withUnsafeMutablePointer(to: &inode) { p in
+                    try p.withMemoryRebound(to: ext2_inode.self, capacity: 1) {
+                        try Ext4Error.check(
+                            ext2fs_fallocate(fs, flags, ino, $0, goal, range.lowerBound, UInt64(range.count)),
+                            "allocate \(range.count) blocks (file system full?)")
+                    }
                 }
             }
             let runs = try extentRuns(ino, &inode)
             if let last = runs.last { goal = last.physical + last.length }
             try writeInode(ino, &inode)
+            if dataRegions != nil {
+                // The blocks are not cleared when allocated: the parts of a sparse file's blocks that
+                // its data does not cover must read as the zeros of the hole next to them.
+                let zeros = [UInt8](repeating: 0, count: blockSize)
+                try zeros.withUnsafeBytes { zero in
+                    for range in blockRanges {
+                        for block in Set([range.lowerBound, range.upperBound - 1]) {
+                            try write(zero, at: Int64(block * bs), runs: runs, counted: false)
+                        }
+                    }
+                }
+            }
             try produce { bytes, offset in
                 try self.write(bytes, at: offset, runs: runs)
             }
@@ -292,21 +317,57 @@ public final class Ext4Writer {
             else { continue }
             runs.append(Run(logical: extent.e_lblk, physical: extent.e_pblk, length: UInt64(extent.e_len)))
         }
+        runs.sort { $0.logical < $1.logical }  // in-order already; `run(containing:in:)` depends on it
         return runs
     }
 
-    private func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64, runs: [Run]) throws {
+    /// The blocks `regions` (sorted byte ranges) touch, as sorted, disjoint block ranges.
+    static func blockRanges(_ regions: [Range<UInt64>], blockSize: UInt64) -> [Range<UInt64>] {
+        var out: [Range<UInt64>] = []
+        for region in regions where !region.isEmpty {
+            let blocks = (region.lowerBound / blockSize)..<((region.upperBound + blockSize - 1) / blockSize)
+            if let last = out.last, blocks.lowerBound <= last.upperBound {
+                out[out.count - 1] = last.lowerBound..<max(last.upperBound, blocks.upperBound)
+            } else {
+                out.append(blocks)
+            }
+        }
+        return out
+    }
+
+    /// The run that maps logical block `block`: a binary search, since a sparse file can have
+    /// thousands of runs and every block of data written looks one up.
+    private static func run(containing block: UInt64, in runs: [Run]) -> Run? {
+        var low = 0
+        var high = runs.count
+        while low < high {
+            let middle = (low + high) / 2
+            if runs[middle].logical + runs[middle].length <= block {
+                low = middle + 1
+            } else {
+                high = middle
+            }
+        }
+        guard low < runs.count, runs[low].logical <= block else { return nil }
+        return runs[low]
+    }
+
+    private func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64, runs: [Run], counted: Bool = true) throws {
         var done = 0
         let bs = UInt64(blockSize)
         while done < bytes.count {
             let fileOffset = UInt64(offset) + UInt64(done)
             let lblk = fileOffset / bs
-            guard let run = runs.first(where: { lblk >= $0.logical && lblk < $0.logical + $0.length }) else {
-                throw Ext4Error.io(path: path, reason: "internal error: block \(lblk) of a file is not mapped")
+            guard let run = Self.run(containing: lblk, in: runs) else {
+                throw Ext4Error.io(
+                    path: path,
+                    reason: "block \(lblk) of a file is not mapped: the layer gave data outside the file's size "
+                        + "or its sparse map")
             }
             let runEnd = (run.logical + run.length) * bs
             let count = Int(min(UInt64(bytes.count - done), runEnd - fileOffset))
-            let diskOffset = partitionOffset + Int64((run.physical - run.logical) * bs + fileOffset)
+            // The logical block may lie past the physical one (a sparse file's data far into the file).
+            let diskOffset = partitionOffset + Int64(run.physical * bs + (fileOffset - run.logical * bs))
             var written = 0
             while written < count {
                 let n = pwrite(dataFD, bytes.baseAddress! + done + written, count - written, off_t(diskOffset) + off_t(written))
@@ -315,6 +376,7 @@ public final class Ext4Writer {
             }
             done += count
         }
+        guard counted else { return }
         bytesWritten += UInt64(bytes.count)
         if let every = startWritebackEvery {
             sinceWriteback += UInt64(bytes.count)
@@ -325,27 +387,36 @@ public final class Ext4Writer {
         }
     }
 
-    /// Creates a symbolic link.
+    /// Creates a symbolic link and returns its inode. `linked` false makes an inode with no name
+    /// yet (a hard link adds one later).
     ///
     /// - Throws: `Ext4Error.invalidName` for a name ext4 cannot hold, `Ext4Error.library` when no inode or block is left.
-    public func symlink(parent: Inode, name: [UInt8], target: [UInt8], metadata: FileMetadata) throws {
-        try checkName(name)
+    @discardableResult
+    public func symlink(parent: Inode, name: [UInt8], target: [UInt8], metadata: FileMetadata, linked: Bool = true)
+        throws -> Inode
+    {
+        if linked { try checkName(name) }
         let fs = try handle
         let ino = try newInode(parent: parent, mode: UInt16(LINUX_S_IFLNK))
         // No name for libext2fs to link (it would look the name up first, scanning the directory).
         let code = withCName(target) { ext2fs_symlink(fs, parent, ino, nil, $0) }
         try Ext4Error.check(code, "symlink \(String(decoding: name, as: UTF8.self))")
-        try link(parent: parent, name: name, ino: ino, type: EXT2_FT_SYMLINK)
+        if linked { try link(parent: parent, name: name, ino: ino, type: EXT2_FT_SYMLINK) }
         var meta = metadata
         meta.permissions = 0o777
-        try setMetadata(ino, meta)
+        try setMetadata(ino, meta, links: linked ? 1 : 0)
+        return ino
     }
 
-    /// Creates a device node, FIFO or socket.
+    /// Creates a device node, FIFO or socket and returns its inode. `linked` false makes an inode
+    /// with no name yet (a hard link adds one later).
     ///
     /// - Throws: `Ext4Error.invalidName` for a name ext4 cannot hold, `Ext4Error.library` when no inode is left.
-    public func special(parent: Inode, name: [UInt8], kind: SpecialFileKind, metadata: FileMetadata) throws {
-        try checkName(name)
+    @discardableResult
+    public func special(
+        parent: Inode, name: [UInt8], kind: SpecialFileKind, metadata: FileMetadata, linked: Bool = true
+    ) throws -> Inode {
+        if linked { try checkName(name) }
         let fs = try handle
         let mode: UInt16
         let type: Int32
@@ -365,24 +436,35 @@ public final class Ext4Writer {
         ext2fs_inode_alloc_stats2(fs, ino, 1, 0)
         var inode = ext2_inode_large()
         fill(&inode, mode: mode, metadata)
-        inode.i_links_count = 1
+        inode.i_links_count = linked ? 1 : 0
         if major < 256 && minor < 256 {
             inode.i_block.0 = major * 256 + minor
         } else {
             inode.i_block.1 = (minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12)
         }
         try writeInode(ino, &inode, new: true)
-        try link(parent: parent, name: name, ino: ino, type: type)
+        if linked { try link(parent: parent, name: name, ino: ino, type: type) }
         try setXattrs(ino, metadata.xattrs)
+        return ino
     }
 
-    /// Adds another name for an existing regular file.
+    /// Adds another name for an existing file, symlink, device, FIFO or socket (not a directory);
+    /// the directory entry gets the file type of the inode's mode.
     ///
     /// - Throws: `Ext4Error.invalidName` for a name ext4 cannot hold, `Ext4Error.library` when the inode cannot be updated.
     public func hardlink(parent: Inode, name: [UInt8], to ino: Inode) throws {
         try checkName(name)
-        try link(parent: parent, name: name, ino: ino, type: EXT2_FT_REG_FILE)
         var inode = try readInode(ino)
+        let type: Int32
+        switch UInt32(inode.i_mode) & 0o170000 {
+        case UInt32(LINUX_S_IFLNK): type = EXT2_FT_SYMLINK
+        case UInt32(LINUX_S_IFCHR): type = EXT2_FT_CHRDEV
+        case UInt32(LINUX_S_IFBLK): type = EXT2_FT_BLKDEV
+        case UInt32(LINUX_S_IFIFO): type = EXT2_FT_FIFO
+        case UInt32(LINUX_S_IFSOCK): type = EXT2_FT_SOCK
+        default: type = EXT2_FT_REG_FILE
+        }
+        try link(parent: parent, name: name, ino: ino, type: type)
         inode.i_links_count += 1
         try writeInode(ino, &inode)
     }
@@ -396,8 +478,67 @@ public final class Ext4Writer {
         try Ext4Error.check(ext2fs_xattrs_read(h), "read xattrs of inode \(ino)")
         for x in xattrs {
             let code = x.value.withUnsafeBytes { ext2fs_xattr_set(h, x.name, $0.baseAddress, $0.count) }
-            try Ext4Error.check(code, "set xattr \(x.name)")
+            try Ext4Error.check(code, "set extended attribute \(x.name) (\(x.value.count) bytes)")
         }
+        // Only a set larger than one attribute block can have sent values to inodes of their own.
+        if d2l_ext2_has_ea_inode(fs) != 0,
+            xattrs.reduce(0, { $0 + XattrSpace.entryBytes($1) }) > XattrSpace.blockCapacity(blockSize: blockSize)
+        {
+            try chargeValueInodes(ino)
+        }
+    }
+
+    /// Adds the blocks of the inode's attribute values kept in inodes of their own (ea_inode) to its
+    /// block count, as the kernel does (it charges them to the owner's quota; e2fsck expects the owner's
+    /// i_blocks to include them, "i_blocks is 8, should be 24"). libext2fs leaves that to its caller.
+    private func chargeValueInodes(_ ino: ext2_ino_t) throws {
+        let fs = try handle
+        let inodeSize = Int(d2l_ext2_inode_size(fs))
+        var raw = [UInt8](repeating: 0, count: max(inodeSize, MemoryLayout<ext2_inode_large>.size))
+        try raw.withUnsafeMutableBytes { buffer in
+            try Ext4Error.check(
+                ext2fs_read_inode_full(
+                    fs, ino, buffer.baseAddress!.assumingMemoryBound(to: ext2_inode.self), Int32(inodeSize)),
+                "read inode \(ino)")
+        }
+        func u16(_ bytes: [UInt8], _ at: Int) -> Int { Int(bytes[at]) | Int(bytes[at + 1]) << 8 }
+        func u32(_ bytes: [UInt8], _ at: Int) -> Int { u16(bytes, at) | u16(bytes, at + 2) << 16 }
+        /// Sizes of the values stored in inodes, from entries starting at `start` (ext4 docs, "Extended Attributes").
+        func valueInodeSizes(_ bytes: [UInt8], from start: Int, to end: Int) -> [Int] {
+            var sizes: [Int] = []
+            var at = start
+            while at + 16 <= end, u32(bytes, at) != 0 {
+                let nameLength = Int(bytes[at])
+                if u32(bytes, at + 4) != 0 { sizes.append(u32(bytes, at + 8)) }
+                at += (16 + nameLength + 3) & ~3
+            }
+            return sizes
+        }
+        let magic = 0xEA02_0000
+        var sizes: [Int] = []
+        let extra = u16(raw, 128)  // i_extra_isize
+        let ibody = 128 + extra
+        if inodeSize > 128, ibody + 4 <= inodeSize, u32(raw, ibody) == magic {
+            sizes += valueInodeSizes(raw, from: ibody + 4, to: inodeSize)
+        }
+        var inode = try readInode(ino)
+        let block = UInt64(inode.i_file_acl) | UInt64(inode.osd2.linux2.l_i_file_acl_high) << 32
+        if block != 0 {
+            var data = [UInt8](repeating: 0, count: blockSize)
+            try data.withUnsafeMutableBytes { buffer in
+                try Ext4Error.check(
+                    ext2fs_read_ext_attr3(fs, block, buffer.baseAddress, ino),
+                    "read the attribute block of inode \(ino)")
+            }
+            if u32(data, 0) == magic { sizes += valueInodeSizes(data, from: 32, to: blockSize) }
+        }
+        guard !sizes.isEmpty else { return }
+        let sectorsPerBlock = UInt64(blockSize / 512)
+        let added = sizes.reduce(UInt64(0)) { $0 + UInt64(($1 + blockSize - 1) / blockSize) * sectorsPerBlock }
+        let total = (UInt64(inode.i_blocks) | UInt64(inode.osd2.linux2.l_i_blocks_hi) << 32) + added
+        inode.i_blocks = UInt32(truncatingIfNeeded: total)
+        inode.osd2.linux2.l_i_blocks_hi = UInt16(truncatingIfNeeded: total >> 32)
+        try writeInode(ino, &inode)
     }
 
     // MARK: directories

@@ -239,7 +239,28 @@ public final class ArchiveStream {
         case 0o140000: kind = .socket
         default: kind = .regular(size: UInt64(max(0, archive_entry_size(e))))
         }
-        return LayerEntry(path: path, kind: kind, metadata: meta)
+        var entry = LayerEntry(path: path, kind: kind, metadata: meta)
+        if case .regular(let size) = kind { entry.dataRegions = Self.dataRegions(e, size: size) }
+        return entry
+    }
+
+    /// The data ranges of a sparse entry (GNU 'S' headers, pax GNU.sparse 0.x and 1.0 maps, which
+    /// libarchive reads with the header; a directory input's holes), or nil for a file stored whole.
+    private static func dataRegions(_ e: OpaquePointer, size: UInt64) -> [Range<UInt64>]? {
+        let count = archive_entry_sparse_reset(e)
+        guard count > 0 else { return nil }
+        var regions: [Range<UInt64>] = []
+        regions.reserveCapacity(Int(count))
+        var offset: la_int64_t = 0
+        var length: la_int64_t = 0
+        while archive_entry_sparse_next(e, &offset, &length) == ARCHIVE_OK {
+            guard offset >= 0, length > 0, offset <= la_int64_t.max - length else { continue }
+            regions.append(UInt64(offset)..<UInt64(offset + length))
+        }
+        let normalised = LayerEntry.normaliseRegions(regions, size: size)
+        // A map with one region over the whole file says nothing a dense file does not.
+        if normalised.count == 1, normalised[0] == 0..<size { return nil }
+        return normalised
     }
 
     /// Reads the current entry's data in blocks; `body` gets each block and its offset.

@@ -101,7 +101,7 @@ public struct BootFacts: Sendable {
         var kernels: [Kernel] = []
         let boot = tree.resolve(ImagePath("boot"))?.1
         var bootFiles: [String: TreeNode] = [:]
-        for (name, node) in boot?.children ?? [:] where node.kind == .regular || node.kind == .hardlink {
+        for (name, node) in boot?.children ?? [:] where node.isRegularFile {
             bootFiles[String(decoding: name, as: UTF8.self)] = node
         }
         func initrd(for version: String) -> (String, TreeNode)? {

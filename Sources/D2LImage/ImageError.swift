@@ -10,6 +10,9 @@ public enum ImageError: Error, CustomStringConvertible, Sendable, CategorizedErr
     case platformNotFound(String, available: [String])
     case engine(String)
     case compressedImageArchive(String)
+    /// A layer entry whose parent directories go through more symlinks than a lookup may follow
+    /// (a loop such as `a -> b`, `b -> a`); `layer` names the layer when known.
+    case symlinkLoop(path: String, layer: String)
 
     public var description: String {
         switch self {
@@ -32,6 +35,9 @@ public enum ImageError: Error, CustomStringConvertible, Sendable, CategorizedErr
             return message
         case .compressedImageArchive(let path):
             return "\(path): a compressed image archive; decompress it first (gunzip, zstd -d or xz -d)"
+        case .symlinkLoop(let path, let layer):
+            return (layer.isEmpty ? "" : "\(layer): ") + "\(path): its directories go through a symlink loop "
+                + "(more than \(FileTree.maximumSymlinkHops) symlinks); the image is broken: fix the symlinks in it"
         }
     }
 

@@ -31,11 +31,45 @@ public struct LayerEntry: Sendable, Equatable {
     public var path: ImagePath
     public var kind: EntryKind
     public var metadata: EntryMetadata
+    /// For a sparse regular file (a GNU or pax sparse entry, tar(5); a sparse file in a directory
+    /// input): the byte ranges that hold data, sorted and disjoint, within the file's size. The rest
+    /// of the file is holes, read as zeros. nil for a file stored whole.
+    public var dataRegions: [Range<UInt64>]?
 
-    public init(path: ImagePath, kind: EntryKind, metadata: EntryMetadata) {
+    public init(path: ImagePath, kind: EntryKind, metadata: EntryMetadata, dataRegions: [Range<UInt64>]? = nil) {
         self.path = path
         self.kind = kind
         self.metadata = metadata
+        self.dataRegions = dataRegions
+    }
+
+    /// Sorts `regions`, drops empty ones, clips them to `size` and merges those that overlap or touch.
+    public static func normaliseRegions(_ regions: [Range<UInt64>], size: UInt64) -> [Range<UInt64>] {
+        var out: [Range<UInt64>] = []
+        for region in regions.sorted(by: { $0.lowerBound < $1.lowerBound }) {
+            let clipped = region.clamped(to: 0..<size)
+            guard !clipped.isEmpty else { continue }
+            if let last = out.last, clipped.lowerBound <= last.upperBound {
+                out[out.count - 1] = last.lowerBound..<max(last.upperBound, clipped.upperBound)
+            } else {
+                out.append(clipped)
+            }
+        }
+        return out
+    }
+
+    /// Blocks of `blockSize` bytes that `regions` (sorted, disjoint) touch: what a sparse file allocates.
+    public static func blocks(of regions: [Range<UInt64>], blockSize: UInt64) -> UInt64 {
+        var total: UInt64 = 0
+        var lastBlock: UInt64?  // the last block counted, shared by two regions that meet inside it
+        for region in regions {
+            var first = region.lowerBound / blockSize
+            let end = (region.upperBound + blockSize - 1) / blockSize
+            if let lastBlock, first <= lastBlock { first = lastBlock + 1 }
+            if end > first { total += end - first }
+            lastBlock = end - 1
+        }
+        return total
     }
 
     /// Makes a path canonical; nil when it escapes the root ("..") .

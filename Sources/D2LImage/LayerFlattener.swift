@@ -4,11 +4,14 @@ import Foundation
 /// Flattens layers with OCI semantics into a `FileTree`, reading headers only
 /// (and the data of the few small files the builder must look at).
 ///
-/// Rules: a later entry replaces an earlier one at the same path; `.wh.NAME`
-/// removes NAME from lower layers; `.wh..wh..opq` empties its directory of
-/// lower-layer content; an entry whose parent is not a directory replaces
-/// that parent with a directory; hard links share the inode of the entry
-/// they name, even when a later layer replaces that entry's path.
+/// Rules (the OCI image spec's "Applying Changesets", as Docker and containerd apply layers): a
+/// later entry replaces an earlier one at the same path; `.wh.NAME` removes NAME from lower layers;
+/// `.wh..wh..opq` empties its directory of lower-layer content; an entry's parent directories are
+/// found through the image's own symlinks, inside the image (`bin/tool` on a merged-/usr image, where
+/// `bin -> usr/bin`, is `usr/bin/tool`), while its last name is never followed (an explicit directory
+/// entry replaces a symlink); a parent that is missing or not a directory becomes a directory; hard
+/// links share the inode of the entry they name (a file, symlink, device or FIFO), even when a later
+/// layer replaces that entry's path.
 public struct LayerFlattener {
     /// Paths whose content is captured while scanning (small configuration files).
     public var capturePaths: Set<ImagePath>
@@ -35,7 +38,8 @@ public struct LayerFlattener {
 
     /// Scans every layer, bottom first.
     ///
-    /// - Throws: `ImageError` when a layer cannot be read.
+    /// - Throws: `ImageError` when a layer cannot be read, `ImageError.symlinkLoop` (naming the entry and
+    ///   the layer) when an entry's directories go through a symlink loop.
     public func scan(
         _ layers: [LayerSource], progress: ProgressReporter? = nil
     ) throws -> FileTree {
@@ -46,8 +50,12 @@ public struct LayerFlattener {
             var ordinal = 0
             while let entry = try stream.next() {
                 ordinal += 1
-                try apply(entry, ref: EntryRef(layer: index, ordinal: ordinal), whiteouts: layer.hasWhiteouts,
-                    tree: tree, stream: stream)
+                do {
+                    try apply(entry, ref: EntryRef(layer: index, ordinal: ordinal), whiteouts: layer.hasWhiteouts,
+                        tree: tree, stream: stream)
+                } catch ImageError.symlinkLoop(let path, _) {
+                    throw ImageError.symlinkLoop(path: path, layer: layer.description)
+                }
                 if case .regular(let size) = entry.kind { bytesSeen += size }
                 if ordinal % 512 == 0 { progress?.update(bytes: bytesSeen) }
             }
@@ -62,20 +70,27 @@ public struct LayerFlattener {
 
     /// Lays one more layer (files the builder generates) on a scanned tree.
     ///
-    /// - Throws: `ImageError` when the layer cannot be read.
+    /// - Throws: `ImageError` when the layer cannot be read, `ImageError.symlinkLoop` when an entry's
+    ///   directories go through a symlink loop of the image.
     public func overlay(_ layer: LayerSource, index: Int, on tree: FileTree) throws {
         let stream = try layer.open()
         var ordinal = 0
         while let entry = try stream.next() {
             ordinal += 1
-            try apply(entry, ref: EntryRef(layer: index, ordinal: ordinal), whiteouts: true, tree: tree, stream: stream)
+            do {
+                try apply(
+                    entry, ref: EntryRef(layer: index, ordinal: ordinal), whiteouts: true, tree: tree, stream: stream)
+            } catch ImageError.symlinkLoop(let path, _) {
+                throw ImageError.symlinkLoop(path: path, layer: layer.description)
+            }
         }
         tree.finalise()
     }
 
     /// Applies one entry to the tree.
     ///
-    /// - Throws: `ImageError` when a captured file cannot be read from the stream or saved.
+    /// - Throws: `ImageError.symlinkLoop` when the entry's directories go through a symlink loop,
+    ///   `ImageError` when a captured file cannot be read from the stream or saved.
     public func apply(_ entry: LayerEntry, ref: EntryRef, whiteouts: Bool, tree: FileTree, stream: EntryStream?)
         throws
     {
@@ -87,9 +102,9 @@ public struct LayerFlattener {
             }
             return
         }
-        let (parentPath, name) = entry.path.splitParent
+        let (entryParent, name) = entry.path.splitParent
         if whiteouts, name.starts(with: Self.whiteoutPrefix) {
-            guard let parent = lookupDirectory(parentPath, tree: tree) else { return }
+            guard let (parent, _) = try tree.walkToDirectory(entryParent) else { return }
             if name == Self.opaqueMarker {
                 makeOpaque(parent, layer: layer)
             } else if name.starts(with: Self.whiteoutPrefix + Self.whiteoutPrefix) {
@@ -102,7 +117,20 @@ public struct LayerFlattener {
             }
             return
         }
-        let parent = ensureDirectory(parentPath, layer: layer, tree: tree, mtime: entry.metadata.mtime)
+        let mtime = entry.metadata.mtime
+        let made = try tree.walkToDirectory(entryParent) {
+            // A directory no layer declared.
+            let dir = TreeNode(
+                kind: .directory, source: nil, layer: layer, metadata: EntryMetadata(permissions: 0o755, mtime: mtime))
+            dir.entryKind = .directory
+            return dir
+        }
+        guard let (parent, parentPath) = made else { return }
+        var path = entry.path
+        if parentPath != entryParent {
+            path = parentPath.isEmpty ? name : parentPath + [UInt8(ascii: "/")] + name
+            tree.placements[ref] = path
+        }
         switch entry.kind {
         case .directory:
             if let existing = parent.children[name], existing.kind == .directory {
@@ -116,24 +144,20 @@ public struct LayerFlattener {
                 parent.children[name] = node
             }
         case .hardlink(let target):
-            guard let targetNode = tree.lookup(target), targetNode.kind != .directory else {
+            guard let (targetNode, _) = try tree.lookupEntry(target), targetNode.kind != .directory,
+                let src = targetNode.kind == .hardlink ? targetNode.linkSource : targetNode.source
+            else {
                 tree.warnings.append(
                     "hard link \(entry.path.display) -> \(target.display): target missing, link skipped")
                 return
             }
-            let node: TreeNode
-            switch targetNode.kind {
-            case .regular, .hardlink:
-                node = TreeNode(kind: .hardlink, source: ref, layer: layer, metadata: targetNode.metadata)
-                let src = targetNode.kind == .regular ? targetNode.source : targetNode.linkSource
-                node.linkSource = src
-                node.size = targetNode.size
-                if let src { tree.linkSourceSizes[src] = targetNode.size }
-            default:
-                // A hard link to a symlink or device: a copy of it.
-                node = TreeNode(kind: targetNode.kind, source: ref, layer: layer, metadata: targetNode.metadata)
-                node.entryKind = targetNode.entryKind
-            }
+            // Another name for the target's inode, whatever its kind (tar(5): a hard link names an
+            // earlier entry; a link to a symlink or device is that same symlink or device).
+            let node = TreeNode(kind: .hardlink, source: ref, layer: layer, metadata: targetNode.metadata)
+            node.linkSource = src
+            node.size = targetNode.size
+            if !targetNode.isRegularFile { node.entryKind = targetNode.entryKind }
+            tree.linkSourceSizes[src] = targetNode.dataBytes
             parent.children[name] = node
         default:
             let kind: TreeNode.Kind
@@ -146,13 +170,14 @@ public struct LayerFlattener {
             node.entryKind = entry.kind
             if case .regular(let size) = entry.kind {
                 node.size = size
+                node.dataRegions = entry.dataRegions
                 if let stream {
-                    if capturePaths.contains(entry.path), size <= 1 << 20 {
+                    if capturePaths.contains(path), size <= 1 << 20 {
                         node.content = try stream.readAll(limit: 1 << 20)
                     } else if headNames.contains(name) {
                         node.head = Array(try stream.readAll(limit: 64).prefix(64))
                     } else if let directory = captureDirectory,
-                        capturePrefixes.contains(where: { entry.path.starts(with: $0 + [UInt8(ascii: "/")]) })
+                        capturePrefixes.contains(where: { path.starts(with: $0 + [UInt8(ascii: "/")]) })
                     {
                         let file = directory + "/\(ref.layer)-\(ref.ordinal)"
                         try Self.save(stream, to: file)
@@ -175,29 +200,6 @@ public struct LayerFlattener {
             try handle.seek(toOffset: UInt64(offset))
             handle.write(Data(bytes))
         }
-    }
-
-    private func lookupDirectory(_ path: ImagePath, tree: FileTree) -> TreeNode? {
-        guard let node = tree.lookup(path), node.kind == .directory else { return nil }
-        return node
-    }
-
-    /// Walks to `path`, creating directories no layer declared and replacing non-directories.
-    private func ensureDirectory(_ path: ImagePath, layer: Int, tree: FileTree, mtime: Int64) -> TreeNode {
-        var node = tree.root
-        for part in path.split(separator: UInt8(ascii: "/")) {
-            let name = Array(part)
-            if let child = node.children[name], child.kind == .directory {
-                node = child
-                continue
-            }
-            let dir = TreeNode(
-                kind: .directory, source: nil, layer: layer, metadata: EntryMetadata(permissions: 0o755, mtime: mtime))
-            dir.entryKind = .directory
-            node.children[name] = dir
-            node = dir
-        }
-        return node
     }
 
     private func makeOpaque(_ dir: TreeNode, layer: Int) {

@@ -130,6 +130,8 @@ final class Ext4Reader {
         var mtimeNanoseconds: UInt32 { raw.i_mtime_extra >> 2 }
         var links: UInt16 { raw.i_links_count }
         var size: UInt64 { UInt64(raw.i_size) | UInt64(raw.i_size_high) << 32 }
+        /// 512-byte sectors allocated (data, extent tree and xattr blocks), without huge_file.
+        var sectors: UInt64 { UInt64(raw.i_blocks) | UInt64(raw.osd2.linux2.l_i_blocks_hi) << 32 }
     }
 
     func stat(_ path: String) throws -> Stat { try stat(Array(path.utf8)) }
@@ -164,6 +166,27 @@ final class Ext4Reader {
             out += buffer[0..<Int(got)]
         }
         return out
+    }
+
+    /// `count` bytes of a file from `offset` (for files too large to read whole).
+    func read(_ path: String, offset: UInt64, count: Int) throws -> [UInt8] {
+        let ino = try #require(inode(path), "\(path) is missing")
+        var file: ext2_file_t?
+        guard ext2fs_file_open(fs, ino, 0, &file) == 0 else { throw DiskTestError("open \(path)") }
+        defer { ext2fs_file_close(file) }
+        guard ext2fs_file_llseek(file, offset, EXT2_SEEK_SET, nil) == 0 else { throw DiskTestError("seek \(path)") }
+        var out = [UInt8](repeating: 0, count: count)
+        var done = 0
+        while done < count {
+            var got: UInt32 = 0
+            let code = out.withUnsafeMutableBytes {
+                ext2fs_file_read(file, $0.baseAddress! + done, UInt32(count - done), &got)
+            }
+            guard code == 0 else { throw DiskTestError("read \(path): \(code)") }
+            if got == 0 { break }
+            done += Int(got)
+        }
+        return Array(out.prefix(done))
     }
 
     /// A symlink's target, whether kept in the inode (fast) or in a block.

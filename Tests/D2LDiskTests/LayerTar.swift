@@ -82,11 +82,30 @@ func writeTar(_ path: String, _ entries: [TarEntry]) throws {
             data = bytes
         case .sparse(let size, let parts):
             archive_entry_set_filetype(e, 0o100000)
-            data = [UInt8](repeating: 0, count: size)
+            // The size first: libarchive drops a sparse region that ends past the entry's size.
+            archive_entry_set_size(e, la_int64_t(size))
             for part in parts {
-                data.replaceSubrange(part.offset..<(part.offset + part.bytes.count), with: part.bytes)
                 archive_entry_sparse_add_entry(e, la_int64_t(part.offset), la_int64_t(part.bytes.count))
             }
+            try check(archive_write_header(a, e))
+            // The pax writer takes the whole file and skips the holes itself: hand it the holes as
+            // zeros a MiB at a time, so that a file of gigabytes needs no gigabytes of memory.
+            let zeros = [UInt8](repeating: 0, count: 1 << 20)
+            var position = 0
+            func write(_ bytes: UnsafeRawBufferPointer) throws {
+                let n = archive_write_data(a, bytes.baseAddress, bytes.count)
+                guard n == bytes.count else { throw DiskTestError("short tar write for \(entry.path.display)") }
+                position += bytes.count
+            }
+            func zeroFill(to end: Int) throws {
+                while position < end { try zeros.withUnsafeBytes { try write(UnsafeRawBufferPointer(rebasing: $0.prefix(end - position))) } }
+            }
+            for part in parts.sorted(by: { $0.offset < $1.offset }) {
+                try zeroFill(to: part.offset)
+                try part.bytes.withUnsafeBytes { try write($0) }
+            }
+            try zeroFill(to: size)
+            continue
         case .directory:
             archive_entry_set_filetype(e, 0o040000)
         case .symlink(let target):

@@ -300,4 +300,61 @@ struct LayerFlattenerTests {
         #expect(data[4096..<(size - 8192)].allSatisfy { $0 == 0 })
         #expect(data[(size - 8192)...].allSatisfy { $0 == 0xab })
     }
+
+    @Test("whiteouts, opaque markers and hard-link targets are found through the image's symlinks")
+    func whiteoutsThroughSymlinks() throws {
+        let dir = try Scratch()
+        defer { dir.remove() }
+        let lower = try dir.layer("0.tar") { t in
+            try t.directory("usr/bin")
+            try t.file("usr/bin/ls", "ls")
+            try t.file("usr/bin/cat", "cat")
+            try t.directory("usr/lib")
+            try t.file("usr/lib/old", "old")
+            try t.symlink("bin", to: "usr/bin")
+            try t.symlink("lib", to: "/usr/lib")
+            try t.directory("usr/share")
+            try t.symlink("usr/local", to: "./../usr/./")  // "..", "." and a trailing slash
+        }
+        let upper = try dir.layer("1.tar") { t in
+            try t.whiteout("bin/ls")
+            try t.opaque("lib")
+            try t.file("lib/new", "new")
+            try t.hardlink("bin/kitten", to: "bin/cat")
+            try t.file("usr/local/share/doc", "doc")
+        }
+        let tree = try flatten([lower, upper])
+        #expect(tree.names("usr/bin") == ["cat", "kitten"])
+        #expect(tree.names("usr/lib") == ["new"])
+        #expect(tree.node("bin")?.kind == .symlink)
+        #expect(tree.node("lib")?.kind == .symlink)
+        let kitten = try #require(tree.node("usr/bin/kitten"))
+        #expect(kitten.linkSource == tree.node("usr/bin/cat")?.source)
+        #expect(tree.placement(of: EntryRef(layer: 1, ordinal: 3)) == ImagePath("usr/lib/new"))
+        #expect(tree.placement(of: EntryRef(layer: 0, ordinal: 2)) == nil)
+        #expect(tree.names("usr/share") == ["doc"])
+        #expect(tree.placement(of: EntryRef(layer: 1, ordinal: 5)) == ImagePath("usr/share/doc"))
+    }
+
+    @Test("a sparse map is sorted, clipped to the size and merged; its blocks count shared blocks once")
+    func sparseMapNormalised() throws {
+        let regions: [Range<UInt64>] = [9000..<9100, 0..<100, 50..<200, 200..<300, 5000..<5000, 20_000..<30_000]
+        let normalised = LayerEntry.normaliseRegions(regions, size: 25_000)
+        #expect(normalised == [0..<300, 9000..<9100, 20_000..<25_000])
+        // Blocks 0, 2, 4 to 6 (4 KiB), and two regions inside one block count it once.
+        #expect(LayerEntry.blocks(of: normalised, blockSize: 4096) == 5)
+        #expect(LayerEntry.blocks(of: [0..<10, 100..<200, 4095..<4097], blockSize: 4096) == 2)
+
+        // What the flattener keeps from a sparse entry, and what sizes the disk.
+        let dir = try Scratch()
+        defer { dir.remove() }
+        let size = 8 << 20  // TarBuilder holds the whole file in memory
+        let layer = try dir.layer("0.tar") { t in
+            try t.sparseFile("huge", size: size, extents: [(0, 100), (size - 4096, 4096)], fill: 0x5a)
+        }
+        let tree = try flatten([layer])
+        #expect(tree.node("huge")?.dataRegions == [0..<100, UInt64(size - 4096)..<UInt64(size)])
+        #expect(tree.stats.dataBytes == 4196)
+        #expect(tree.stats.dataBlocks4K == 2)
+    }
 }
