@@ -139,6 +139,12 @@ public final class ArchiveStream {
 
     private func check(_ code: Int32) throws {
         if code == ARCHIVE_OK || code == ARCHIVE_WARN { return }
+        // libarchive names a file of a directory input by its base name only ("Can't open `zero'"):
+        // give its full path and the system's reason.
+        if diskRoot != nil, let source = archive_entry_sourcepath(entry) {
+            let reason = archive_errno(handle) > 0 ? String(cString: strerror(archive_errno(handle))) : Self.message(handle)
+            throw ImageError.archive(String(cString: source), message: "cannot read it: \(reason)")
+        }
         throw ImageError.archive(what, message: Self.message(handle))
     }
 
