@@ -117,9 +117,10 @@ public struct LayerFlattener {
             }
         case .hardlink(let target):
             guard let targetNode = tree.lookup(target), targetNode.kind != .directory else {
-                tree.warnings.append(
-                    "hard link \(entry.path.display) -> \(target.display): target missing, link skipped")
-                return
+                // A link to nothing is a damaged layer (Docker refuses it too), not a file to drop quietly.
+                throw ImageError.archive(
+                    stream?.what ?? "a layer", message: "hard link \(entry.path.display) -> \(target.display): "
+                        + (tree.lookup(target) == nil ? "no such file before it in the image" : "a directory"))
             }
             let node: TreeNode
             switch targetNode.kind {

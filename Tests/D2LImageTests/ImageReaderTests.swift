@@ -168,7 +168,7 @@ struct ImageReaderTests {
         #expect {
             try ImageReader.open(path: layout.root, platform: try Platform(parsing: "linux/s390x"))
         } throws: { error in
-            guard case ImageError.platformNotFound(_, let available)? = error as? ImageError else { return false }
+            guard case ImageError.platformNotFound(_, _, let available)? = error as? ImageError else { return false }
             return available.sorted() == ["linux/amd64", "linux/arm64"]
         }
     }
