@@ -111,7 +111,7 @@ public final class DiskBuilder {
         do {
             return try await writeDisk()
         } catch {
-            throw Self.explainFullFileSystem(error, directory: outputDir, needed: neededBytes)
+            throw Self.explainFullFileSystem(error, directory: outputDir, needed: neededBytes, input: image.path)
         }
     }
 
@@ -259,7 +259,8 @@ public final class DiskBuilder {
         let spaceNeeded = written * (format == .raw ? 1 : format == .containerdisk ? 3 : 2)
         neededBytes = spaceNeeded
         if options.checkFreeSpace, let available = Self.availableBytes(outputDir), available < spaceNeeded {
-            throw DiskError.noSpace(directory: outputDir, available: available, needed: spaceNeeded, whileWriting: false)
+            throw DiskError.noSpace(
+                directory: outputDir, available: available, needed: spaceNeeded, input: image.path, whileWriting: false)
         }
 
         // 4. Write into a file with no name in the output's directory; link it into place at the end.
@@ -526,13 +527,13 @@ public final class DiskBuilder {
     /// `error` as `DiskError.noSpace` when it came from the output's file system filling up: its
     /// message says so (ENOSPC, EDQUOT, through libext2fs, mtools or qemu-img), or the file system has
     /// next to nothing left while the failed disk still holds its blocks. Other errors are returned as they are.
-    static func explainFullFileSystem(_ error: any Error, directory: String, needed: UInt64?) -> any Error {
+    static func explainFullFileSystem(_ error: any Error, directory: String, needed: UInt64?, input: String) -> any Error {
         if case DiskError.noSpace = error { return error }
         let text = "\(error)"
         let available = availableBytes(directory)
         let saysFull = text.contains(String(cString: strerror(ENOSPC))) || text.contains(String(cString: strerror(EDQUOT)))
             || (error as? StagedFileError).map { $0.code == ENOSPC || $0.code == EDQUOT } == true
         guard saysFull || (available.map { $0 < 1 << 20 } ?? false) else { return error }
-        return DiskError.noSpace(directory: directory, available: available ?? 0, needed: needed, whileWriting: true)
+        return DiskError.noSpace(directory: directory, available: available ?? 0, needed: needed, input: input, whileWriting: true)
     }
 }

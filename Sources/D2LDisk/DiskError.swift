@@ -12,7 +12,7 @@ public enum DiskError: Error, CustomStringConvertible, Sendable, CategorizedErro
     case nameTooLong([String])
     /// The output's file system has too little space: found before writing, or met while writing
     /// (then the partial disk is gone too).
-    case noSpace(directory: String, available: UInt64, needed: UInt64?, whileWriting: Bool)
+    case noSpace(directory: String, available: UInt64, needed: UInt64?, input: String, whileWriting: Bool)
 
     public var description: String {
         switch self {
@@ -33,9 +33,9 @@ public enum DiskError: Error, CustomStringConvertible, Sendable, CategorizedErro
             return "ext4 names hold at most 255 bytes; the image has longer ones, shorten or remove them:\n"
                 + paths.prefix(20).map { "  - " + $0 }.joined(separator: "\n")
                 + (paths.count > 20 ? "\n  (and \(paths.count - 20) more)" : "")
-        case .noSpace(let directory, let available, let needed, let whileWriting):
+        case .noSpace(let directory, let available, let needed, let input, let whileWriting):
             let mib = { (bytes: UInt64) in "\((bytes + (1 << 20) - 1) >> 20) MiB" }
-            let need = needed.map { ", the disk needs about \(mib($0))" } ?? ""
+            let need = needed.map { ", the disk of \(input) needs about \(mib($0))" } ?? ""
             return whileWriting
                 ? "the output's file system (\(directory)) is full (\(mib(available)) free\(need)): "
                     + "no disk was written and nothing of it is left; free some space or write the disk elsewhere"

@@ -59,7 +59,7 @@ struct FullFileSystemTests {
             try await Self.build(input + "/root", to: mountPoint + "/disk.img", check: true)
             Issue.record("the build succeeded on a 20 MiB file system")
         } catch let error as DiskError {
-            guard case .noSpace(let directory, _, let needed, let whileWriting) = error else {
+            guard case .noSpace(let directory, _, let needed, _, let whileWriting) = error else {
                 Issue.record("expected noSpace, got \(error)")
                 return
             }
@@ -82,7 +82,7 @@ struct FullFileSystemTests {
             try await Self.build(input + "/root", to: mountPoint + "/disk." + format.fileExtension, format: format, check: false)
             Issue.record("the build succeeded on a 20 MiB file system")
         } catch let error as DiskError {
-            guard case .noSpace(let directory, _, _, let whileWriting) = error else {
+            guard case .noSpace(let directory, _, _, _, let whileWriting) = error else {
                 Issue.record("expected noSpace, got \(error)")
                 return
             }
