@@ -86,7 +86,10 @@ struct BuildKillTests {
         let reached = await Self.wait(seconds: 60) {
             switch moment {
             case .scanning:
+                // Not the end either, where the scratch folder outlives the disk by an instant: by then
+                // the output has its name.
                 return FileManager.default.fileExists(atPath: scratch) && Self.anonymousFiles(of: pid, in: out).isEmpty
+                    && !FileManager.default.fileExists(atPath: out + "/" + name)
             case .writing:
                 return Self.anonymousFiles(of: pid, in: out).contains { Self.allocated($0) > 8 << 20 }
             case .converting:
