@@ -31,24 +31,33 @@ public final class StagedFile {
     private let temporaryName: String
     private var descriptor: Int32
 
+    /// Whether new staged files may be anonymous: false when D2L_NO_TMPFILE is set (to any value but
+    /// 0), which makes d2l behave as on a file system without O_TMPFILE.
+    public static var anonymousAllowed: Bool {
+        let value = ProcessInfo.processInfo.environment["D2L_NO_TMPFILE"] ?? ""
+        return value.isEmpty || value == "0"
+    }
+
     /// Opens a new, empty file in `directory`, without a name where the file system allows it.
     ///
-    /// - Parameter fallbackName: the hidden name used beside the destination where O_TMPFILE is not
-    ///   supported, and for the instant of replacing an existing destination.
+    /// - Parameters:
+    ///   - fallbackName: the hidden name used beside the destination where O_TMPFILE is not
+    ///     supported, and for the instant of replacing an existing destination.
+    ///   - anonymous: false for the named file even where O_TMPFILE works.
     /// - Throws: `StagedFileError` when the directory refuses a new file (permissions, read-only, full).
-    public init(directory: String, fallbackName: String) throws {
+    public init(directory: String, fallbackName: String, anonymous: Bool = StagedFile.anonymousAllowed) throws {
         self.directory = directory
         temporaryName = directory + "/" + fallbackName
         // O_TMPFILE is __O_TMPFILE | O_DIRECTORY; __O_TMPFILE is 020000000 on every Linux architecture
         // d2l builds for (Glibc's macro does not import into Swift).
-        let fd = open(directory, 0o20000000 | O_DIRECTORY | O_RDWR | O_CLOEXEC, 0o644)
+        let fd = anonymous ? open(directory, 0o20000000 | O_DIRECTORY | O_RDWR | O_CLOEXEC, 0o644) : -1
+        let error = anonymous ? errno : EOPNOTSUPP
         if fd >= 0, access("/proc/self/fd/\(fd)", F_OK) == 0 {
             descriptor = fd
             isAnonymous = true
             path = "/proc/\(getpid())/fd/\(fd)"
             return
         }
-        let error = errno
         if fd >= 0 {
             close(fd)  // no /proc: other programs could not reach it
         } else if ![EOPNOTSUPP, EISDIR, EINVAL].contains(error) {
@@ -111,10 +120,16 @@ public final class StagedFile {
         } else {
             if replace {
                 guard rename(temporaryName, destination) == 0 else { throw failure(destination) }
-            } else {
+            } else if link(temporaryName, destination) == 0 {
                 // link(2) refuses an existing destination where rename(2) would replace it.
-                guard link(temporaryName, destination) == 0 else { throw failure(destination) }
                 unlink(temporaryName)
+            } else {
+                guard errno != EEXIST else { throw failure(destination) }
+                // A file system without hard links (FAT, some FUSE): check, then rename.
+                guard access(destination, F_OK) != 0 else {
+                    throw StagedFileError(path: destination, message: String(cString: strerror(EEXIST)), code: EEXIST)
+                }
+                guard rename(temporaryName, destination) == 0 else { throw failure(destination) }
             }
             Cleanup.shared.remove(temporaryName)
         }

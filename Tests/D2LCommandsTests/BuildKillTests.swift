@@ -15,6 +15,9 @@ struct BuildKillTests {
         case writing
         /// qemu-img converting the raw disk to qcow2, both without names.
         case converting
+        /// Writing ext4 into a named disk, as on a file system without O_TMPFILE (D2L_NO_TMPFILE=1):
+        /// the reaper removes it.
+        case writingNamed
     }
 
     /// A gzip rootfs of the bootable base and 32 MB of random bytes: long enough to catch each moment.
@@ -80,6 +83,9 @@ struct BuildKillTests {
         process.arguments = ["build", input, "-o", out + "/" + name, "-q"]
         process.standardError = FileHandle.nullDevice
         process.standardOutput = FileHandle.nullDevice
+        if moment == .writingNamed {
+            process.environment = ProcessInfo.processInfo.environment.merging(["D2L_NO_TMPFILE": "1"]) { $1 }
+        }
         try process.run()
         let pid = process.processIdentifier
         let scratch = out + "/.\(name).d2l-\(pid).d"
@@ -94,6 +100,8 @@ struct BuildKillTests {
                 return Self.anonymousFiles(of: pid, in: out).contains { Self.allocated($0) > 8 << 20 }
             case .converting:
                 return Self.hasChild(of: pid, named: "qemu-img")
+            case .writingNamed:
+                return Self.allocated(out + "/.\(name).d2l-\(pid).tmp") > 8 << 20
             }
         }
         // What is beside the output at the moment of the kill: the scratch folder, never a disk with a name.
@@ -102,7 +110,11 @@ struct BuildKillTests {
         process.waitUntilExit()
         #expect(reached, "the build reached \(moment) before it ended")
         #expect(process.terminationReason == .uncaughtSignal, "d2l was killed, not finished")
-        #expect(!beside.contains { $0.hasSuffix(".tmp") || $0 == name || $0.hasSuffix(".qcow2") }, "\(beside)")
+        if moment == .writingNamed {
+            #expect(beside.contains(".\(name).d2l-\(pid).tmp"), "\(beside)")
+        } else {
+            #expect(!beside.contains { $0.hasSuffix(".tmp") || $0 == name || $0.hasSuffix(".qcow2") }, "\(beside)")
+        }
         // The reaper removes the scratch folder once d2l is gone; qemu-img may still be closing the files.
         let empty = await Self.wait(seconds: 10) { BuildInputs.listing(out).isEmpty }
         #expect(empty, "left beside the output: \(BuildInputs.listing(out))")
