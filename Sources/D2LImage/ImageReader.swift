@@ -138,7 +138,7 @@ public enum ImageReader {
         } catch let error as ImageError {
             throw error
         } catch {
-            throw ImageError.malformed(path, detail: "manifest.json: \(error)")
+            throw ImageError.malformed(path, detail: "manifest.json: \(jsonProblem(error))")
         }
         var candidates: [(DockerManifest, ImageConfigJSON, Data)] = []
         for m in manifests {
@@ -179,6 +179,21 @@ public enum ImageReader {
         image.tags = manifest.RepoTags ?? []
         image.config = runtimeConfig(configData)
         return image
+    }
+
+    /// A decoding error in a few words: "not valid JSON", "no \"Layers\" in [0]", ...
+    static func jsonProblem(_ error: any Error) -> String {
+        func at(_ path: [any CodingKey]) -> String {
+            path.isEmpty ? "" : " in " + path.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+        }
+        switch error as? DecodingError {
+        case .dataCorrupted(let context)?:
+            return context.codingPath.isEmpty ? "not valid JSON" : "a bad value\(at(context.codingPath))"
+        case .keyNotFound(let key, let context)?: return "no \"\(key.stringValue)\"\(at(context.codingPath))"
+        case .typeMismatch(_, let context)?, .valueNotFound(_, let context)?:
+            return "\"\(context.codingPath.last?.stringValue ?? "?")\" has the wrong type\(at(context.codingPath.dropLast()))"
+        default: return "\(error)"
+        }
     }
 
     static func normalise(_ name: String) -> String {
@@ -227,7 +242,7 @@ public enum ImageReader {
             guard depth < 5 else { throw ImageError.malformed(path, detail: "nested indexes too deep") }
             let index: Index
             do { index = try JSONDecoder().decode(Index.self, from: indexData) } catch {
-                throw ImageError.malformed(path, detail: "index.json: \(error)")
+                throw ImageError.malformed(path, detail: "index.json: \(jsonProblem(error))")
             }
             guard !index.manifests.isEmpty else { throw ImageError.malformed(path, detail: "the index lists no image") }
             let withPlatform = index.manifests.filter { $0.platform != nil && !$0.isAttestation }
@@ -255,7 +270,7 @@ public enum ImageReader {
             do { manifest = try JSONDecoder().decode(Manifest.self, from: blob) } catch {
                 // Some index entries carry no mediaType; an index decodes as one.
                 if (try? JSONDecoder().decode(Index.self, from: blob)) != nil { indexData = blob; continue }
-                throw ImageError.malformed(path, detail: "manifest \(chosen.digest): \(error)")
+                throw ImageError.malformed(path, detail: "manifest \(chosen.digest): \(jsonProblem(error))")
             }
             let configData = try blobs.verifiedData(manifest.config.digest)
             let config = (try? JSONDecoder().decode(ImageConfigJSON.self, from: configData)) ?? ImageConfigJSON()

@@ -106,8 +106,11 @@ public final class StagedFile {
             let source = "/proc/self/fd/\(descriptor)"
             if linkat(AT_FDCWD, source, AT_FDCWD, destination, AT_SYMLINK_FOLLOW) != 0 {
                 guard errno == EEXIST, replace else { throw failure(destination) }
-                // linkat never replaces: a hidden name for an instant, then rename over the old file.
+                // linkat never replaces: a hidden name for an instant (known to the reaper, should
+                // SIGKILL come then), then rename over the old file.
                 unlink(temporaryName)
+                Cleanup.shared.add(temporaryName)
+                defer { Cleanup.shared.remove(temporaryName) }
                 guard linkat(AT_FDCWD, source, AT_FDCWD, temporaryName, AT_SYMLINK_FOLLOW) == 0 else {
                     throw failure(temporaryName)
                 }

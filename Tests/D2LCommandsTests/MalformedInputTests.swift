@@ -72,6 +72,21 @@ struct MalformedInputTests {
         return dir + "/layout"
     }
 
+    /// Changes the manifest's text and points the index at the changed manifest (its new digest and size).
+    static func replaceManifest(_ oci: inout BuildInputs.OCILayout, _ change: (String) throws -> String) throws {
+        let old = "blobs/sha256/" + oci.manifestDigest
+        let oldBytes = oci.files[old] ?? []
+        let text = try change(String(decoding: oldBytes, as: UTF8.self))
+        let digest = BuildInputs.sha256(Array(text.utf8))
+        oci.files[old] = nil
+        oci.files["blobs/sha256/" + digest] = Array(text.utf8)
+        oci.files["index.json"] = Array(
+            String(decoding: oci.files["index.json"] ?? [], as: UTF8.self)
+                .replacingOccurrences(of: oci.manifestDigest, with: digest)
+                .replacingOccurrences(of: "\"size\":\(oldBytes.count)", with: "\"size\":\(text.utf8.count)")
+                .utf8)
+    }
+
     static let corpus: [MalformedInput] = [
         // Archives and compressed streams.
         .init("a tar cut inside a file's data", expect: ["truncated"]) { dir in
@@ -209,21 +224,26 @@ struct MalformedInputTests {
                 oci.files["index.json"] = oci.files["blobs/sha256/" + target.digest]
             }
         },
-        .init("an OCI layer digest that is not sha256", expect: ["digest"]) { dir in
+        .init("an OCI layer digest that is not sha256", expect: ["digest", "md5"]) { dir in
             try await layout(dir) { oci in
-                let name = "blobs/sha256/" + oci.manifestDigest
-                let text = String(decoding: oci.files[name] ?? [], as: UTF8.self)
-                    .replacingOccurrences(of: "sha256:" + oci.layerDigests[0], with: "md5:0123456789abcdef")
-                oci.files[name] = Array(text.utf8)
-                // The index must point at the changed manifest to reach it.
-                let newDigest = BuildInputs.sha256(Array(text.utf8))
-                oci.files["blobs/sha256/" + newDigest] = Array(text.utf8)
-                oci.files["index.json"] = Array(
-                    String(decoding: oci.files["index.json"] ?? [], as: UTF8.self)
-                        .replacingOccurrences(of: oci.manifestDigest, with: newDigest)
-                        .replacingOccurrences(of: "\"size\":\(oci.files[name]?.count ?? 0)", with: "\"size\":\(text.utf8.count)")
-                        .utf8)
+                let layer = "sha256:" + oci.layerDigests[0]
+                try replaceManifest(&oci) { $0.replacingOccurrences(of: layer, with: "md5:0123456789abcdef") }
             }
+        },
+        .init("an OCI manifest without a config", expect: ["no \"config\""]) { dir in
+            try await layout(dir) { oci in
+                try replaceManifest(&oci) { text in
+                    let config = try #require(text.range(of: #""config":\{[^}]*\},"#, options: .regularExpression))
+                    return text.replacingCharacters(in: config, with: "")
+                }
+            }
+        },
+        .init("a docker-archive manifest whose Layers is not a list", expect: ["Layers", "wrong type"]) { dir in
+            try BuildInputs.write(
+                try BuildInputs.dockerArchive(
+                    layers: [BuildInputs.tar(base)], manifest: Array(#"[{"Config":"c.json","Layers":"layer.tar"}]"#.utf8)),
+                to: dir + "/image.tar")
+            return dir + "/image.tar"
         },
         // Entries.
         .init("an entry that climbs out of the root with ..", expect: [".."]) { dir in
