@@ -331,6 +331,19 @@ struct MalformedInputTests {
 
     @Test func theCorpusHasThirtyInputs() { #expect(Self.corpus.count >= 30) }
 
+    /// `d2l inspect` explains a layer it cannot read by the blob's digest too.
+    @Test func inspectReportsTheDigestMismatch() async throws {
+        let dir = try BuildInputs.scratch("inspect-digest")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = try await Self.layout(dir) { oci in
+            let name = "blobs/sha256/" + oci.layerDigests[0]
+            oci.files[name] = Self.spoil(oci.files[name] ?? [], at: 0.0, count: 16)
+        }
+        let result = try await BuildInputs.d2l(["inspect", path])
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("digest mismatch") && result.stderr.contains(path), "\(result.stderr)")
+    }
+
     /// An absolute name is taken inside the image, as tar, Docker and containerd take it: the build
     /// succeeds and nothing lands at the absolute path on the host.
     @Test func anAbsoluteNameStaysInTheImage() async throws {
