@@ -31,9 +31,9 @@ public enum DiskFormat: String, CaseIterable, Sendable, Codable, CustomStringCon
     /// - Returns: nil for an extension d2l does not write (`disk.foo`, `disk.vhdx.gz`), which should be
     ///   refused rather than written as raw under a name that says otherwise (see `unknownExtensionMessage`).
     public static func forOutput(_ path: String) -> DiskFormat? {
-        let name = (path as NSString).lastPathComponent
-        let ext = (name.hasPrefix(".") ? String(name.dropFirst()) : name as String).split(separator: ".", omittingEmptySubsequences: false)
-        return ext.count < 2 ? .raw : fromExtension(path)
+        // A hidden file's leading dot is not an extension.
+        let name = (path as NSString).lastPathComponent.drop { $0 == "." }
+        return name.contains(".") ? fromExtension(path) : .raw
     }
 
     /// Why `path` cannot be written as given: its extension names no format d2l writes.

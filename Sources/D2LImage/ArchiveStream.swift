@@ -206,12 +206,14 @@ public final class ArchiveStream {
         }
         // '..' could climb out of the root: refused, as Docker refuses a layer that breaks out.
         guard let path = LayerEntry.normalise(raw) else {
-            throw ImageError.archive(what, message: "entry \(String(decoding: raw, as: UTF8.self)) has a '..' in its name: refused")
+            throw ImageError.archive(
+                what, message: "entry \(String(decoding: raw, as: UTF8.self)) has a '..' in its name: refused")
         }
         let shown = String(decoding: path, as: UTF8.self)
         // ext4 keeps 32-bit owners, and seconds from 1901 to 2446 (34 bits with 256-byte inodes).
-        for (what, id) in [("owner", archive_entry_uid(e)), ("group", archive_entry_gid(e))] where !(0...Int64(UInt32.max)).contains(id) {
-            throw ImageError.archive(self.what, message: "entry \(shown) has \(what) \(id), beyond the 32 bits ext4 stores")
+        for (role, id) in [("owner", archive_entry_uid(e)), ("group", archive_entry_gid(e))]
+        where !(0...Int64(UInt32.max)).contains(id) {
+            throw ImageError.archive(what, message: "entry \(shown) has \(role) \(id), beyond the 32 bits ext4 stores")
         }
         let mtime = Int64(archive_entry_mtime(e))
         guard (Int64(Int32.min)...(Int64(1) << 34) + Int64(Int32.min) - 1).contains(mtime) else {
