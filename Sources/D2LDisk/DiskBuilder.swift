@@ -107,7 +107,8 @@ public final class DiskBuilder {
     ///   the disk is too small, the output's file system is full), `ImageError` for an unreadable
     ///   layer, `Ext4Error` when libext2fs fails.
     public func build() async throws -> BuildSummary {
-        let outputDir = (URL(fileURLWithPath: options.output).standardizedFileURL.path as NSString).deletingLastPathComponent
+        let output = URL(fileURLWithPath: options.output).standardizedFileURL.path
+        let outputDir = (output as NSString).deletingLastPathComponent
         do {
             return try await writeDisk()
         } catch {
@@ -525,15 +526,21 @@ public final class DiskBuilder {
     }
 
     /// `error` as `DiskError.noSpace` when it came from the output's file system filling up: its
-    /// message says so (ENOSPC, EDQUOT, through libext2fs, mtools or qemu-img), or the file system has
-    /// next to nothing left while the failed disk still holds its blocks. Other errors are returned as they are.
-    static func explainFullFileSystem(_ error: any Error, directory: String, needed: UInt64?, input: String) -> any Error {
+    /// message says so (ENOSPC, EDQUOT, through libext2fs, mtools or qemu-img), or a tool failed while
+    /// the file system has next to nothing left (the failed disk still holds its blocks). Other errors
+    /// are returned as they are.
+    static func explainFullFileSystem(
+        _ error: any Error, directory: String, needed: UInt64?, input: String
+    ) -> any Error {
         if case DiskError.noSpace = error { return error }
         let text = "\(error)"
         let available = availableBytes(directory)
         let saysFull = text.contains(String(cString: strerror(ENOSPC))) || text.contains(String(cString: strerror(EDQUOT)))
             || (error as? StagedFileError).map { $0.code == ENOSPC || $0.code == EDQUOT } == true
-        guard saysFull || (available.map { $0 < 1 << 20 } ?? false) else { return error }
-        return DiskError.noSpace(directory: directory, available: available ?? 0, needed: needed, input: input, whileWriting: true)
+        // An image that cannot boot, an existing output...: the user's to fix, whatever the free space.
+        let usage = (error as? any CategorizedError)?.category == .usage
+        guard saysFull || (!usage && available.map { $0 < 1 << 20 } ?? false) else { return error }
+        return DiskError.noSpace(
+            directory: directory, available: available ?? 0, needed: needed, input: input, whileWriting: true)
     }
 }

@@ -69,6 +69,29 @@ struct FullFileSystemTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: mountPoint).isEmpty)
     }
 
+    @Test("an image that cannot boot is said as such on a file system that is nearly full")
+    func otherErrorsStayThemselves() async throws {
+        let input = try BootLayoutTests.scratch()
+        defer { try? FileManager.default.removeItem(atPath: input) }
+        try BootLayoutTests.makeRoot(input + "/root")
+        try FileManager.default.removeItem(atPath: input + "/root/boot/vmlinuz-1.0-test")
+        let mountPoint = try Self.smallTmpfs()
+        defer { Self.unmount(mountPoint) }
+        // Leave 512 KiB free.
+        let filler = mountPoint + "/filler"
+        try Data(count: (20 << 20) - Int(Self.usedBytes(mountPoint)) - (512 << 10)).write(to: URL(fileURLWithPath: filler))
+        do {
+            try await Self.build(input + "/root", to: mountPoint + "/disk.img", check: true)
+            Issue.record("the build succeeded without a kernel")
+        } catch let error as DiskError {
+            guard case .cannotBoot = error else {
+                Issue.record("expected cannotBoot, got \(error)")
+                return
+            }
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: mountPoint) == ["filler"])
+    }
+
     /// Raw: ext4 fills it. qcow2: the raw disk (12 MB of data) fits, and qemu-img's copy beside it fills it.
     @Test(
         "the file system filling up while the disk is written: an error that says so, and nothing left",
