@@ -159,12 +159,16 @@ public final class DiskBuilder {
             capturePrefixes: BootLoaders.capturePrefixes, captureDirectory: scratch + "/scan")
         // Blob digests are checked on the other core from now on, while the layers are scanned and written.
         let digests = LayerDigests(image.layers)
+        // A gzip root file system has no digest: its CRC is checked instead (libarchive does not).
+        let gzipCheck = GzipCheck(image.layers)
+        defer { gzipCheck.cancel() }
         let tree: FileTree
         do {
             tree = try flattener.scan(image.layers, progress: progress)
         } catch {
-            // A damaged blob is what explains a layer libarchive cannot read: say that first.
+            // A damaged blob or stream is what explains a layer libarchive cannot read: say that first.
             try digests.wait()
+            try await gzipCheck.wait()
             throw error
         }
         for warning in tree.warnings.prefix(20) { progress.note("warning: \(warning)") }
@@ -337,6 +341,8 @@ public final class DiskBuilder {
         phase("writing FAT boot partition")
         try await bootJob.value
         if !extraFiles.isEmpty { try await boot.copy(extraFiles, toDirectory: "") }
+
+        try await gzipCheck.wait()
 
         // Every stage is a StagedFile in the output's directory; each one discards the one before.
         var final = disk
