@@ -4,6 +4,7 @@ import Foundation
 public struct StagedFileError: Error, CustomStringConvertible, Sendable, CategorizedError {
     /// The path involved: the directory, the temporary name or the destination.
     public var path: String
+    /// The system's reason (strerror).
     public var message: String
     /// The errno of the call that failed.
     public var code: Int32
@@ -80,13 +81,6 @@ public final class StagedFile {
     /// Sets the file's size (a sparse file: no blocks are allocated).
     public func truncate(to size: UInt64) throws {
         guard ftruncate(descriptor, off_t(size)) == 0 else { throw failure(path) }
-    }
-
-    /// The file's size and allocated bytes.
-    public func sizes() -> (size: UInt64, allocated: UInt64) {
-        var st = stat()
-        guard fstat(descriptor, &st) == 0 else { return (0, 0) }
-        return (UInt64(st.st_size), UInt64(st.st_blocks) * 512)
     }
 
     /// Flushes the file's data to the device.
