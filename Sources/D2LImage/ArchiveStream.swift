@@ -140,11 +140,25 @@ public final class ArchiveStream {
 
     private func check(_ code: Int32) throws {
         if code == ARCHIVE_OK || code == ARCHIVE_WARN { return }
-        // libarchive names a file of a directory input by its base name only ("Can't open `zero'"):
-        // give its full path and the system's reason.
-        if diskRoot != nil, let source = archive_entry_pathname(entry) {
-            let reason = archive_errno(handle) > 0 ? String(cString: strerror(archive_errno(handle))) : Self.message(handle)
-            throw ImageError.archive(String(cString: source), message: "cannot read it: \(reason)")
+        if diskRoot != nil {
+            let message = Self.message(handle)
+            let reason = archive_errno(handle) > 0 ? String(cString: strerror(archive_errno(handle))) : message
+            // libarchive names a file of a directory input by its base name only ("Can't open `zero'"):
+            // give its full path and the system's reason. (The entry is cleared when a header fails
+            // before it is known, so a path here is the failing entry's.)
+            if let source = archive_entry_pathname(entry) {
+                throw ImageError.archive(String(cString: source), message: "cannot read it: \(reason)")
+            }
+            // A folder it cannot enter: "PATH: Couldn't visit directory", with no errno; ask the system why.
+            if let visit = message.range(of: ": Couldn't visit directory") {
+                let folder = String(message[..<visit.lowerBound])
+                if let handle = opendir(folder) {
+                    closedir(handle)
+                } else {
+                    throw ImageError.archive(folder, message: "cannot enter it: \(String(cString: strerror(errno)))")
+                }
+            }
+            throw ImageError.archive(what, message: message)
         }
         // libarchive's "Truncated input file" or "Damaged tar archive" is about the decompressed
         // stream: say which compression it came through.

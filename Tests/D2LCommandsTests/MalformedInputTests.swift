@@ -300,6 +300,15 @@ struct MalformedInputTests {
             chmod(root + "/opt/secret", 0)
             return root
         },
+        .init("a folder nobody may enter, in a folder read by an ordinary user", expect: ["opt/private", "permission denied"], user: "nobody") {
+            dir in
+            let root = dir + "/root"
+            try BuildInputs.bootableFolder(root)
+            try FileManager.default.createDirectory(atPath: root + "/opt/private", withIntermediateDirectories: true)
+            try BuildInputs.write(Array("secret".utf8), to: root + "/opt/private/file")
+            chmod(root + "/opt/private", 0o700)
+            return root
+        },
     ]
 
     @Test("a malformed input: a short error naming it and the problem, exit 1, nothing left", arguments: corpus)
