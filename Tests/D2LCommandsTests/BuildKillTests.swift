@@ -20,13 +20,18 @@ struct BuildKillTests {
         case writingNamed
     }
 
-    /// A gzip rootfs of the bootable base and 32 MB of random bytes: long enough to catch each moment.
+    /// A gzip rootfs of the bootable base and a 256 MiB file of zeros: a small file whose every phase
+    /// (decompressing it to scan, writing it, converting it) lasts long enough to be caught.
     static func input(in dir: String) async throws -> String {
-        let random = try #require(FileHandle(forReadingAtPath: "/dev/urandom"))
-        let bytes = [UInt8](random.readData(ofLength: 32 << 20))
-        let tar = BuildInputs.tar(BuildInputs.bootable + [.directory("opt/"), .file("opt/noise", bytes)])
+        var tar = BuildInputs.tar(BuildInputs.bootable + [.directory("opt/")])
+        tar.removeLast(1024)
+        let size = 256 << 20
+        try BuildInputs.write(tar + BuildInputs.header(.init(name: "opt/zeros", claimedSize: Int64(size))), to: dir + "/head")
+        defer { unlink(dir + "/head") }
         let path = dir + "/rootfs.tar.gz"
-        try BuildInputs.write(try await BuildInputs.compress(tar, with: "gzip -1", in: dir), to: path)
+        try await ProcessRunner.run([
+            "sh", "-c", "{ cat \(dir)/head; head -c \(size + 1024) /dev/zero; } | gzip -1 > \(path)",
+        ])
         return path
     }
 
@@ -59,12 +64,13 @@ struct BuildKillTests {
         return false
     }
 
-    /// Polls `condition` every 2 ms for up to `seconds`.
-    static func wait(seconds: Double, for condition: () -> Bool) async -> Bool {
+    /// Polls `condition` every millisecond for up to `seconds`, blocking (a task's sleep can oversleep
+    /// the moment when the machine is busy with other tests).
+    static func wait(seconds: Double, for condition: () -> Bool) -> Bool {
         let deadline = Date().addingTimeInterval(seconds)
         while Date() < deadline {
             if condition() { return true }
-            try? await Task.sleep(for: .milliseconds(2))
+            usleep(1000)
         }
         return condition()
     }
@@ -89,7 +95,7 @@ struct BuildKillTests {
         try process.run()
         let pid = process.processIdentifier
         let scratch = out + "/.\(name).d2l-\(pid).d"
-        let reached = await Self.wait(seconds: 60) {
+        func atMoment() -> Bool {
             switch moment {
             case .scanning:
                 // Not the end either, where the scratch folder outlives the disk by an instant: by then
@@ -104,6 +110,11 @@ struct BuildKillTests {
                 return Self.allocated(out + "/.\(name).d2l-\(pid).tmp") > 8 << 20
             }
         }
+        var reached = false
+        _ = Self.wait(seconds: 60) {
+            reached = atMoment()
+            return reached || !process.isRunning  // a build that ends first is a failure, not a minute's wait
+        }
         // What is beside the output at the moment of the kill: the scratch folder, never a disk with a name.
         let beside = BuildInputs.listing(out)
         kill(pid, SIGKILL)
@@ -116,7 +127,7 @@ struct BuildKillTests {
             #expect(!beside.contains { $0.hasSuffix(".tmp") || $0 == name || $0.hasSuffix(".qcow2") }, "\(beside)")
         }
         // The reaper removes the scratch folder once d2l is gone; qemu-img may still be closing the files.
-        let empty = await Self.wait(seconds: 10) { BuildInputs.listing(out).isEmpty }
+        let empty = Self.wait(seconds: 10) { BuildInputs.listing(out).isEmpty }
         #expect(empty, "left beside the output: \(BuildInputs.listing(out))")
     }
 }
