@@ -66,7 +66,8 @@ let package = Package(
         .testTarget(name: "D2LBisectTests", dependencies: ["D2LBisect", "D2LVerify", "D2LDiskModel"]),
         .testTarget(
             name: "D2LCommandsTests",
-            dependencies: ["D2LCommands", "D2LSupport", "D2LVerify", "D2LDiskModel", "D2LBisect", "D2LScenario"]),
+            // d2l: the fault and malformed-input tests run the built binary (kill -9 needs a process).
+            dependencies: ["D2LCommands", "D2LSupport", "D2LVerify", "D2LDiskModel", "D2LBisect", "D2LScenario", "d2l"]),
         .testTarget(name: "IntegrationTests", dependencies: ["D2LSupport", "d2l"]),
     ]
 )

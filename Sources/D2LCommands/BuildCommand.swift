@@ -42,7 +42,7 @@ struct BuildCommand: PolicedCommand {
     @Option(name: .shortAndLong, help: "The disk image to write.")
     var output: String = "linux.img"
 
-    @Option(help: "Disk format (default: from the output's extension, else raw).")
+    @Option(help: "Disk format (default: from the output's extension; raw when it has none; an extension d2l does not know is refused).")
     var format: DiskFormat?
 
     @Option(help: "Firmware the disk boots under: hybrid (BIOS and UEFI from one disk), bios or uefi (default: hybrid).")
@@ -120,6 +120,9 @@ struct BuildCommand: PolicedCommand {
         if let epoch = ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"], !epoch.isEmpty, Int64(epoch) == nil {
             throw ValidationError("SOURCE_DATE_EPOCH=\(epoch) is not a number of seconds")
         }
+        if format == nil, DiskFormat.forOutput(output) == nil {
+            throw ValidationError(DiskFormat.unknownExtensionMessage(output))
+        }
         if let size, SizeParser.bytes(size) == nil { throw ValidationError("--size \(size): give a size such as 2G or 1500M") }
         if let headroom, SizeParser.headroom(headroom) == nil {
             throw ValidationError("--headroom \(headroom): give a percentage (25%) or a size (512M)")
@@ -160,6 +163,7 @@ struct BuildCommand: PolicedCommand {
 
     func run() async throws {
         Cleanup.shared.installSignalHandlers()
+        Cleanup.shared.startReaper()
         let progress = ProgressReporter(mode: quiet ? .quiet : nil)
         var options = BuildOptions(output: output)
         options.format = format

@@ -29,6 +29,9 @@ struct InspectCommand: PolicedCommand {
     var json = false
 
     func run() async throws {
+        // The scratch folder (and a podman save's archive) go on Ctrl-C, and after a SIGKILL too.
+        Cleanup.shared.installSignalHandlers()
+        Cleanup.shared.startReaper()
         let image = try await ImageReader.open(input, platform: platform)
         defer { image.removeOwnedFiles() }
         let report = try ImageInspection.inspect(image, initOverride: initPath)

@@ -20,6 +20,9 @@ public struct BuildOptions: Sendable {
     /// fsync the disk before renaming it into place (and its directory after): a replace that
     /// survives a crash, at the cost of waiting for the device.
     public var sync = false
+    /// Refuse before writing when the output's file system has less free space than the disk needs
+    /// (false lets a test meet the full file system while writing).
+    public var checkFreeSpace = true
     public var sourceDateEpoch: Int64?
     /// The firmware the disk boots under: hybrid (BIOS and UEFI from one disk), bios or uefi.
     public var bootMode: BootMode = .hybrid
@@ -98,11 +101,29 @@ public final class DiskBuilder {
 
     /// Reads the image, checks it can boot, writes the disk; the output appears only when all went well.
     ///
+    /// The disk is written without a name (see `StagedFile`) and linked into place at the end, so a
+    /// failure, a full file system or SIGKILL leaves nothing beside the output.
     /// - Throws: `DiskError` (the image cannot boot, the output exists, a tool is missing or failed,
-    ///   the disk is too small, an extended attribute ext4 cannot hold, `.ext4` when libext2fs fails on a
-    ///   file), `ImageError` for an unreadable layer or a symlink loop, `Ext4Error` when libext2fs fails.
+    ///   the disk is too small, the output's file system is full, an extended attribute ext4 cannot
+    ///   hold, `.ext4` when libext2fs fails on a file), `ImageError` for an unreadable layer or a
+    ///   symlink loop, `Ext4Error` when libext2fs fails.
     public func build() async throws -> BuildSummary {
-        let format = options.format ?? DiskFormat.fromExtension(options.output) ?? .raw
+        let output = URL(fileURLWithPath: options.output).standardizedFileURL.path
+        let outputDir = (output as NSString).deletingLastPathComponent
+        do {
+            return try await writeDisk()
+        } catch {
+            throw Self.explainFullFileSystem(error, directory: outputDir, needed: neededBytes, input: image.path)
+        }
+    }
+
+    /// What the output's file system must hold, once the content is known.
+    private var neededBytes: UInt64?
+
+    private func writeDisk() async throws -> BuildSummary {
+        guard let format = options.format ?? DiskFormat.forOutput(options.output) else {
+            throw DiskError.badOption(DiskFormat.unknownExtensionMessage(options.output))
+        }
         let output = URL(fileURLWithPath: options.output).standardizedFileURL.path
         let outputDir = (output as NSString).deletingLastPathComponent
         var isDir: ObjCBool = false
@@ -122,17 +143,15 @@ public final class DiskBuilder {
 
         // 1. Scan: flatten the layers' headers and look at what would boot.
         phase("scanning \(image.layers.count) layer(s)")
-        // Scratch space beside the output: the image file, and /boot's files saved while scanning.
+        // Scratch space beside the output for /boot's files saved while scanning (the reaper started by
+        // `d2l build` removes it after a SIGKILL); the disk itself is a StagedFile, made once sized.
         let name = (output as NSString).lastPathComponent
-        let temp = outputDir + "/.\(name).d2l-\(getpid()).tmp"
-        let scratch = outputDir + "/.\(name).d2l-\(getpid()).d"
-        Cleanup.shared.add(temp)
+        let hidden = ".\(name).d2l-\(getpid())"
+        let scratch = outputDir + "/\(hidden).d"
         Cleanup.shared.add(scratch)
         defer {
             try? FileManager.default.removeItem(atPath: scratch)
-            try? FileManager.default.removeItem(atPath: temp)
             Cleanup.shared.remove(scratch)
-            Cleanup.shared.remove(temp)
         }
         try FileManager.default.createDirectory(atPath: scratch + "/scan", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: scratch + "/boot", withIntermediateDirectories: true)
@@ -141,11 +160,16 @@ public final class DiskBuilder {
             capturePrefixes: BootLoaders.capturePrefixes, captureDirectory: scratch + "/scan")
         // Blob digests are checked on the other core from now on, while the layers are scanned and written.
         let digests = LayerDigests(image.layers)
+        // A gzip root file system has no digest: its CRC is checked instead (libarchive does not).
+        let gzipCheck = GzipCheck(image.layers)
+        defer { gzipCheck.cancel() }
         let tree: FileTree
         do {
             tree = try flattener.scan(image.layers, progress: progress)
         } catch {
-            _ = try? digests.wait()
+            // A damaged blob or stream is what explains a layer libarchive cannot read: say that first.
+            try digests.wait()
+            try await gzipCheck.wait()
             throw error
         }
         for warning in tree.warnings.prefix(20) { progress.note("warning: \(warning)") }
@@ -244,9 +268,22 @@ public final class DiskBuilder {
             sectorCount: rootSize / 512, guid: gpt ? guid("root") : .zero, name: gpt ? "root" : "")
         // 1 MiB after the root: alignment, and room for GPT's backup entries and header.
         let diskSize = rootPart.byteOffset + rootPart.byteCount + (1 << 20)
+        // The blocks written: data, directories and touched inode tables on ext4, the FAT's files,
+        // the captured /boot files in the scratch folder; a converted disk lives beside the raw one
+        // for a while, a containerDisk's qcow2 beside its layer and archive.
+        let written = contentBytes + inodes * 256 + 2 * bootBytes + (4 << 20)
+        let spaceNeeded = written * (format == .raw ? 1 : format == .containerdisk ? 3 : 2)
+        neededBytes = spaceNeeded
+        if options.checkFreeSpace, let available = Self.availableBytes(outputDir), available < spaceNeeded {
+            throw DiskError.noSpace(
+                directory: outputDir, available: available, needed: spaceNeeded, input: image.path, whileWriting: false)
+        }
 
-        // 4. Write into a temporary file beside the output; rename at the end.
-        try Self.createSparse(temp, size: diskSize)
+        // 4. Write into a file with no name in the output's directory; link it into place at the end.
+        let disk = try StagedFile(directory: outputDir, fallbackName: hidden + ".tmp")
+        defer { disk.discard() }
+        let temp = disk.path
+        try disk.truncate(to: diskSize)
         let table = PartitionTable(
             scheme: options.partitionTable, diskSectors: diskSize / 512, partitions: [bootPart, rootPart],
             diskSignature: signature, diskGUID: gpt ? guid("disk") : .zero)
@@ -293,13 +330,13 @@ public final class DiskBuilder {
         }
 
         phase("writing ext4 root (\(ProgressReporter.format(stats.dataBytes)) in \(stats.regularFiles) files)")
-        let written: TreeWriter.Result
+        let writtenTree: TreeWriter.Result
         do {
             let sync = options.sync
             let progress = progress
             let extraCaptures = extraCaptures
             nonisolated(unsafe) let tree = tree
-            written = try await BackgroundJob.run {
+            writtenTree = try await BackgroundJob.run {
                 let ext4 = try Ext4Writer(path: temp, offset: Int64(rootPart.byteOffset), timestamp: epoch)
                 if sync { ext4.startWritebackEvery = 32 << 20 }
                 let writer = TreeWriter(bootDirectory: scratch + "/boot", extraCaptures: extraCaptures)
@@ -317,44 +354,39 @@ public final class DiskBuilder {
         try await bootJob.value
         if !extraFiles.isEmpty { try await boot.copy(extraFiles, toDirectory: "") }
 
-        var final = temp
+        try await gzipCheck.wait()
+
+        // Every stage is a StagedFile in the output's directory; each one discards the one before.
+        var final = disk
+        var finals: [StagedFile] = []
+        defer { for file in finals { file.discard() } }
         if format != .raw {
             phase("converting to \(format.qemuFormat)")
-            let converted = temp + "." + format.qemuFormat
-            Cleanup.shared.add(converted)
-            defer { Cleanup.shared.remove(converted) }
-            do {
-                try await ProcessRunner.run(["qemu-img", "convert", "-f", "raw", "-O", format.qemuFormat, temp, converted])
-            } catch {
-                try? FileManager.default.removeItem(atPath: converted)
-                throw error
-            }
-            try FileManager.default.removeItem(atPath: temp)
+            let converted = try StagedFile(directory: outputDir, fallbackName: hidden + "." + format.qemuFormat)
+            finals.append(converted)
+            try await ProcessRunner.run(
+                ["qemu-img", "convert", "-f", "raw", "-O", format.qemuFormat, final.path, converted.path])
+            final.discard()
             final = converted
         }
         if format == .containerdisk {
             phase("packing a KubeVirt containerDisk")
-            let archive = temp + ".oci.tar"
-            Cleanup.shared.add(archive)
-            defer { Cleanup.shared.remove(archive) }
-            do {
-                try ContainerDiskWriter.write(
-                    disk: final, name: "disk.qcow2", architecture: "amd64", mtime: mtime, output: archive, scratch: scratch)
-            } catch {
-                try? FileManager.default.removeItem(atPath: archive)
-                throw error
-            }
-            try FileManager.default.removeItem(atPath: final)
+            let archive = try StagedFile(directory: outputDir, fallbackName: hidden + ".oci.tar")
+            finals.append(archive)
+            try ContainerDiskWriter.write(
+                disk: final.path, name: "disk.qcow2", architecture: "amd64", mtime: mtime, output: archive.path,
+                scratch: scratch)
+            final.discard()
             final = archive
         }
         if options.sync {
             phase("syncing to the device")
-            try Self.fsync(path: final, directory: false)
+            try final.sync()
         }
-        guard rename(final, output) == 0 else {
-            let message = String(cString: strerror(errno))
-            try? FileManager.default.removeItem(atPath: final)
-            throw DiskError.io(output, message: message)
+        do {
+            try final.commit(to: output, replace: options.force)
+        } catch let error as StagedFileError where error.code == EEXIST {
+            throw DiskError.outputExists(output)
         }
         if options.sync { try Self.fsync(path: outputDir, directory: true) }
         endPhase()
@@ -366,8 +398,8 @@ public final class DiskBuilder {
             input: image.path, inputFormat: image.format.rawValue, inputDigest: image.digest.map { "sha256:" + $0 },
             distro: facts.distro, kernelVersion: kernel.version.text, initSystem: facts.initSystem.rawValue,
             output: output, format: format.rawValue, diskBytes: UInt64(st.st_size),
-            allocatedBytes: UInt64(st.st_blocks) * 512, contentBytes: written.bytesWritten,
-            files: written.filesWritten, rootUUID: rootUUID, bootMode: options.bootMode.rawValue,
+            allocatedBytes: UInt64(st.st_blocks) * 512, contentBytes: writtenTree.bytesWritten,
+            files: writtenTree.filesWritten, rootUUID: rootUUID, bootMode: options.bootMode.rawValue,
             partitionTable: options.partitionTable.rawValue,
             efiLoader: loaders.efiLoader.map { "\($0) (\(loaders.efiFiles.map(\.source.origin).joined(separator: ", ")))" },
             phases: phases, setup: userland.notes, warnings: userland.warnings)
@@ -504,10 +536,29 @@ public final class DiskBuilder {
     static func roundUp(_ value: UInt64, to unit: UInt64) -> UInt64 { (value + unit - 1) / unit * unit }
     static func roundDown(_ value: UInt64, to unit: UInt64) -> UInt64 { value / unit * unit }
 
-    static func createSparse(_ path: String, size: UInt64) throws {
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw DiskError.io(path, message: String(cString: strerror(errno))) }
-        defer { close(fd) }
-        guard ftruncate(fd, off_t(size)) == 0 else { throw DiskError.io(path, message: String(cString: strerror(errno))) }
+    /// The bytes this process may still write in `directory`'s file system (root may use the reserve).
+    static func availableBytes(_ directory: String) -> UInt64? {
+        var fs = statvfs()
+        guard statvfs(directory, &fs) == 0 else { return nil }
+        return UInt64(geteuid() == 0 ? fs.f_bfree : fs.f_bavail) * UInt64(fs.f_frsize)
+    }
+
+    /// `error` as `DiskError.noSpace` when it came from the output's file system filling up: its
+    /// message says so (ENOSPC, EDQUOT, through libext2fs, mtools or qemu-img), or a tool failed while
+    /// the file system has next to nothing left (the failed disk still holds its blocks). Other errors
+    /// are returned as they are.
+    static func explainFullFileSystem(
+        _ error: any Error, directory: String, needed: UInt64?, input: String
+    ) -> any Error {
+        if case DiskError.noSpace = error { return error }
+        let text = "\(error)"
+        let available = availableBytes(directory)
+        let saysFull = text.contains(String(cString: strerror(ENOSPC))) || text.contains(String(cString: strerror(EDQUOT)))
+            || (error as? StagedFileError).map { $0.code == ENOSPC || $0.code == EDQUOT } == true
+        // An image that cannot boot, an existing output...: the user's to fix, whatever the free space.
+        let usage = (error as? any CategorizedError)?.category == .usage
+        guard saysFull || (!usage && available.map { $0 < 1 << 20 } ?? false) else { return error }
+        return DiskError.noSpace(
+            directory: directory, available: available ?? 0, needed: needed, input: input, whileWriting: true)
     }
 }

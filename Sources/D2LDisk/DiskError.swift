@@ -16,6 +16,9 @@ public enum DiskError: Error, CustomStringConvertible, Sendable, CategorizedErro
     case xattrTooLarge(path: String, name: String, size: Int, limit: Int, reason: String)
     /// libext2fs failed while writing the file at `path` (in the image).
     case ext4(path: String, Ext4Error)
+    /// The output's file system has too little space: found before writing, or met while writing
+    /// (then the partial disk is gone too).
+    case noSpace(directory: String, available: UInt64, needed: UInt64?, input: String, whileWriting: Bool)
 
     public var description: String {
         switch self {
@@ -41,6 +44,14 @@ public enum DiskError: Error, CustomStringConvertible, Sendable, CategorizedErro
                 + reason
         case .ext4(let path, let error):
             return "\(path): \(error)"
+        case .noSpace(let directory, let available, let needed, let input, let whileWriting):
+            let mib = { (bytes: UInt64) in "\((bytes + (1 << 20) - 1) >> 20) MiB" }
+            let need = needed.map { ", the disk of \(input) needs about \(mib($0))" } ?? ""
+            return whileWriting
+                ? "the output's file system (\(directory)) is full (\(mib(available)) free\(need)): "
+                    + "no disk was written and nothing of it is left; free some space or write the disk elsewhere"
+                : "the output's file system (\(directory)) has \(mib(available)) free\(need): "
+                    + "nothing was written; free some space or write the disk elsewhere"
         }
     }
 
@@ -48,7 +59,7 @@ public enum DiskError: Error, CustomStringConvertible, Sendable, CategorizedErro
     public var category: ErrorCategory {
         switch self {
         case .cannotBoot, .outputExists, .tooSmall, .badOption, .nameTooLong, .xattrTooLarge: return .usage
-        case .io, .tool: return .failed
+        case .io, .tool, .noSpace: return .failed
         // As the libext2fs error it wraps was before it named the path.
         case .ext4(_, let error): return error.errorCategory
         }

@@ -48,10 +48,17 @@ public struct ImageInspection: Codable, Sendable {
             try? FileManager.default.removeItem(atPath: scratch)
             Cleanup.shared.remove(scratch)
         }
-        let tree = try LayerFlattener(
-            capturePaths: BootFacts.capturePaths, headNames: BootFacts.headNames,
-            capturePrefixes: BootLoaders.capturePrefixes, captureDirectory: scratch
-        ).scan(image.layers)
+        let tree: FileTree
+        do {
+            tree = try LayerFlattener(
+                capturePaths: BootFacts.capturePaths, headNames: BootFacts.headNames,
+                capturePrefixes: BootLoaders.capturePrefixes, captureDirectory: scratch
+            ).scan(image.layers)
+        } catch {
+            // A damaged blob explains a layer libarchive cannot read: say that, as build does.
+            try LayerDigests(image.layers).wait()
+            throw error
+        }
         let facts = BootFacts.examine(tree, architecture: image.architecture, initOverride: initOverride)
         let kernelFile = facts.kernel.flatMap { BootLoaders.imageFile($0.kernelPath.display, in: tree) }
         let modes = BootLoaders.supportedModes(tree: tree, kernelFile: kernelFile).map {

@@ -26,6 +26,23 @@ public enum DiskFormat: String, CaseIterable, Sendable, Codable, CustomStringCon
         }
     }
 
+    /// The format to write `path` in: the one its extension names, raw when it has none.
+    ///
+    /// - Returns: nil for an extension d2l does not write (`disk.foo`, `disk.vhdx.gz`), which should be
+    ///   refused rather than written as raw under a name that says otherwise (see `unknownExtensionMessage`).
+    public static func forOutput(_ path: String) -> DiskFormat? {
+        // A hidden file's leading dot is not an extension.
+        let name = (path as NSString).lastPathComponent.drop { $0 == "." }
+        return name.contains(".") ? fromExtension(path) : .raw
+    }
+
+    /// Why `path` cannot be written as given: its extension names no format d2l writes.
+    public static func unknownExtensionMessage(_ path: String) -> String {
+        let known = allCases.map { ".\($0.fileExtension) (\($0))" }.joined(separator: ", ")
+        return "\(path): d2l does not know the extension .\(URL(fileURLWithPath: path).pathExtension); "
+            + "name the output \(known) (also .raw, .vpc), or give --format \(allCases.map(\.rawValue).joined(separator: "|"))"
+    }
+
     /// The usual file extension of the format.
     public var fileExtension: String {
         switch self {

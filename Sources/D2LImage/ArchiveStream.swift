@@ -71,7 +71,8 @@ public final class ArchiveStream {
     private let source: ByteSource?
     private let resolver: OpaquePointer?
     private let diskRoot: [UInt8]?
-    private let what: String
+    /// The layer or folder, as errors name it.
+    public let what: String
     private var spare: OpaquePointer?
     private var pendingSpare = false
     private var closed = false
@@ -139,7 +140,33 @@ public final class ArchiveStream {
 
     private func check(_ code: Int32) throws {
         if code == ARCHIVE_OK || code == ARCHIVE_WARN { return }
-        throw ImageError.archive(what, message: Self.message(handle))
+        if diskRoot != nil {
+            let message = Self.message(handle)
+            let reason = archive_errno(handle) > 0 ? String(cString: strerror(archive_errno(handle))) : message
+            // libarchive names a file of a directory input by its base name only ("Can't open `zero'"):
+            // give its full path and the system's reason. (The entry is cleared when a header fails
+            // before it is known, so a path here is the failing entry's.)
+            if let source = archive_entry_pathname(entry) {
+                throw ImageError.archive(String(cString: source), message: "cannot read it: \(reason)")
+            }
+            // A folder it cannot enter: "PATH: Couldn't visit directory", with no errno; ask the system why.
+            if let visit = message.range(of: ": Couldn't visit directory") {
+                let folder = String(message[..<visit.lowerBound])
+                if let handle = opendir(folder) {
+                    closedir(handle)
+                } else {
+                    throw ImageError.archive(folder, message: "cannot enter it: \(String(cString: strerror(errno)))")
+                }
+            }
+            throw ImageError.archive(what, message: message)
+        }
+        // libarchive's "Truncated input file" or "Damaged tar archive" is about the decompressed
+        // stream: say which compression it came through.
+        var message = Self.message(handle)
+        if source != nil, archive_filter_count(handle) > 1, let filter = archive_filter_name(handle, 0) {
+            message += " (in its \(String(cString: filter)) stream: cut short or damaged)"
+        }
+        throw ImageError.archive(what, message: message)
     }
 
     static func message(_ a: OpaquePointer) -> String {
@@ -186,12 +213,25 @@ public final class ArchiveStream {
     }
 
     private func parse(_ e: OpaquePointer) throws -> LayerEntry? {
-        guard let raw = rawPath(archive_entry_pathname(e)) ?? rawPath(archive_entry_pathname_utf8(e)),
-            let path = LayerEntry.normalise(raw)
-        else {
+        guard let raw = rawPath(archive_entry_pathname(e)) ?? rawPath(archive_entry_pathname_utf8(e)) else {
             let shown = archive_entry_pathname_utf8(e).map { String(cString: $0) } ?? "?"
             skippedNames.append(shown)
             return nil
+        }
+        // '..' could climb out of the root: refused, as Docker refuses a layer that breaks out.
+        guard let path = LayerEntry.normalise(raw) else {
+            throw ImageError.archive(
+                what, message: "entry \(String(decoding: raw, as: UTF8.self)) has a '..' in its name: refused")
+        }
+        let shown = String(decoding: path, as: UTF8.self)
+        // ext4 keeps 32-bit owners, and seconds from 1901 to 2446 (34 bits with 256-byte inodes).
+        for (role, id) in [("owner", archive_entry_uid(e)), ("group", archive_entry_gid(e))]
+        where !(0...Int64(UInt32.max)).contains(id) {
+            throw ImageError.archive(what, message: "entry \(shown) has \(role) \(id), beyond the 32 bits ext4 stores")
+        }
+        let mtime = Int64(archive_entry_mtime(e))
+        guard (Int64(Int32.min)...(Int64(1) << 34) + Int64(Int32.min) - 1).contains(mtime) else {
+            throw ImageError.archive(what, message: "entry \(shown) has time \(mtime), outside the years 1901-2446 ext4 stores")
         }
         var meta = EntryMetadata(
             permissions: UInt16(archive_entry_perm(e) & 0o7777),
@@ -214,8 +254,8 @@ public final class ArchiveStream {
         }
         if let link = archive_entry_hardlink(e), let rawLink = rawPath(link) {
             guard let target = LayerEntry.normalise(rawLink) else {
-                skippedNames.append(String(decoding: path, as: UTF8.self) + " (hard link leaving the root)")
-                return nil
+                throw ImageError.archive(
+                    what, message: "hard link \(shown) -> \(String(decoding: rawLink, as: UTF8.self)) has a '..' in its target: refused")
             }
             return LayerEntry(path: path, kind: .hardlink(target: target), metadata: meta)
         }

@@ -7,7 +7,8 @@ public enum ImageError: Error, CustomStringConvertible, Sendable, CategorizedErr
     case malformed(String, detail: String)
     case archive(String, message: String)
     case digestMismatch(path: String, expected: String, actual: String)
-    case platformNotFound(String, available: [String])
+    /// The platform asked for, the image, and the platforms its index has.
+    case platformNotFound(String, image: String, available: [String])
     case engine(String)
     case compressedImageArchive(String)
     /// A layer entry whose parent directories go through more symlinks than a lookup may follow
@@ -28,8 +29,8 @@ public enum ImageError: Error, CustomStringConvertible, Sendable, CategorizedErr
         case .digestMismatch(let path, let expected, let actual):
             return "\(path): blob digest mismatch: expected sha256:\(expected), got sha256:\(actual); "
                 + "the image is corrupt or was modified, save it again"
-        case .platformNotFound(let wanted, let available):
-            return "the image index has no \(wanted) image (it has: \(available.joined(separator: ", "))); "
+        case .platformNotFound(let wanted, let image, let available):
+            return "\(image): the image index has no \(wanted) image (it has: \(available.joined(separator: ", "))); "
                 + "choose one with --platform"
         case .engine(let message):
             return message

@@ -46,6 +46,7 @@ public enum ImageReader {
         var st = stat()
         fstat(fd, &st)
         let size = Int64(st.st_size)
+        guard size > 0 else { throw ImageError.unrecognised(path, detail: "an empty file") }
         let magic = TarIndex.readBytes(fd: fd, offset: 0, count: Int(min(size, 6))) ?? []
         if isCompressed(magic) {
             // A compressed file: a rootfs tar (docker export | gzip), or an image archive we cannot index.
@@ -137,7 +138,7 @@ public enum ImageReader {
         } catch let error as ImageError {
             throw error
         } catch {
-            throw ImageError.malformed(path, detail: "manifest.json: \(error)")
+            throw ImageError.malformed(path, detail: "manifest.json: \(jsonProblem(error))")
         }
         var candidates: [(DockerManifest, ImageConfigJSON, Data)] = []
         for m in manifests {
@@ -180,6 +181,21 @@ public enum ImageReader {
         return image
     }
 
+    /// A decoding error in a few words: "not valid JSON", "no \"Layers\" in [0]", ...
+    static func jsonProblem(_ error: any Error) -> String {
+        func at(_ path: [any CodingKey]) -> String {
+            path.isEmpty ? "" : " in " + path.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+        }
+        switch error as? DecodingError {
+        case .dataCorrupted(let context)?:
+            return context.codingPath.isEmpty ? "not valid JSON" : "a bad value\(at(context.codingPath))"
+        case .keyNotFound(let key, let context)?: return "no \"\(key.stringValue)\"\(at(context.codingPath))"
+        case .typeMismatch(_, let context)?, .valueNotFound(_, let context)?:
+            return "\"\(context.codingPath.last?.stringValue ?? "?")\" has the wrong type\(at(context.codingPath.dropLast()))"
+        default: return "\(error)"
+        }
+    }
+
     static func normalise(_ name: String) -> String {
         var n = name
         while n.hasPrefix("./") { n.removeFirst(2) }
@@ -198,6 +214,14 @@ public enum ImageReader {
         var digest: String
         var size: Int64?
         var platform: PlatformJSON?
+        var annotations: [String: String]?
+
+        /// A build's attestation (buildx's provenance and SBOM manifests, platform unknown/unknown),
+        /// not an image to boot.
+        var isAttestation: Bool {
+            annotations?["vnd.docker.reference.type"] == "attestation-manifest"
+                || (platform?.os == "unknown" && platform?.architecture == "unknown")
+        }
     }
     private struct Index: Decodable {
         var manifests: [Descriptor]
@@ -218,23 +242,23 @@ public enum ImageReader {
             guard depth < 5 else { throw ImageError.malformed(path, detail: "nested indexes too deep") }
             let index: Index
             do { index = try JSONDecoder().decode(Index.self, from: indexData) } catch {
-                throw ImageError.malformed(path, detail: "index.json: \(error)")
+                throw ImageError.malformed(path, detail: "index.json: \(jsonProblem(error))")
             }
             guard !index.manifests.isEmpty else { throw ImageError.malformed(path, detail: "the index lists no image") }
-            let withPlatform = index.manifests.filter { $0.platform != nil }
+            let withPlatform = index.manifests.filter { $0.platform != nil && !$0.isAttestation }
             let chosen: Descriptor
             if withPlatform.isEmpty {
-                chosen = index.manifests[0]
+                chosen = index.manifests.first { !$0.isAttestation } ?? index.manifests[0]
             } else if let match = withPlatform.first(where: {
                 platform.matches(os: $0.platform?.os, architecture: $0.platform?.architecture, variant: $0.platform?.variant)
             }) {
                 chosen = match
             } else {
                 throw ImageError.platformNotFound(
-                    platform.description,
+                    platform.description, image: path,
                     available: withPlatform.map {
-                        [$0.platform?.os, $0.platform?.architecture, $0.platform?.variant].compactMap { $0 }
-                            .joined(separator: "/")
+                        "\($0.platform?.os ?? "?")/\($0.platform?.architecture ?? "?")"
+                            + ($0.platform?.variant.map { "/" + $0 } ?? "")
                     })
             }
             let blob = try blobs.verifiedData(chosen.digest)
@@ -246,7 +270,7 @@ public enum ImageReader {
             do { manifest = try JSONDecoder().decode(Manifest.self, from: blob) } catch {
                 // Some index entries carry no mediaType; an index decodes as one.
                 if (try? JSONDecoder().decode(Index.self, from: blob)) != nil { indexData = blob; continue }
-                throw ImageError.malformed(path, detail: "manifest \(chosen.digest): \(error)")
+                throw ImageError.malformed(path, detail: "manifest \(chosen.digest): \(jsonProblem(error))")
             }
             let configData = try blobs.verifiedData(manifest.config.digest)
             let config = (try? JSONDecoder().decode(ImageConfigJSON.self, from: configData)) ?? ImageConfigJSON()
@@ -315,6 +339,8 @@ public enum ImageReader {
 
 /// Where an OCI image's blobs are: a directory, or members of a tar.
 protocol BlobStore {
+    /// The image the blobs belong to, as errors name it.
+    var origin: String { get }
     func data(_ name: String) throws -> Data
     func location(_ hex: String) throws -> LayerSource.Location
 }
@@ -325,13 +351,16 @@ extension BlobStore {
         let hex = try ImageReader.digestHex(digest, path: "blob")
         let data = try data("blobs/sha256/" + hex)
         let actual = SHA256Hasher.hex(data)
-        guard actual == hex else { throw ImageError.digestMismatch(path: "blobs/sha256/\(hex)", expected: hex, actual: actual) }
+        guard actual == hex else {
+            throw ImageError.digestMismatch(path: "\(origin): blobs/sha256/\(hex)", expected: hex, actual: actual)
+        }
         return data
     }
 }
 
 struct DirectoryBlobs: BlobStore {
     var root: String
+    var origin: String { root }
     func data(_ name: String) throws -> Data {
         guard let d = FileManager.default.contents(atPath: root + "/" + name) else {
             throw ImageError.malformed(root, detail: "\(name) is missing")
@@ -349,6 +378,7 @@ struct DirectoryBlobs: BlobStore {
 
 struct TarBlobs: BlobStore {
     var path: String
+    var origin: String { path }
     var fd: Int32
     var index: TarIndex
     func data(_ name: String) throws -> Data {

@@ -147,9 +147,12 @@ public struct LayerFlattener {
             guard let (targetNode, _) = try tree.lookupEntry(target), targetNode.kind != .directory,
                 let src = targetNode.kind == .hardlink ? targetNode.linkSource : targetNode.source
             else {
-                tree.warnings.append(
-                    "hard link \(entry.path.display) -> \(target.display): target missing, link skipped")
-                return
+                // A link to nothing is a damaged layer (Docker refuses it too), not a file to drop quietly.
+                let found = try tree.lookupEntry(target)?.node
+                let why = found == nil ? "no such file before it in the image"
+                    : found?.kind == .directory ? "a directory" : "its target has no data of its own"
+                throw ImageError.archive(
+                    stream?.what ?? "a layer", message: "hard link \(entry.path.display) -> \(target.display): " + why)
             }
             // Another name for the target's inode, whatever its kind (tar(5): a hard link names an
             // earlier entry; a link to a symlink or device is that same symlink or device).

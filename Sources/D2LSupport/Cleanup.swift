@@ -4,7 +4,9 @@ import Synchronization
 /// Paths to delete when the process ends early, and the handlers that do it.
 ///
 /// A build writes to temporary files beside its output; on SIGINT, SIGTERM or SIGHUP they are
-/// removed before the process exits (with 128 + the signal), so nothing partial is left.
+/// removed before the process exits (with 128 + the signal), so nothing partial is left. SIGKILL
+/// cannot be caught: for it, `startReaper` leaves the paths to a small process that removes them
+/// when this one is gone.
 public final class Cleanup: Sendable {
     public static let shared = Cleanup()
 
@@ -13,13 +15,26 @@ public final class Cleanup: Sendable {
         var actions: [Int: @Sendable () -> Void] = [:]
         var nextAction = 0
         var sources: [any DispatchSourceSignal] = []
+        /// This process's end of the socket the reaper reads, or -1.
+        var reaper: Int32 = -1
     }
     private let state = Mutex(State())
 
     /// Registers a path to remove (file or directory) on an early exit.
-    public func add(_ path: String) { state.withLock { $0.paths.append(path) } }
+    public func add(_ path: String) {
+        state.withLock {
+            $0.paths.append(path)
+            Self.tell($0.reaper, "+", path)
+        }
+    }
+
     /// Forgets a path: it was removed or renamed into place.
-    public func remove(_ path: String) { state.withLock { $0.paths.removeAll { $0 == path } } }
+    public func remove(_ path: String) {
+        state.withLock {
+            $0.paths.removeAll { $0 == path }
+            Self.tell($0.reaper, "-", path)
+        }
+    }
 
     /// Registers an action to run on an early exit; returns a token for `removeAction`.
     public func addAction(_ action: @escaping @Sendable () -> Void) -> Int {
@@ -47,6 +62,67 @@ public final class Cleanup: Sendable {
                 state.sources.append(source)
             }
         }
+    }
+
+    /// Starts the reaper: a shell in its own session that learns every path `add`ed and `remove`d
+    /// through a socket and, when the socket closes (this process ended, however: SIGKILL and the OOM
+    /// killer included), removes the paths still registered. After a clean exit there are none left.
+    /// Does nothing the second time, or where /bin/sh cannot be started.
+    public func startReaper() {
+        state.withLock { state in
+            guard state.reaper < 0 else { return }
+            var ends: [Int32] = [-1, -1]
+            guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) == 0 else {
+                return
+            }
+            defer { close(ends[1]) }
+            var actions = posix_spawn_file_actions_t()
+            posix_spawn_file_actions_init(&actions)
+            defer { posix_spawn_file_actions_destroy(&actions) }
+            posix_spawn_file_actions_adddup2(&actions, ends[1], 0)
+            posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+            posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+            var attributes = posix_spawnattr_t()
+            posix_spawnattr_init(&attributes)
+            defer { posix_spawnattr_destroy(&attributes) }
+            // Its own session, so that a signal to d2l's process group (Ctrl-C, a supervisor's kill)
+            // does not end it first; the default action for the signals d2l ignores.
+            var defaults = sigset_t()
+            sigemptyset(&defaults)
+            for sig in [SIGINT, SIGTERM, SIGHUP, SIGPIPE] { sigaddset(&defaults, sig) }
+            posix_spawnattr_setsigdefault(&attributes, &defaults)
+            // POSIX_SPAWN_SETSID (0x80, glibc 2.26) is a _GNU_SOURCE macro Swift does not see.
+            posix_spawnattr_setflags(&attributes, Int16(0x80 | POSIX_SPAWN_SETSIGDEF))
+            let words: [String] = ["sh", "-c", Self.reaperScript, "d2l-reaper"]
+            let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
+            defer { for arg in argv { free(arg) } }
+            var pid: pid_t = 0
+            guard posix_spawn(&pid, "/bin/sh", &actions, &attributes, argv, environ) == 0 else {
+                close(ends[0])
+                return
+            }
+            state.reaper = ends[0]
+            for path in state.paths { Self.tell(ends[0], "+", path) }
+        }
+    }
+
+    /// The reaper: the list lives in the positional parameters (`set -f`: no globbing of names).
+    private static let reaperScript = """
+        set -f
+        while IFS= read -r line; do
+          case $line in
+            +*) set -- "$@" "${line#+}" ;;
+            -*) p=${line#-}; n=$#; for a do [ "$a" = "$p" ] || set -- "$@" "$a"; done; shift "$n" ;;
+          esac
+        done
+        [ "$#" -eq 0 ] || exec rm -rf -- "$@"
+        """
+
+    /// Tells the reaper of one path; a name with a newline cannot be told, and is left to the signal handlers.
+    private static func tell(_ socket: Int32, _ operation: String, _ path: String) {
+        guard socket >= 0, !path.contains("\n") else { return }
+        let line = Array((operation + path + "\n").utf8)
+        _ = line.withUnsafeBytes { send(socket, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
     }
 
     /// Runs the registered actions and deletes the registered paths.

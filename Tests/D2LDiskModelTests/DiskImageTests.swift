@@ -18,6 +18,11 @@ import Testing
         #expect(DiskFormat.detect(head: head([0xEB, 0x63, 0x90]), footer: head([])) == .raw)
         #expect(DiskFormat.fromExtension("/x/disk.vhd") == .vpc)
         #expect(DiskFormat.fromExtension("/x/disk.foo") == nil)
+        // The output's format: no extension is raw, an unknown one is nothing (refused by build).
+        #expect(DiskFormat.forOutput("/x/disk") == .raw && DiskFormat.forOutput(".hidden") == .raw)
+        #expect(DiskFormat.forOutput("/x.d/disk.qcow2") == .qcow2 && DiskFormat.forOutput("d.oci.tar") == .containerdisk)
+        #expect(DiskFormat.forOutput("/x/disk.foo") == nil && DiskFormat.forOutput("disk.vhdx.gz") == nil)
+        #expect(DiskFormat.unknownExtensionMessage("disk.foo").contains(".qcow2"))
     }
 
     @Test func classifiesInitSystems() {

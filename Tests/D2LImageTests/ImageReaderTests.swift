@@ -168,9 +168,29 @@ struct ImageReaderTests {
         #expect {
             try ImageReader.open(path: layout.root, platform: try Platform(parsing: "linux/s390x"))
         } throws: { error in
-            guard case ImageError.platformNotFound(_, let available)? = error as? ImageError else { return false }
+            guard case ImageError.platformNotFound(_, _, let available)? = error as? ImageError else { return false }
             return available.sorted() == ["linux/amd64", "linux/arm64"]
         }
+    }
+
+    @Test("buildx's attestation manifests (unknown/unknown) are neither chosen nor listed as platforms")
+    func attestationsAreNotPlatforms() throws {
+        let dir = try Scratch()
+        defer { dir.remove() }
+        let layers = try Self.writeLayers(in: dir)
+        let layout = try OCILayout(root: dir.path + "/layout")
+        // An attestation is a manifest whose platform is unknown/unknown, annotated as such.
+        let attestation = try layout.addImage(arch: "unknown", layers: [layers[0]])
+            .replacingOccurrences(of: #""os":"linux""#, with: #""os":"unknown""#)
+            .replacingOccurrences(of: "}}", with: #"},"annotations":{"vnd.docker.reference.type":"attestation-manifest"}}"#)
+        try layout.writeIndex([attestation, try layout.addImage(arch: "arm64", layers: layers)])
+        #expect {
+            try ImageReader.open(path: layout.root)
+        } throws: { error in
+            guard case ImageError.platformNotFound(_, let image, let available)? = error as? ImageError else { return false }
+            return available == ["linux/arm64"] && image == layout.root && "\(error)".contains(layout.root)
+        }
+        #expect(try ImageReader.open(path: layout.root, platform: try Platform(parsing: "linux/arm64")).architecture == "arm64")
     }
 
     @Test("a manifest or config blob whose digest does not match is refused")
