@@ -156,7 +156,7 @@ public final class DiskBuilder {
         try FileManager.default.createDirectory(atPath: scratch + "/scan", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: scratch + "/boot", withIntermediateDirectories: true)
         let flattener = LayerFlattener(
-            capturePaths: BootFacts.capturePaths, headNames: BootFacts.headNames,
+            capturePaths: BootFacts.capturePaths, headNames: BootFacts.headNames, captureNames: BootFacts.captureNames,
             capturePrefixes: BootLoaders.capturePrefixes, captureDirectory: scratch + "/scan")
         // Blob digests are checked on the other core from now on, while the layers are scanned and written.
         let digests = LayerDigests(image.layers)
@@ -353,6 +353,15 @@ public final class DiskBuilder {
         phase("writing FAT boot partition")
         try await bootJob.value
         if !extraFiles.isEmpty { try await boot.copy(extraFiles, toDirectory: "") }
+        var warnings = userland.warnings
+        let initrdFile = [scratch + "/boot/" + initrdName, scratch + "/initrd.img-\(kernel.version)"]
+            .first { FileManager.default.fileExists(atPath: $0) }
+        if let initrdFile, let warning = InitrdDriverCheck.warning(
+            initrdFile: initrdFile, initrdName: initrdPath.display, kernel: kernel.version.text, tree: tree)
+        {
+            progress.note("warning: \(warning)")
+            warnings.append(warning)
+        }
 
         try await gzipCheck.wait()
 
@@ -402,7 +411,7 @@ public final class DiskBuilder {
             files: writtenTree.filesWritten, rootUUID: rootUUID, bootMode: options.bootMode.rawValue,
             partitionTable: options.partitionTable.rawValue,
             efiLoader: loaders.efiLoader.map { "\($0) (\(loaders.efiFiles.map(\.source.origin).joined(separator: ", ")))" },
-            phases: phases, setup: userland.notes, warnings: userland.warnings)
+            phases: phases, setup: userland.notes, warnings: warnings)
     }
 
     /// Copies the captured /boot files onto the FAT partition, one mcopy per directory.

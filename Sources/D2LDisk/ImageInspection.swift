@@ -51,7 +51,7 @@ public struct ImageInspection: Codable, Sendable {
         let tree: FileTree
         do {
             tree = try LayerFlattener(
-                capturePaths: BootFacts.capturePaths, headNames: BootFacts.headNames,
+                capturePaths: BootFacts.capturePaths, headNames: BootFacts.headNames, captureNames: BootFacts.captureNames,
                 capturePrefixes: BootLoaders.capturePrefixes, captureDirectory: scratch
             ).scan(image.layers)
         } catch {
@@ -63,6 +63,14 @@ public struct ImageInspection: Codable, Sendable {
         let kernelFile = facts.kernel.flatMap { BootLoaders.imageFile($0.kernelPath.display, in: tree) }
         let modes = BootLoaders.supportedModes(tree: tree, kernelFile: kernelFile).map {
             BootModeSupport(mode: $0.mode, problems: $0.problems)
+        }
+        var warnings = tree.warnings
+        if let kernel = facts.kernel, let initrd = kernel.initrdPath,
+            let initrdFile = BootLoaders.imageFile(initrd.display, in: tree),
+            let warning = InitrdDriverCheck.warning(
+                initrdFile: initrdFile, initrdName: initrd.display, kernel: kernel.version.text, tree: tree)
+        {
+            warnings.append(warning)
         }
         var service: ContainerService?
         var serviceNote: String?
@@ -80,7 +88,7 @@ public struct ImageInspection: Codable, Sendable {
             initrdPath: facts.kernel?.initrdPath?.display, initPath: facts.initResolved?.display,
             initSystem: facts.initSystem.rawValue, files: tree.stats.regularFiles,
             directories: tree.stats.directories, contentBytes: tree.stats.dataBytes, problems: facts.problems,
-            warnings: tree.warnings, bootModes: modes, canBoot: facts.problems.isEmpty && modes.contains(where: \.supported),
+            warnings: warnings, bootModes: modes, canBoot: facts.problems.isEmpty && modes.contains(where: \.supported),
             containerService: service, containerServiceNote: serviceNote)
     }
 }

@@ -37,6 +37,8 @@ public struct BootFacts: Sendable {
             "etc/group", "etc/gshadow", "etc/network/interfaces", "etc/skel/.bashrc", "etc/skel/.profile",
             "etc/skel/.bash_logout", "root/.ssh/authorized_keys",
         ].map { ImagePath($0) })
+    /// Base names of files captured wherever they are: the kernels' lists of built-in modules.
+    public static let captureNames: Set<ImagePath> = [ImagePath("modules.builtin")]
     /// Base names of inits whose ELF header is read.
     public static let headNames: Set<ImagePath> = Set(
         ["init", "systemd", "busybox", "openrc-init"].map { ImagePath($0) })
@@ -69,6 +71,17 @@ public struct BootFacts: Sendable {
         facts.hasFsckExt4 = tree.resolve(ImagePath("sbin/fsck.ext4")) != nil
         facts.problems = facts.bootProblems(initOverride: initOverride)
         return facts
+    }
+
+    /// The `modules.builtin` of kernel `version` (`/lib/modules/V/` or `/usr/lib/modules/V/`), when the
+    /// scan captured it (`captureNames`).
+    public static func builtinModulesText(_ tree: FileTree, version: String) -> String? {
+        for directory in ["lib/modules", "usr/lib/modules"] {
+            if let (_, node) = tree.resolve(ImagePath("\(directory)/\(version)/modules.builtin")), let content = node.content {
+                return String(decoding: content, as: UTF8.self)
+            }
+        }
+        return nil
     }
 
     private func bootProblems(initOverride: String?) -> [String] {

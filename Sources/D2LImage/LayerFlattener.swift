@@ -17,6 +17,8 @@ public struct LayerFlattener {
     public var capturePaths: Set<ImagePath>
     /// Base names whose first bytes are captured (to check an init's architecture).
     public var headNames: Set<ImagePath>
+    /// Base names whose content is captured wherever they are (up to 1 MiB: a kernel's `modules.builtin`).
+    public var captureNames: Set<ImagePath>
 
     /// Regular files under any of `capturePrefixes` are saved into `captureDirectory` while scanning, so
     /// that their data (kernel, initrd, EFI loaders) is at hand before the layers are read again.
@@ -24,11 +26,12 @@ public struct LayerFlattener {
     public var captureDirectory: String?
 
     public init(
-        capturePaths: Set<ImagePath> = [], headNames: Set<ImagePath> = [], capturePrefixes: [ImagePath] = [],
-        captureDirectory: String? = nil
+        capturePaths: Set<ImagePath> = [], headNames: Set<ImagePath> = [], captureNames: Set<ImagePath> = [],
+        capturePrefixes: [ImagePath] = [], captureDirectory: String? = nil
     ) {
         self.capturePaths = capturePaths
         self.headNames = headNames
+        self.captureNames = captureNames
         self.capturePrefixes = capturePrefixes
         self.captureDirectory = captureDirectory
     }
@@ -175,7 +178,7 @@ public struct LayerFlattener {
                 node.size = size
                 node.dataRegions = entry.dataRegions
                 if let stream {
-                    if capturePaths.contains(path), size <= 1 << 20 {
+                    if capturePaths.contains(path) || captureNames.contains(name), size <= 1 << 20 {
                         node.content = try stream.readAll(limit: 1 << 20)
                     } else if headNames.contains(name) {
                         node.head = Array(try stream.readAll(limit: 64).prefix(64))
