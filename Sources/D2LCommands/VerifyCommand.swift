@@ -4,6 +4,7 @@ import D2LScenario
 import D2LSupport
 import D2LVerify
 import Foundation
+import Synchronization
 
 /// `d2l verify`: boot a disk in a throwaway VM and judge its serial console stage by stage.
 struct VerifyCommand: PolicedCommand {
@@ -175,6 +176,8 @@ struct VerifyCommand: PolicedCommand {
         Cleanup.shared.installSignalHandlers()
         let progress = ProgressReporter()
         let transcriptPath = transcript
+        // The report goes out with the last verdict, before that machine is torn down; once.
+        let written = ReportOnce()
         let result = try await DiskVerifier.run(
             try request(),
             transcript: { recording, firmware in
@@ -185,9 +188,17 @@ struct VerifyCommand: PolicedCommand {
                 switch note {
                 case .note(let text): progress.note(text)
                 case .boot(let event): show(event, progress: progress)
+                case .result(let result):
+                    written.state.withLock { state in
+                        guard !state.done else { return }
+                        state.done = true
+                        do { try write(result) } catch { state.error = error }
+                    }
                 }
             })
-        try write(result)
+        let (done, error) = written.state.withLock { ($0.done, $0.error) }
+        if let error { throw error }
+        if !done { try write(result) }
         switch result.outcome {
         case .passed: return
         case .failed: throw Reported(category: .failed)
@@ -237,4 +248,9 @@ struct VerifyCommand: PolicedCommand {
             FileHandle.standardOutput.write(Data("\(result.passed ? "booted" : "did not boot") (\(verdicts))\n".utf8))
         }
     }
+}
+
+/// Whether `d2l verify` has written its report yet, and what writing it threw.
+private final class ReportOnce: Sendable {
+    let state = Mutex<(done: Bool, error: (any Error)?)>((false, nil))
 }

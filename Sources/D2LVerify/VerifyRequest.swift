@@ -155,6 +155,9 @@ public enum VerifyNote: Sendable {
     /// A line for the log: the machine, the kernel, the command line, a warning.
     case note(String)
     case boot(VerifyProgress)
+    /// Every boot's verdict, sent as soon as the last one is known, before that machine is torn down
+    /// (a reader of the report need not wait for the teardown).
+    case result(VerifyResult)
 }
 
 /// Runs a `VerifyRequest`: opens the disk once, prepares a direct kernel boot when asked, chooses the
@@ -229,7 +232,9 @@ public enum DiskVerifier {
         notes(.note(about))
 
         var reports: [BootReport] = []
-        for one in firmware {
+        for (index, one) in firmware.enumerated() {
+            let earlier = reports
+            let isLast = index == firmware.count - 1
             let plan = try request.plan(
                 initSystem: initSystem, osName: osName, firmware: one, loader: setup?.efiLoader, directKernel: bzImage)
             spec.firmware = one
@@ -239,7 +244,10 @@ public enum DiskVerifier {
                 hypervisor: hypervisor, options: VerifyOptions(plan: plan, login: login, commands: commands))
             let report = try await verifier.verify(
                 spec, guest: disk.guest, transcript: transcript.map { write in { write($0, firmware.count > 1 ? one : nil) } }
-            ) { notes(.boot($0)) }
+            ) { event in
+                notes(.boot(event))
+                if isLast, case .verdict(let last) = event { notes(.result(VerifyResult(boots: earlier + [last]))) }
+            }
             reports.append(report)
         }
         return VerifyResult(boots: reports)
