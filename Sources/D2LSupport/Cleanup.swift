@@ -19,6 +19,13 @@ public final class Cleanup: Sendable {
         var reaper: Int32 = -1
     }
     private let state = Mutex(State())
+    /// True once the process is exiting: nothing more that needs undoing may be made.
+    private let exiting = Mutex(false)
+
+    /// The process is exiting (a signal's cleanup has begun): `registering` makes nothing more.
+    public struct Exiting: Error, CustomStringConvertible {
+        public var description: String { "d2l is exiting" }
+    }
 
     /// Registers a path to remove (file or directory) on an early exit.
     public func add(_ path: String) {
@@ -33,6 +40,22 @@ public final class Cleanup: Sendable {
         state.withLock {
             $0.paths.removeAll { $0 == path }
             Self.tell($0.reaper, "-", path)
+        }
+    }
+
+    /// Makes something that must be undone on an early exit (a libvirt domain) and registers its
+    /// undoing, as one step a signal cannot split: a signal's cleanup waits for a `create` under way
+    /// and then undoes it too, and once the cleanup has begun nothing more is made.
+    ///
+    /// - Returns: what `create` made, and the token to pass to `removeAction` once it is undone.
+    /// - Throws: what `create` throws, or `Exiting` when the process is already exiting.
+    public func registering<T: Sendable>(
+        _ create: () throws -> T, undo: @escaping @Sendable (T) -> Void
+    ) throws -> (value: T, token: Int) {
+        try exiting.withLock { exiting throws -> (value: T, token: Int) in
+            if exiting { throw Exiting() }
+            let value = try create()
+            return (value, addAction { undo(value) })
         }
     }
 
@@ -127,9 +150,11 @@ public final class Cleanup: Sendable {
 
     /// Runs the registered actions and deletes the registered paths.
     public func runAll() {
+        exiting.withLock { $0 = true }
         let (paths, actions) = state.withLock { ($0.paths, Array($0.actions.values)) }
-        // Children first, so that none is still writing into what the actions and paths remove.
-        ChildProcesses.shared.killAll()
+        // Children first, so that none is still writing into what the actions and paths remove; each
+        // gets a moment to clean up after itself (a d2l verify destroys its domain).
+        ChildProcesses.shared.stopAll()
         for action in actions { action() }
         for path in paths { try? FileManager.default.removeItem(atPath: path) }
     }

@@ -165,4 +165,28 @@ public final class ChildProcesses: Sendable {
     public func killAll() {
         for pid in pids.withLock({ $0 }) { kill(pid, SIGKILL) }
     }
+
+    /// Sends SIGTERM to every child of this set, waits up to `grace` for them to end, then SIGKILLs
+    /// the rest. A child that cleans up on SIGTERM gets to: a `d2l verify` that `d2l test` started
+    /// destroys its libvirt domain, which SIGKILL would leave running with nobody to end it.
+    public func stopAll(grace: Duration = .seconds(10)) {
+        var running = pids.withLock { $0 }.filter(Self.isRunning)
+        for pid in running { kill(pid, SIGTERM) }
+        let clock = ContinuousClock()
+        let deadline = clock.now + grace
+        while !running.isEmpty, clock.now < deadline {
+            usleep(50_000)
+            running = running.filter(Self.isRunning)
+        }
+        for pid in running { kill(pid, SIGKILL) }
+    }
+
+    /// Alive and not a zombie (an ended child its waiter has not reaped yet): /proc/PID/stat's state.
+    static func isRunning(_ pid: Int32) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return false }
+        let state = stat[stat.index(after: close)...].drop { $0 == " " }.first
+        return state != "Z" && state != "X"
+    }
 }

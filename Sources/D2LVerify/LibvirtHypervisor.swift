@@ -36,14 +36,15 @@ public struct LibvirtHypervisor: Hypervisor {
         let nvram = machine.nvramPath
         if let nvram { Cleanup.shared.add(nvram) }
         let domain: LibvirtDomain
+        let token: Int
         do {
-            domain = try connection.createPausedDomain(xml: machine.domainXML)
+            // From its creation on the domain must die on every way out, signals included.
+            (domain, token) = try Cleanup.shared.registering(
+                { try connection.createPausedDomain(xml: machine.domainXML) }, undo: { $0.destroy() })
         } catch {
             if let nvram { Self.remove(nvram) }
             throw error
         }
-        // From here on the domain must die on every way out, signals included.
-        let token = Cleanup.shared.addAction { domain.destroy() }
         do {
             let stream = try domain.openConsole()
             try domain.resume()
