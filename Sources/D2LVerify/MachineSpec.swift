@@ -115,6 +115,7 @@ public struct MachineSpec: Sendable {
     }
 
     /// The libvirt domain XML: transient disk, no relabelling, serial console, a NIC only when asked,
+    /// no USB controller (libvirt adds one by default; the guest would probe it for nothing),
     /// a virtio RNG fed from the host's /dev/urandom (as clouds give one: a guest that makes SSH host
     /// keys at first boot does not wait for entropy under TCG); q35 and OVMF with its own NVRAM for
     /// UEFI (which needs ACPI; Secure Boot needs SMM too).
@@ -155,6 +156,7 @@ public struct MachineSpec: Sendable {
                 <console type='pty'><target type='serial' port='0'/></console>
                 \(interfaceXML)
                 <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
+                <controller type='usb' model='none'/>
                 <memballoon model='none'/>
               </devices>
               <seclabel type='none'/>
