@@ -68,6 +68,6 @@ let package = Package(
             name: "D2LCommandsTests",
             // d2l: the fault and malformed-input tests run the built binary (kill -9 needs a process).
             dependencies: ["D2LCommands", "D2LSupport", "D2LVerify", "D2LDiskModel", "D2LBisect", "D2LScenario", "d2l"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["D2LSupport", "d2l"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["D2LSupport", "D2LVerify", "d2l"]),
     ]
 )

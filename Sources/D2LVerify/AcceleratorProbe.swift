@@ -27,7 +27,8 @@ public actor AcceleratorProbe {
         }
         kvmProbe = task
         if await task.value { return (.kvm, nil) }
-        return (.tcg, "warning: KVM is missing or does not run guests here; using TCG (slower)")
+        let access = (try? QEMUIdentity.forThisProcess())?.kvmAccessProblem.map { " (\($0))" } ?? ""
+        return (.tcg, "warning: KVM is missing or does not run guests here; using TCG (slower)" + access)
     }
 
     /// The probe's answer is kept for the host's current boot (and a day at most), so that a run

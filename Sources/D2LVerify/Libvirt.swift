@@ -123,16 +123,28 @@ public final class LibvirtConnection: @unchecked Sendable {
     /// Gives the embedded driver a configuration that works without libvirt's users and daemons.
     private static func prepareEmbeddedRoot(_ root: String) throws {
         let files = FileManager.default
-        try files.createDirectory(atPath: root + "/etc", withIntermediateDirectories: true)
-        try files.createDirectory(atPath: root + "/log", withIntermediateDirectories: true)
-        // As root the driver would run QEMU as libvirt-qemu, which need not exist; run it as ourselves
-        // and never chown or relabel the image.
+        let qemu = try QEMUIdentity.forThisProcess()
+        // QEMU reads its domain's files (the master key) under the root: as another user it must be
+        // able to pass through every directory above them.
+        let reachable: [FileAttributeKey: Any]? = qemu.isOtherThanSelf ? [.posixPermissions: 0o755] : nil
+        try files.createDirectory(atPath: root + "/etc", withIntermediateDirectories: true, attributes: reachable)
+        try files.createDirectory(atPath: root + "/log", withIntermediateDirectories: true, attributes: reachable)
+        if qemu.isOtherThanSelf {
+            var directory = ""
+            for component in root.split(separator: "/") {
+                directory += "/" + component
+                if mkdir(directory, 0o755) == 0 { chmod(directory, 0o755) }  // past the umask
+            }
+            chmod(root, 0o755)
+        }
+        // QEMU runs as QEMUIdentity says (never root); libvirt never chowns or relabels anything: the
+        // image reaches QEMU as a read-only descriptor, and its writable files are made for it (DomainScratch).
         let config = root + "/etc/qemu.conf"
         do {
             let text = """
                 # Written by d2l verify for libvirt's embedded QEMU driver.
-                user = "+\(getuid())"
-                group = "+\(getgid())"
+                user = "+\(qemu.uid)"
+                group = "+\(qemu.gid)"
                 dynamic_ownership = 0
                 remember_owner = 0
                 security_driver = "none"
@@ -155,15 +167,46 @@ public final class LibvirtConnection: @unchecked Sendable {
         return String(rest.prefix { $0 != "&" }).removingPercentEncoding
     }
 
+    /// True for `qemu:///embed` connections, whose QEMU configuration d2l writes.
+    public var isEmbedded: Bool { Self.embeddedRoot(of: uri) != nil }
+
     /// Creates and starts a transient domain, paused so that no console output is lost.
     ///
+    /// `descriptors` maps fd group names used in the XML (`<source file='…' fdgroup='NAME'/>`) to open
+    /// file descriptors, which QEMU then gets instead of opening the path (virDomainFDAssociate, libvirt
+    /// 9.0). Descriptors need a defined domain, so then the domain is defined, given them, started and
+    /// undefined at once: from then on it is transient, as one made by virDomainCreateXML. The caller
+    /// keeps ownership of the descriptors (QEMU has its own copies once this returns).
+    ///
     /// - Throws: `LibvirtError` with libvirt's message.
-    public func createPausedDomain(xml: String) throws -> LibvirtDomain {
+    public func createPausedDomain(xml: String, descriptors: [String: Int32] = [:]) throws -> LibvirtDomain {
         let flags = UInt32(VIR_DOMAIN_START_PAUSED.rawValue)
-        guard let domain = virDomainCreateXML(pointer, xml, flags) else {
-            throw LibvirtError.last("creating the domain")
+        guard !descriptors.isEmpty else {
+            guard let domain = virDomainCreateXML(pointer, xml, flags) else {
+                throw LibvirtError.last("creating the domain")
+            }
+            return LibvirtDomain(pointer: domain, connection: self)
         }
-        return LibvirtDomain(pointer: domain, connection: self)
+        guard let defined = virDomainDefineXML(pointer, xml) else { throw LibvirtError.last("defining the domain") }
+        let domain = LibvirtDomain(pointer: defined, connection: self)
+        let undefine = UInt32(VIR_DOMAIN_UNDEFINE_KEEP_NVRAM.rawValue)
+        do {
+            for (group, fd) in descriptors.sorted(by: { $0.key < $1.key }) {
+                var fds = [fd]
+                try LibvirtError.check(
+                    virDomainFDAssociate(defined, group, 1, &fds, 0), "passing the image's descriptor to the domain")
+            }
+            try LibvirtError.check(virDomainCreateWithFlags(defined, flags), "creating the domain")
+        } catch {
+            _ = virDomainUndefineFlags(defined, undefine)
+            throw error
+        }
+        if virDomainUndefineFlags(defined, undefine) != 0 {
+            let error = LibvirtError.last("making the domain transient")
+            domain.destroy()
+            throw error
+        }
+        return domain
     }
 
     /// Looks up a domain by name; nil when it does not exist.

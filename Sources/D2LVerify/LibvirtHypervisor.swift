@@ -11,9 +11,13 @@ public struct LibvirtHypervisor: Hypervisor {
     }
 
     /// `qemu:///embed?root=<cache>/libvirt`, or a short directory under /tmp when that path is too long
-    /// for the sockets libvirt creates under it (108 bytes).
-    public static func defaultURI(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+    /// for the sockets libvirt creates under it (108 bytes). As root it is /var/cache/d2l/libvirt: QEMU
+    /// runs as `libvirt-qemu` and must reach its domain's files there, which it cannot under /root.
+    public static func defaultURI(
+        environment: [String: String] = ProcessInfo.processInfo.environment, asRoot: Bool = geteuid() == 0
+    ) -> String {
         if let uri = environment["D2L_LIBVIRT_URI"], !uri.isEmpty { return uri }
+        if asRoot { return "qemu:///embed?root=/var/cache/d2l/libvirt" }
         var root = URL(fileURLWithPath: CacheDirectory.path).appendingPathComponent("libvirt").standardizedFileURL.path
         // The longest socket is about <root>/run/libvirt/qemu/domain-N-<20 chars>/monitor.sock + slack.
         if root.utf8.count > 40 { root = "/tmp/d2l-\(getuid())" }
@@ -23,43 +27,108 @@ public struct LibvirtHypervisor: Hypervisor {
     public var stopwatch: Stopwatch { Stopwatch(clock: ContinuousClock()) }
     public var answersInput: Bool { true }
 
-    /// - Throws: `LibvirtError` when the domain cannot be created, its console opened or it resumed.
+    /// Creates the domain paused, opens its console, then lets it run.
+    ///
+    /// Under the embedded driver QEMU gets the image as a read-only descriptor and writes only to its
+    /// own `DomainScratch` (overlay, NVRAM, kernel copies), as the unprivileged user `QEMUIdentity` names;
+    /// under a libvirt daemon the disk is libvirt's transient disk and the NVRAM goes to d2l's cache.
+    ///
+    /// - Throws: `LibvirtError` when the domain cannot be created, its console opened or it resumed;
+    ///   `VerifyError.hypervisor` when OVMF is missing, the image cannot be opened or the scratch
+    ///   directory cannot be made.
     public func powerOn(_ machine: MachineSpec) async throws -> any GuestConsole {
+        if let missing = machine.uefiFiles?.missing { throw VerifyError.hypervisor(missing) }
         var machine = machine
-        if let files = machine.uefiFiles {
-            if let missing = files.missing { throw VerifyError.hypervisor(missing) }
-            // A throwaway NVRAM per boot: libvirt makes it from the template; it goes with the domain.
-            let directory = CacheDirectory.path + "/nvram"
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            machine.nvramPath = directory + "/\(machine.name).fd"
+        var scratch: DomainScratch?
+        var descriptors: [String: Int32] = [:]
+        defer { for fd in descriptors.values { close(fd) } }
+        do {
+            if connection.isEmbedded {
+                let prepared = try await Self.prepare(&machine)
+                scratch = prepared.scratch
+                descriptors = prepared.descriptors
+            } else if machine.uefiFiles != nil {
+                // A throwaway NVRAM per boot: libvirt makes it from the template; it goes with the domain.
+                let directory = CacheDirectory.path + "/nvram"
+                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+                machine.nvramPath = directory + "/\(machine.name).fd"
+            }
+        } catch {
+            scratch?.remove()
+            throw error
         }
-        let nvram = machine.nvramPath
-        if let nvram { Cleanup.shared.add(nvram) }
+        let leftovers = Leftovers(nvram: scratch == nil ? machine.nvramPath : nil, scratch: scratch)
+        if let nvram = leftovers.nvram { Cleanup.shared.add(nvram) }
         let domain: LibvirtDomain
         let token: Int
         do {
             // From its creation on the domain must die on every way out, signals included.
+            let xml = machine.domainXML
+            let passed = descriptors
             (domain, token) = try Cleanup.shared.registering(
-                { try connection.createPausedDomain(xml: machine.domainXML) }, undo: { $0.destroy() })
+                { try connection.createPausedDomain(xml: xml, descriptors: passed) }, undo: { $0.destroy() })
         } catch {
-            if let nvram { Self.remove(nvram) }
+            leftovers.remove()
             throw error
         }
         do {
             let stream = try domain.openConsole()
             try domain.resume()
-            return LibvirtGuest(domain: domain, stream: stream, cleanupToken: token, nvram: nvram)
+            return LibvirtGuest(domain: domain, stream: stream, cleanupToken: token, leftovers: leftovers)
         } catch {
             domain.destroy()
             Cleanup.shared.removeAction(token)
-            if let nvram { Self.remove(nvram) }
+            leftovers.remove()
             throw error
         }
     }
 
-    static func remove(_ nvram: String) {
-        try? FileManager.default.removeItem(atPath: nvram)
-        Cleanup.shared.remove(nvram)
+    /// Makes the boot's scratch directory and points the machine at it: the overlay over the image's
+    /// descriptor, the NVRAM from OVMF's template, copies of a direct boot's kernel and initrd.
+    private static func prepare(_ machine: inout MachineSpec) async throws -> (scratch: DomainScratch, descriptors: [String: Int32]) {
+        let image = URL(fileURLWithPath: machine.diskPath).standardizedFileURL.path
+        let fd = open(image, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw VerifyError.hypervisor("cannot open \(image): \(String(cString: strerror(errno)))")
+        }
+        let scratch: DomainScratch
+        do {
+            scratch = try DomainScratch.create(for: machine.name, owner: try QEMUIdentity.forThisProcess())
+        } catch {
+            close(fd)
+            throw error
+        }
+        do {
+            let overlay = try await scratch.makeOverlay(backing: image, format: machine.diskFormat.qemuFormat)
+            machine.diskAttachment = .descriptorBacked(overlay: overlay, fdGroup: "image")
+            if let files = machine.uefiFiles {
+                machine.nvramPath = try scratch.copy(files.varsTemplate, as: "nvram.fd")
+            }
+            if var direct = machine.directBoot {
+                direct.kernel = try scratch.copy(direct.kernel, as: "kernel")
+                if let initrd = direct.initrd { direct.initrd = try scratch.copy(initrd, as: "initrd") }
+                machine.directBoot = direct
+            }
+        } catch {
+            close(fd)
+            scratch.remove()
+            throw error
+        }
+        return (scratch, ["image": fd])
+    }
+}
+
+/// What a boot leaves on the host until it ends: its scratch directory, or a daemon boot's NVRAM file.
+struct Leftovers: Sendable {
+    var nvram: String?
+    var scratch: DomainScratch?
+
+    func remove() {
+        if let nvram {
+            try? FileManager.default.removeItem(atPath: nvram)
+            Cleanup.shared.remove(nvram)
+        }
+        scratch?.remove()
     }
 }
 
@@ -68,14 +137,14 @@ final class LibvirtGuest: GuestConsole, Sendable {
     let domain: LibvirtDomain
     let stream: ConsoleStream
     let cleanupToken: Int
-    let nvram: String?
+    let leftovers: Leftovers
     private let feed: LiveConsoleFeed
 
-    init(domain: LibvirtDomain, stream: ConsoleStream, cleanupToken: Int, nvram: String?) {
+    init(domain: LibvirtDomain, stream: ConsoleStream, cleanupToken: Int, leftovers: Leftovers) {
         self.domain = domain
         self.stream = stream
         self.cleanupToken = cleanupToken
-        self.nvram = nvram
+        self.leftovers = leftovers
         feed = LiveConsoleFeed(output: stream.output)
     }
 
@@ -86,7 +155,7 @@ final class LibvirtGuest: GuestConsole, Sendable {
         stream.close()
         domain.destroy()
         Cleanup.shared.removeAction(cleanupToken)
-        if let nvram { LibvirtHypervisor.remove(nvram) }
+        leftovers.remove()
     }
 }
 

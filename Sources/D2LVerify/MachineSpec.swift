@@ -25,6 +25,17 @@ public enum GuestNetwork: String, Sendable, CaseIterable, Codable {
     case user
 }
 
+/// How the disk under test reaches QEMU; either way the image itself is never written.
+public enum DiskAttachment: Sendable, Equatable {
+    /// QEMU opens the image's path, with libvirt's transient overlay beside it
+    /// (`<transient shareBacking='yes'/>`): for libvirt daemons, which bring their own users and labels.
+    case transientOverlay
+    /// QEMU writes to a qcow2 overlay of d2l's own at `overlay`, backed by the image through a read-only
+    /// file descriptor passed under `fdGroup` (virDomainFDAssociate, libvirt 9.0): QEMU never opens the
+    /// image's path, so it needs no right to it and cannot write it. The embedded driver's way.
+    case descriptorBacked(overlay: String, fdGroup: String)
+}
+
 /// Everything needed to describe the throwaway machine that boots a disk.
 public struct MachineSpec: Sendable {
     public var name: String
@@ -42,6 +53,8 @@ public struct MachineSpec: Sendable {
     /// For UEFI: the machine's own NVRAM file, made from the firmware's template at power-on and
     /// thrown away after (set by the hypervisor).
     public var nvramPath: String?
+    /// How QEMU gets the disk (set by the hypervisor).
+    public var diskAttachment: DiskAttachment = .transientOverlay
 
     public init(
         name: String = MachineSpec.uniqueName(), diskPath: String, diskFormat: DiskFormat = .raw,
@@ -114,6 +127,37 @@ public struct MachineSpec: Sendable {
         }
     }
 
+    /// The disk under test: the image with libvirt's transient overlay, or d2l's overlay over the image's descriptor.
+    private func diskXML(target: String) -> String {
+        let image = XMLText.escape(diskPath)
+        let format = XMLText.escape(diskFormat.qemuFormat)
+        let targetXML = "<target dev='\(target)' bus='\(diskBus.rawValue)'/>"
+        switch diskAttachment {
+        case .transientOverlay:
+            return """
+                <disk type='file' device='disk'>
+                      <driver name='qemu' type='\(format)'/>
+                      <source file='\(image)'/>
+                      \(targetXML)
+                      <transient shareBacking='yes'/>
+                    </disk>
+                """
+        case .descriptorBacked(let overlay, let group):
+            return """
+                <disk type='file' device='disk'>
+                      <driver name='qemu' type='qcow2'/>
+                      <source file='\(XMLText.escape(overlay))'/>
+                      <backingStore type='file'>
+                        <format type='\(format)'/>
+                        <source file='\(image)' fdgroup='\(XMLText.escape(group))'/>
+                        <backingStore/>
+                      </backingStore>
+                      \(targetXML)
+                    </disk>
+                """
+        }
+    }
+
     /// The libvirt domain XML: transient disk, no relabelling, serial console, a NIC only when asked,
     /// no USB controller (libvirt adds one by default; the guest would probe it for nothing),
     /// a virtio RNG fed from the host's /dev/urandom (as clouds give one: a guest that makes SSH host
@@ -146,12 +190,7 @@ public struct MachineSpec: Sendable {
               <on_reboot>destroy</on_reboot>
               <on_crash>destroy</on_crash>
               <devices>
-                <disk type='file' device='disk'>
-                  <driver name='qemu' type='\(diskFormat.rawValue)'/>
-                  <source file='\(XMLText.escape(diskPath))'/>
-                  <target dev='\(target)' bus='\(diskBus.rawValue)'/>
-                  <transient shareBacking='yes'/>
-                </disk>
+                \(diskXML(target: target))
                 <serial type='pty'><target port='0'/></serial>
                 <console type='pty'><target type='serial' port='0'/></console>
                 \(interfaceXML)

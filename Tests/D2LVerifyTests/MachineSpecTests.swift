@@ -19,6 +19,20 @@ import Testing
         #expect(MachineSpec.uniqueName() != MachineSpec.uniqueName())
     }
 
+    @Test func aDescriptorBackedDiskWritesOnlyToItsOverlayAndNamesNoImagePathForQEMU() {
+        var spec = MachineSpec(name: "d2l-verify-test", diskPath: "/home/u/a&b.img", diskFormat: .vmdk)
+        spec.diskAttachment = .descriptorBacked(overlay: "/var/tmp/d2l-verify-test/disk.qcow2", fdGroup: "image")
+        let xml = spec.domainXML
+        for needle in [
+            "<driver name='qemu' type='qcow2'/>", "<source file='/var/tmp/d2l-verify-test/disk.qcow2'/>",
+            "<backingStore type='file'>", "<format type='vmdk'/>", "<source file='/home/u/a&amp;b.img' fdgroup='image'/>",
+            "<backingStore/>",
+        ] {
+            #expect(xml.contains(needle), "\(needle)")
+        }
+        #expect(!xml.contains("<transient"))
+    }
+
     @Test func aNICOnlyWhenAskedAndOnTheUserModeNetwork() {
         var spec = MachineSpec(name: "d2l-verify-test", diskPath: "/d/disk.img")
         #expect(!spec.domainXML.contains("<interface"))
