@@ -105,7 +105,7 @@ public final class LibvirtConnection: @unchecked Sendable {
     private static func connect(_ uri: String) throws -> LibvirtConnection {
         if let root = embeddedRoot(of: uri) { try prepareEmbeddedRoot(root) }
         try LibvirtEventLoop.start()
-        guard let pointer = virConnectOpen(uri) else {
+        guard let pointer = FirstCPU.pinning({ virConnectOpen(uri) }) else {
             var error = LibvirtError.last("connecting to \(uri)")
             if error.message.contains("Failed to parse user") {
                 // As root the driver insists that its compiled-in user exists, even when qemu.conf overrides it.
@@ -380,5 +380,31 @@ public final class ConsoleStream: @unchecked Sendable {
     /// Stops watching the stream; the output sequence ends.
     public func close() {
         end(error: nil, finish: false)
+    }
+}
+
+/// Runs work on the first CPU this process may use, then gives the calling thread back its CPUs.
+///
+/// libvirt's QEMU driver reads the host's CPUID when it starts and throws its cached QEMU
+/// capabilities away when they were saved under other CPUID answers ("host cpuid changed" in its
+/// debug log), then probes QEMU again: 4-6 s under TCG. On this project's machines, whose KVM is
+/// present but broken, the answers depend on the CPU that asks (its APIC ID), so a driver that
+/// starts on another CPU than the one before re-probes: on 2 CPUs, every other run of d2l. Starting
+/// the embedded driver on the same CPU each time keeps the cache valid. QEMU itself is unaffected:
+/// libvirt gives each QEMU all the host's CPUs.
+enum FirstCPU {
+    static func pinning<T>(_ work: () throws -> T) rethrows -> T {
+        var original = cpu_set_t()
+        guard d2l_get_thread_affinity(&original) == 0 else { return try work() }
+        var first = cpu_set_t()
+        withUnsafeBytes(of: original) { allowed in
+            withUnsafeMutableBytes(of: &first) { only in
+                guard let index = allowed.firstIndex(where: { $0 != 0 }) else { return }
+                only[index] = allowed[index] & (~allowed[index] &+ 1)  // its lowest set bit
+            }
+        }
+        guard d2l_set_thread_affinity(&first) == 0 else { return try work() }
+        defer { _ = d2l_set_thread_affinity(&original) }
+        return try work()
     }
 }
