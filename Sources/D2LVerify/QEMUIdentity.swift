@@ -95,7 +95,7 @@ public struct DomainScratch: Sendable {
     /// Gives `path` to the QEMU user (a no-op when QEMU runs as this process's user).
     func hand(_ path: String) throws {
         guard owner.isOtherThanSelf else { return }
-        guard chown(path, owner.uid, owner.gid) == 0 else {
+        guard lchown(path, owner.uid, owner.gid) == 0 else {
             throw VerifyError.hypervisor("cannot give \(path) to QEMU's user: \(String(cString: strerror(errno)))")
         }
     }
@@ -120,8 +120,10 @@ public struct DomainScratch: Sendable {
     /// - Throws: `VerifyError.hypervisor` when it cannot be copied.
     func copy(_ file: String, as name: String) throws -> String {
         let target = path + "/" + name
+        // The file's contents, never a symlink to it: QEMU could not follow it, and chown would give away its target.
+        let source = URL(fileURLWithPath: file).resolvingSymlinksInPath().path
         do {
-            try FileManager.default.copyItem(atPath: file, toPath: target)
+            try FileManager.default.copyItem(atPath: source, toPath: target)
         } catch {
             throw VerifyError.hypervisor("cannot copy \(file) for QEMU: \(error.localizedDescription)")
         }
