@@ -28,6 +28,9 @@ let package = Package(
             name: "CCrypto", pkgConfig: "libcrypto",
             providers: [.apt(["libssl-dev", "libcrypt-dev"])]),
 
+        // The calling thread's CPU affinity (needs _GNU_SOURCE, kept out of the shared C headers).
+        .target(name: "CThreadAffinity"),
+
         // Shared plumbing: processes, temporary files, progress, digests, error categories.
         .target(
             name: "D2LSupport",
@@ -42,7 +45,7 @@ let package = Package(
         // Writing disks: partitions, ext4 from the layers, FAT + bootloaders, formats.
         .target(name: "D2LDisk", dependencies: ["D2LExt4", "D2LDiskModel", "D2LImage", "D2LSupport"]),
         // Booting a disk through libvirt and judging its serial transcript.
-        .target(name: "D2LVerify", dependencies: ["CLibvirt", "D2LDiskModel", "D2LSupport"]),
+        .target(name: "D2LVerify", dependencies: ["CLibvirt", "CThreadAffinity", "D2LDiskModel", "D2LSupport"]),
         // Kernel bisection: kernel lists (bzImage, linux-image .deb), the search and its resumable state.
         .target(name: "D2LBisect", dependencies: ["D2LVerify", "D2LDiskModel", "D2LImage", "D2LSupport"]),
         // Scenarios, recipes and the regression matrix of `d2l test`.
@@ -56,6 +59,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(name: "d2l", dependencies: ["D2LCommands"]),
+        // libFuzzer's target for the parsers of untrusted bytes (Scripts/fuzz), and a replayer of saved inputs.
+        .executableTarget(name: "d2l-fuzz", dependencies: ["D2LImage", "D2LDiskModel", "D2LVerify", "D2LBisect"]),
 
         .testTarget(name: "D2LDiskModelTests", dependencies: ["D2LDiskModel", "D2LExt4", "D2LSupport"]),
         .testTarget(name: "D2LImageTests", dependencies: ["D2LImage", "D2LDiskModel", "CArchive"]),

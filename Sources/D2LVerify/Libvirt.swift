@@ -1,4 +1,5 @@
 import CLibvirt
+import CThreadAffinity
 import D2LSupport
 import Foundation
 import Synchronization
@@ -394,17 +395,9 @@ public final class ConsoleStream: @unchecked Sendable {
 /// libvirt gives each QEMU all the host's CPUs.
 enum FirstCPU {
     static func pinning<T>(_ work: () throws -> T) rethrows -> T {
-        var original = cpu_set_t()
-        guard d2l_get_thread_affinity(&original) == 0 else { return try work() }
-        var first = cpu_set_t()
-        withUnsafeBytes(of: original) { allowed in
-            withUnsafeMutableBytes(of: &first) { only in
-                guard let index = allowed.firstIndex(where: { $0 != 0 }) else { return }
-                only[index] = allowed[index] & (~allowed[index] &+ 1)  // its lowest set bit
-            }
-        }
-        guard d2l_set_thread_affinity(&first) == 0 else { return try work() }
-        defer { _ = d2l_set_thread_affinity(&original) }
+        var saved = [UInt8](repeating: 0, count: Int(D2L_CPU_MASK_BYTES))
+        guard d2l_pin_thread_to_first_cpu(&saved) == 0 else { return try work() }
+        defer { _ = d2l_restore_thread_cpus(saved) }
         return try work()
     }
 }
