@@ -71,8 +71,11 @@ let package = Package(
         .testTarget(name: "D2LBisectTests", dependencies: ["D2LBisect", "D2LVerify", "D2LDiskModel"]),
         .testTarget(
             name: "D2LCommandsTests",
-            // d2l: the fault and malformed-input tests run the built binary (kill -9 needs a process).
-            dependencies: ["D2LCommands", "D2LSupport", "D2LVerify", "D2LDiskModel", "D2LBisect", "D2LScenario", "d2l"]),
+            // d2l: the fault and malformed-input tests run the built binary (kill -9 needs a process);
+            // d2l-fuzz: the saved fuzz inputs are replayed through it.
+            dependencies: [
+                "D2LCommands", "D2LSupport", "D2LVerify", "D2LDiskModel", "D2LBisect", "D2LScenario", "d2l", "d2l-fuzz",
+            ]),
         .testTarget(name: "IntegrationTests", dependencies: ["D2LSupport", "D2LVerify", "d2l"]),
     ]
 )
