@@ -15,7 +15,7 @@ public struct StagePlan: Sendable {
     public var settle: Duration
     /// How long a prompt must stay the last thing on the console before it counts (and, on a live guest,
     /// before d2l sends a newline to see getty print it again).
-    public var promptQuiet: Duration = .seconds(1)
+    public var promptQuiet: Duration = .milliseconds(500)
     /// How long getty has to print its prompt again after d2l's newline.
     public var promptReprint: Duration = .seconds(5)
     /// How long the lines after a fatal kernel message are still read into the report.
