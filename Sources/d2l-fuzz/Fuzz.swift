@@ -14,9 +14,12 @@ import Foundation
 /// 2 a bzImage header; 3 a .deb's ar archive. Errors are the expected outcome for bad input;
 /// only a crash, a sanitizer report or a hang is a finding.
 enum FuzzTarget {
+    /// Where inputs are written for the parsers that read files: one folder per process, removed at exit
+    /// (libFuzzer ends with exit(3), on its time limit as on a finding).
     static let scratch: String = {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("d2l-fuzz-\(getpid())").path
         try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        atexit { try? FileManager.default.removeItem(atPath: FuzzTarget.scratch) }
         return path
     }()
 
