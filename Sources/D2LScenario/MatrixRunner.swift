@@ -89,7 +89,8 @@ public final class MatrixRunner: @unchecked Sendable {
 
     private func connectArguments(slot: Int) -> [String] {
         if ProcessInfo.processInfo.environment["D2L_LIBVIRT_URI"] != nil { return [] }
-        return ["--connect", "qemu:///embed?root=\(CacheDirectory.path)/libvirt-slot\(slot)"]
+        // Beside the default embedded root (as root, /var/cache/d2l/libvirt, which QEMU's user can reach).
+        return ["--connect", LibvirtHypervisor.defaultURI(environment: [:]) + "-slot\(slot)"]
     }
 
     /// A default job count that fits the machine: one boot per core and per 1.5 GiB free memory.

@@ -14,6 +14,7 @@ public struct QEMUIdentity: Sendable, Equatable {
     /// The system user libvirt's QEMU driver runs QEMU as when libvirt runs as root.
     public static let systemUserName = "libvirt-qemu"
 
+    /// The user and group ids QEMU runs with (qemu.conf's `user = "+UID"`, `group = "+GID"`).
     public var uid: uid_t
     public var gid: gid_t
 
@@ -69,10 +70,12 @@ public struct QEMUIdentity: Sendable, Equatable {
 
 /// A boot's own directory of files QEMU may write: the qcow2 overlay that takes the guest's writes
 /// (the image itself is never written), the UEFI NVRAM, and copies of a direct boot's kernel and
-/// initrd. It is owned by the QEMU user with mode 0700, lives under /var/tmp (reachable by that user,
+/// initrd. It is d2l's (mode 0711 when QEMU runs as another user: that user owns only the files), lives under /var/tmp (reachable by that user,
 /// on disk rather than in memory), and is removed when the boot ends, SIGKILL included (`Cleanup`'s reaper).
 public struct DomainScratch: Sendable {
+    /// The directory, `/var/tmp/<domain name>`.
     public let path: String
+    /// Who QEMU runs as: the files QEMU may write are given to this user.
     public let owner: QEMUIdentity
 
     /// The directory for the domain named `name`.
@@ -80,16 +83,16 @@ public struct DomainScratch: Sendable {
     /// - Throws: `VerifyError.hypervisor` when it cannot be made or given to the QEMU user.
     public static func create(for name: String, owner: QEMUIdentity, parent: String = "/var/tmp") throws -> DomainScratch {
         let path = parent + "/" + name
-        guard mkdir(path, 0o700) == 0 else {
+        // The directory stays d2l's: QEMU's user may pass through it (0711) and write the files given to
+        // it, but cannot add, rename or replace a name in it, so nothing d2l writes there as root can be
+        // redirected by that user (a symlink planted where the overlay goes).
+        let mode: mode_t = owner.isOtherThanSelf ? 0o711 : 0o700
+        guard mkdir(path, mode) == 0 else {
             throw VerifyError.hypervisor("cannot make \(path): \(String(cString: strerror(errno)))")
         }
         Cleanup.shared.add(path)
-        let scratch = DomainScratch(path: path, owner: owner)
-        do { try scratch.hand(path) } catch {
-            scratch.remove()
-            throw error
-        }
-        return scratch
+        chmod(path, mode)  // past the umask
+        return DomainScratch(path: path, owner: owner)
     }
 
     /// Gives `path` to the QEMU user (a no-op when QEMU runs as this process's user).
