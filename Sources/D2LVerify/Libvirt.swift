@@ -126,18 +126,18 @@ public final class LibvirtConnection: @unchecked Sendable {
         let files = FileManager.default
         let qemu = try QEMUIdentity.forThisProcess()
         // QEMU reads its domain's files (the master key) under the root: as another user it must be
-        // able to pass through every directory above them.
-        let reachable: [FileAttributeKey: Any]? = qemu.isOtherThanSelf ? [.posixPermissions: 0o755] : nil
-        try files.createDirectory(atPath: root + "/etc", withIntermediateDirectories: true, attributes: reachable)
-        try files.createDirectory(atPath: root + "/log", withIntermediateDirectories: true, attributes: reachable)
+        // able to pass through the root and every directory d2l makes above it (whatever the umask).
         if qemu.isOtherThanSelf {
             var directory = ""
             for component in root.split(separator: "/") {
                 directory += "/" + component
-                if mkdir(directory, 0o755) == 0 { chmod(directory, 0o755) }  // past the umask
+                if mkdir(directory, 0o755) == 0 { chmod(directory, 0o755) }
             }
             chmod(root, 0o755)
         }
+        let reachable: [FileAttributeKey: Any]? = qemu.isOtherThanSelf ? [.posixPermissions: 0o755] : nil
+        try files.createDirectory(atPath: root + "/etc", withIntermediateDirectories: true, attributes: reachable)
+        try files.createDirectory(atPath: root + "/log", withIntermediateDirectories: true, attributes: reachable)
         // QEMU runs as QEMUIdentity says (never root); libvirt never chowns or relabels anything: the
         // image reaches QEMU as a read-only descriptor, and its writable files are made for it (DomainScratch).
         let config = root + "/etc/qemu.conf"

@@ -84,37 +84,34 @@ public struct LibvirtHypervisor: Hypervisor {
     }
 
     /// Makes the boot's scratch directory and points the machine at it: the overlay over the image's
-    /// descriptor, the NVRAM from OVMF's template, copies of a direct boot's kernel and initrd.
+    /// descriptor, the NVRAM from OVMF's template and, when QEMU runs as another user, copies of a
+    /// direct boot's kernel and initrd (QEMU as d2l's own user reads them where they are).
     private static func prepare(_ machine: inout MachineSpec) async throws -> (scratch: DomainScratch, descriptors: [String: Int32]) {
         let image = URL(fileURLWithPath: machine.diskPath).standardizedFileURL.path
         let fd = open(image, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
             throw VerifyError.hypervisor("cannot open \(image): \(String(cString: strerror(errno)))")
         }
-        let scratch: DomainScratch
+        var scratch: DomainScratch?
         do {
-            scratch = try DomainScratch.create(for: machine.name, owner: try QEMUIdentity.forThisProcess())
-        } catch {
-            close(fd)
-            throw error
-        }
-        do {
-            let overlay = try await scratch.makeOverlay(backing: image, format: machine.diskFormat.qemuFormat)
+            let made = try DomainScratch.create(for: machine.name, owner: try QEMUIdentity.forThisProcess())
+            scratch = made
+            let overlay = try await made.makeOverlay(backing: image, format: machine.diskFormat.qemuFormat)
             machine.diskAttachment = .descriptorBacked(overlay: overlay, fdGroup: "image")
             if let files = machine.uefiFiles {
-                machine.nvramPath = try scratch.copy(files.varsTemplate, as: "nvram.fd")
+                machine.nvramPath = try made.copy(files.varsTemplate, as: "nvram.fd")
             }
-            if var direct = machine.directBoot {
-                direct.kernel = try scratch.copy(direct.kernel, as: "kernel")
-                if let initrd = direct.initrd { direct.initrd = try scratch.copy(initrd, as: "initrd") }
+            if var direct = machine.directBoot, made.owner.isOtherThanSelf {
+                direct.kernel = try made.copy(direct.kernel, as: "kernel")
+                if let initrd = direct.initrd { direct.initrd = try made.copy(initrd, as: "initrd") }
                 machine.directBoot = direct
             }
+            return (made, ["image": fd])
         } catch {
             close(fd)
-            scratch.remove()
+            scratch?.remove()
             throw error
         }
-        return (scratch, ["image": fd])
     }
 }
 
