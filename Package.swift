@@ -45,7 +45,7 @@ let package = Package(
         // Writing disks: partitions, ext4 from the layers, FAT + bootloaders, formats.
         .target(name: "D2LDisk", dependencies: ["D2LExt4", "D2LDiskModel", "D2LImage", "D2LSupport"]),
         // Booting a disk through libvirt and judging its serial transcript.
-        .target(name: "D2LVerify", dependencies: ["CLibvirt", "CThreadAffinity", "D2LDiskModel", "D2LSupport"]),
+        .target(name: "D2LVerify", dependencies: ["CArchive", "CLibvirt", "CThreadAffinity", "D2LDiskModel", "D2LSupport"]),
         // Kernel bisection: kernel lists (bzImage, linux-image .deb), the search and its resumable state.
         .target(name: "D2LBisect", dependencies: ["D2LVerify", "D2LDiskModel", "D2LImage", "D2LSupport"]),
         // Scenarios, recipes and the regression matrix of `d2l test`.

@@ -154,15 +154,19 @@ public enum BisectSession {
         try FileManager.default.createDirectory(atPath: transcripts, withIntermediateDirectories: true)
 
         let hypervisor = try LibvirtHypervisor(uri: request.machine.connect ?? LibvirtHypervisor.defaultURI())
+        // The architecture is the good kernel's, which must be the disk's (arm64 kernels boot arm64 disks).
+        let architecture = try DiskVerifier.architecture(
+            disk: disk, setup: nil, kernel: try KernelImage(path: list[goodIndex].kernel))
         var spec = MachineSpec(
             diskPath: path, diskFormat: disk.format, accelerator: .tcg, memoryMiB: request.machine.memoryMiB,
-            cpus: request.machine.cpus, diskBus: bus, network: request.machine.network)
+            cpus: request.machine.cpus, diskBus: bus, network: request.machine.network, architecture: architecture)
         let root = (
             withInitrd: disk.rootArgument(device: bus.devicePrefix, initrd: true),
             withoutInitrd: disk.rootArgument(device: bus.devicePrefix, initrd: false))
-        let plan = StagePlan(
+        var plan = StagePlan(
             stages: StagePlan.defaultStages(initSystem: disk.guest?.initSystem ?? .unknown),
             failures: StagePlan.defaultFailures(), timeout: .seconds(request.timeout))
+        if architecture != .host { plan.allowForEmulation() }
         // Probe KVM with the good kernel booting the disk, as d2l verify --kernel would (without its initrd
         // when that is yet to be made: the probe only waits for the kernel's banner).
         var probe = spec
@@ -170,7 +174,8 @@ public enum BisectSession {
         probe.directBoot = DirectKernelBoot(
             kernel: list[goodIndex].kernel, initrd: probeInitrd,
             commandLine: DirectKernelBoot.commandLine(
-                root: probeInitrd == nil ? root.withoutInitrd : root.withInitrd, extra: request.append))
+                root: probeInitrd == nil ? root.withoutInitrd : root.withInitrd, extra: request.append,
+                architecture: architecture))
         let (accelerator, warning) = await AcceleratorProbe.shared.resolve(
             request.machine.accelerator, hypervisor: hypervisor, probe: probe)
         if let warning { note(warning) }
@@ -194,7 +199,7 @@ public enum BisectSession {
         }
 
         note(
-            "\(request.image): \(disk.format), \(bus.rawValue), \(accelerator.rawValue); "
+            "\(request.image): \(architecture), \(disk.format), \(bus.rawValue), \(accelerator.rawValue); "
                 + "\(disk.guest?.prettyName ?? "unknown OS"); root=\(root.withInitrd) (\(root.withoutInitrd) without an initrd)")
         for (index, kernel) in list.enumerated() {
             let mark = index == goodIndex ? "  good" : index == badIndex ? "  bad" : ""

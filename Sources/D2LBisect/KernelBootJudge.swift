@@ -46,6 +46,9 @@ public struct KernelBootJudge: Sendable {
         } catch {
             return skip("\(error)")
         }
+        guard image.architecture == machine.architecture else {
+            return skip("\(kernel.kernel) is an \(image.architecture) kernel; this bisection boots \(machine.architecture) kernels")
+        }
         guard image.versionString == kernel.versionString else {
             return skip("\(kernel.kernel) changed since the bisection started: it is now \(image.versionString)")
         }
@@ -66,7 +69,8 @@ public struct KernelBootJudge: Sendable {
         spec.directBoot = DirectKernelBoot(
             kernel: kernel.kernel, initrd: kernel.initrd,
             commandLine: DirectKernelBoot.commandLine(
-                root: kernel.initrd == nil ? root.withoutInitrd : root.withInitrd, extra: append))
+                root: kernel.initrd == nil ? root.withoutInitrd : root.withInitrd, extra: append,
+                architecture: machine.architecture))
         var kernelPlan = plan
         kernelPlan.bootDirectly(image)
         let transcriptPath = transcriptDirectory.map { directory in

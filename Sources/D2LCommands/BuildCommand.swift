@@ -95,9 +95,12 @@ struct BuildCommand: PolicedCommand {
     var initPath: String?
 
     @Option(
-        help: "Platform to take from a multi-platform image: os/arch[/variant] (default: linux/amd64).",
+        help: ArgumentHelp(
+            "The platform to build for: os/arch[/variant], linux/amd64 or linux/arm64.",
+            discussion: "Taken from a multi-platform image (default: this host's, linux/\(Architecture.host)); "
+                + "a single image must be of that platform (default: whatever it is)."),
         transform: Platform.argument)
-    var platform: Platform = Architecture.amd64.platform
+    var platform: Platform?
 
     @Flag(help: "Replace the output if it exists.")
     var force = false
@@ -191,7 +194,7 @@ struct BuildCommand: PolicedCommand {
         let started = Date()
         progress.begin("reading \(input)")
         defer { progress.done() }
-        let image = try await ImageReader.open(input, platform: platform)
+        let image = try await ImageReader.open(input, asking: platform)
         defer { image.removeOwnedFiles() }
         let summary = try await DiskBuilder(image: image, options: options, progress: progress).build()
         if json {

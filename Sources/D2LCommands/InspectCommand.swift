@@ -18,9 +18,12 @@ struct InspectCommand: PolicedCommand {
     var input: String
 
     @Option(
-        help: "Platform to take from a multi-platform image: os/arch[/variant] (default: linux/amd64).",
+        help: ArgumentHelp(
+            "The platform to build for: os/arch[/variant], linux/amd64 or linux/arm64.",
+            discussion: "Taken from a multi-platform image (default: this host's, linux/\(Architecture.host)); "
+                + "a single image must be of that platform (default: whatever it is)."),
         transform: Platform.argument)
-    var platform: Platform = Architecture.amd64.platform
+    var platform: Platform?
 
     @Option(name: .customLong("init"), help: "The init to check for, when not /sbin/init.")
     var initPath: String?
@@ -32,7 +35,7 @@ struct InspectCommand: PolicedCommand {
         // The scratch folder (and a podman save's archive) go on Ctrl-C, and after a SIGKILL too.
         Cleanup.shared.installSignalHandlers()
         Cleanup.shared.startReaper()
-        let image = try await ImageReader.open(input, platform: platform)
+        let image = try await ImageReader.open(input, asking: platform)
         defer { image.removeOwnedFiles() }
         let report = try ImageInspection.inspect(image, initOverride: initPath)
         if json {

@@ -5,8 +5,9 @@ import Foundation
 
 /// The loaders a disk gets for each firmware, where each one comes from, and their configuration:
 /// syslinux for BIOS; for UEFI systemd-boot, or shim with the distribution's signed GRUB for Secure
-/// Boot, at the removable-media path `\EFI\BOOT\BOOTX64.EFI`. All of them boot the same kernel and
-/// initrd with the same command line, from the FAT partition that is both /boot and the ESP.
+/// Boot, at the removable-media path `\EFI\BOOT\BOOTX64.EFI` (`BOOTAA64.EFI` on arm64, which boots
+/// UEFI only, with the image's own systemd-boot). All of them boot the same kernel and initrd with the
+/// same command line, from the FAT partition that is both /boot and the ESP.
 struct BootLoaders {
     /// Where a file placed on the boot partition comes from.
     struct Source: Sendable {
@@ -18,19 +19,26 @@ struct BootLoaders {
 
     var mode: BootMode
     var secureBoot: Bool
+    var architecture: Architecture = .amd64
     /// The EFI loader and the files that make it up, by path on the ESP.
     var efiLoader: EFILoader?
     var efiFiles: [(espPath: String, source: Source)] = []
 
     /// Where the image keeps the EFI binaries d2l may use (Debian's packages install them there).
-    static let systemdBoot = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+    static let systemdBoot = systemdBoot(.amd64)
+    /// systemd-boot for `architecture` in the image (Debian package systemd-boot-efi).
+    static func systemdBoot(_ architecture: Architecture) -> String {
+        "usr/lib/systemd/boot/efi/systemd-boot\(architecture == .amd64 ? "x64" : "aa64").efi"
+    }
     static let shim = "usr/lib/shim/shimx64.efi.signed"
     static let signedGrub = "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed"
     /// The folders whose files the scan saves, so that these binaries are at hand before anything is written.
     static let capturePrefixes = ["boot", "usr/lib/systemd/boot/efi", "usr/lib/shim", "usr/lib/grub/x86_64-efi-signed"]
         .map { ImagePath($0) }
     /// The host's systemd-boot, when the image has none (Debian package systemd-boot-efi).
-    static let hostSystemdBoot = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+    static let hostSystemdBoot = "/" + systemdBoot(.amd64)
+    /// The host's systemd-boot for `architecture`: only a host of that architecture has it.
+    static func hostSystemdBoot(_ architecture: Architecture) -> String { "/" + systemdBoot(architecture) }
 
     /// The file an image path holds after flattening, saved while scanning; nil when it has none.
     static func imageFile(_ path: String, in tree: FileTree) -> String? {
@@ -43,11 +51,12 @@ struct BootLoaders {
     /// - Parameter kernelFile: the kernel as saved from the image, to check its signature for Secure Boot.
     /// - Throws: `DiskError.cannotBoot` naming what to install: no EFI loader for UEFI, or the
     ///   distribution's signed chain missing for `--secure-boot`.
-    static func choose(mode: BootMode, secureBoot: Bool, tree: FileTree, kernelFile: String?) throws(DiskError)
-        -> BootLoaders
-    {
-        var loaders = BootLoaders(mode: mode, secureBoot: secureBoot)
-        let problems = problems(mode: mode, secureBoot: secureBoot, tree: tree, kernelFile: kernelFile)
+    static func choose(
+        mode: BootMode, secureBoot: Bool, tree: FileTree, kernelFile: String?, architecture: Architecture = .amd64
+    ) throws(DiskError) -> BootLoaders {
+        var loaders = BootLoaders(mode: mode, secureBoot: secureBoot, architecture: architecture)
+        let problems = problems(
+            mode: mode, secureBoot: secureBoot, tree: tree, kernelFile: kernelFile, architecture: architecture)
         guard problems.isEmpty else { throw .cannotBoot(problems) }
         guard mode.uefi else { return loaders }
         if secureBoot, let shim = imageFile(shim, in: tree), let grub = imageFile(signedGrub, in: tree) {
@@ -58,21 +67,36 @@ struct BootLoaders {
                 (BootSetup.removableMediaPath(.amd64), Source(file: shim, origin: "the image's /\(Self.shim)")),
                 ("EFI/BOOT/grubx64.efi", Source(file: grub, origin: "the image's /\(Self.signedGrub)")),
             ]
-        } else if let own = imageFile(systemdBoot, in: tree) {
-            loaders.efiLoader = .systemdBoot
-            loaders.efiFiles = [(BootSetup.removableMediaPath(.amd64), Source(file: own, origin: "the image's /\(Self.systemdBoot)"))]
-        } else {
+        } else if let own = imageFile(systemdBoot(architecture), in: tree) {
             loaders.efiLoader = .systemdBoot
             loaders.efiFiles = [
-                (BootSetup.removableMediaPath(.amd64), Source(file: hostSystemdBoot, origin: "the build host's \(hostSystemdBoot)"))
+                (BootSetup.removableMediaPath(architecture), Source(file: own, origin: "the image's /\(systemdBoot(architecture))"))
             ]
+        } else {
+            let host = hostSystemdBoot(architecture)
+            loaders.efiLoader = .systemdBoot
+            loaders.efiFiles = [(BootSetup.removableMediaPath(architecture), Source(file: host, origin: "the build host's \(host)"))]
         }
         return loaders
     }
 
     /// Why the image (or the host) cannot give a disk that boots in `mode`: empty when it can.
-    static func problems(mode: BootMode, secureBoot: Bool, tree: FileTree, kernelFile: String?) -> [String] {
+    static func problems(
+        mode: BootMode, secureBoot: Bool, tree: FileTree, kernelFile: String?, architecture: Architecture = .amd64
+    ) -> [String] {
         var problems: [String] = []
+        if !architecture.bootsUnderBIOS {
+            // No BIOS, and no signed chain d2l can check for this architecture: its own systemd-boot only.
+            if mode.bios { problems.append("\(architecture) disks boot under UEFI only: build with --boot uefi (syslinux is for PCs)") }
+            if secureBoot { problems.append("--secure-boot is for amd64 disks: d2l has no signed chain to check for \(architecture)") }
+            let loader = systemdBoot(architecture)
+            if mode.uefi, imageFile(loader, in: tree) == nil, !FileManager.default.isReadableFile(atPath: "/" + loader) {
+                problems.append(
+                    "UEFI boot on \(architecture) needs the image's own EFI loader, /\(loader): install "
+                        + "systemd-boot-efi in the image")
+            }
+            return problems
+        }
         if mode.bios, BootPartition.mbrCodePath(gpt: false) == nil {
             problems.append("BIOS boot needs syslinux's mbr.bin and gptmbr.bin on the build host (Debian: syslinux-common)")
         }
@@ -103,11 +127,13 @@ struct BootLoaders {
     }
 
     /// The firmware modes an image can boot in, and for each that it cannot, why: for `d2l inspect`.
-    static func supportedModes(tree: FileTree, kernelFile: String?) -> [(mode: String, problems: [String])] {
+    static func supportedModes(
+        tree: FileTree, kernelFile: String?, architecture: Architecture = .amd64
+    ) -> [(mode: String, problems: [String])] {
         [
-            ("bios", problems(mode: .bios, secureBoot: false, tree: tree, kernelFile: kernelFile)),
-            ("uefi", problems(mode: .uefi, secureBoot: false, tree: tree, kernelFile: kernelFile)),
-            ("uefi-secure", problems(mode: .uefi, secureBoot: true, tree: tree, kernelFile: kernelFile)),
+            ("bios", problems(mode: .bios, secureBoot: false, tree: tree, kernelFile: kernelFile, architecture: architecture)),
+            ("uefi", problems(mode: .uefi, secureBoot: false, tree: tree, kernelFile: kernelFile, architecture: architecture)),
+            ("uefi-secure", problems(mode: .uefi, secureBoot: true, tree: tree, kernelFile: kernelFile, architecture: architecture)),
         ]
     }
 

@@ -24,7 +24,8 @@ public struct BuildOptions: Sendable {
     /// (false lets a test meet the full file system while writing).
     public var checkFreeSpace = true
     public var sourceDateEpoch: Int64?
-    /// The firmware the disk boots under: hybrid (BIOS and UEFI from one disk), bios or uefi.
+    /// The firmware the disk boots under: hybrid (BIOS and UEFI from one disk, or UEFI alone for
+    /// architectures without a BIOS, arm64), bios or uefi.
     public var bootMode: BootMode = .hybrid
     /// GPT (ESP type, LegacyBIOSBootable for BIOS) or MBR (the FAT partition active).
     public var partitionTable: PartitionTable.Scheme = .gpt
@@ -131,15 +132,15 @@ public final class DiskBuilder {
             throw DiskError.io(outputDir, message: "the output's directory does not exist")
         }
         if FileManager.default.fileExists(atPath: output), !options.force { throw DiskError.outputExists(output) }
-        let bios = options.bootMode.bios
-        for tool in ["mkfs.ext4", "mkfs.vfat", "mmd", "mcopy"] + (bios ? ["syslinux"] : []) + (format == .raw ? [] : ["qemu-img"])
-        where ProcessRunner.which(tool) == nil {
+        // syslinux is checked for once the architecture is known (arm64 disks have none).
+        let tools = ["mkfs.ext4", "mkfs.vfat", "mmd", "mcopy"] + (options.bootMode.bios ? ["syslinux"] : [])
+            + (format == .raw ? [] : ["qemu-img"])
+        for tool in tools where ProcessRunner.which(tool) == nil && (tool != "syslinux" || Architecture.host == .amd64) {
             let package = ["mkfs.ext4": "e2fsprogs", "mkfs.vfat": "dosfstools", "mmd": "mtools", "mcopy": "mtools",
                 "syslinux": "syslinux", "qemu-img": "qemu-utils"][tool] ?? tool
             throw DiskError.tool("\(tool) is not installed (Debian package: \(package))")
         }
         let gpt = options.partitionTable == .gpt
-        let bootCode = bios ? try BootPartition.mbrCode(gpt: gpt) : []
 
         // 1. Scan: flatten the layers' headers and look at what would boot.
         phase("scanning \(image.layers.count) layer(s)")
@@ -180,9 +181,17 @@ public final class DiskBuilder {
             throw DiskError.cannotBoot(facts.problems)
         }
         // The loaders and, for Secure Boot, the signed chain are checked before anything is written.
+        // hybrid means every firmware the architecture has: UEFI alone on arm64.
+        let architecture = facts.bootArchitecture ?? .amd64
+        let mode: BootMode = !architecture.bootsUnderBIOS && options.bootMode == .hybrid ? .uefi : options.bootMode
+        let bios = mode.bios
+        let kernelFile = BootLoaders.imageFile(kernel.kernelPath.display, in: tree)
+        if let kernelFile, let problem = Self.kernelArchitectureProblem(kernelFile, kernel: kernel, userland: architecture) {
+            throw DiskError.cannotBoot([problem])
+        }
         let loaders = try BootLoaders.choose(
-            mode: options.bootMode, secureBoot: options.secureBoot, tree: tree,
-            kernelFile: BootLoaders.imageFile(kernel.kernelPath.display, in: tree))
+            mode: mode, secureBoot: options.secureBoot, tree: tree, kernelFile: kernelFile, architecture: architecture)
+        let bootCode = bios ? try BootPartition.mbrCode(gpt: gpt) : []
         try Self.placeCapturedBootFiles(tree, in: scratch + "/boot")
         progress.note("boot: \(options.partitionTable), \(loaders.description)")
 
@@ -264,7 +273,7 @@ public final class DiskBuilder {
             number: 1, type: bootType, firstSector: firstSector, sectorCount: bootSize / 512, bootable: bios,
             guid: gpt ? guid("esp") : .zero, name: gpt ? "ESP" : "")
         let rootPart = PartitionTable.Partition(
-            number: 2, type: gpt ? .linuxRoot(.amd64) : .mbrLinux, firstSector: firstSector + bootSize / 512,
+            number: 2, type: gpt ? .linuxRoot(architecture) : .mbrLinux, firstSector: firstSector + bootSize / 512,
             sectorCount: rootSize / 512, guid: gpt ? guid("root") : .zero, name: gpt ? "root" : "")
         // 1 MiB after the root: alignment, and room for GPT's backup entries and header.
         let diskSize = rootPart.byteOffset + rootPart.byteCount + (1 << 20)
@@ -320,7 +329,7 @@ public final class DiskBuilder {
             : "vmlinuz-\(kernel.version)"
         let initrdName = initrdPath.starts(with: ImagePath("boot/"))
             ? String(decoding: initrdPath.dropFirst(5), as: UTF8.self) : "initrd.img-\(kernel.version)"
-        let cmdline = (["root=UUID=\(rootUUID)", "ro", "console=tty0", "console=ttyS0,115200"]
+        let cmdline = (["root=UUID=\(rootUUID)", "ro", "console=tty0", "console=\(architecture.serialConsole),115200"]
             + (options.append.isEmpty ? [] : [options.append])).joined(separator: " ")
         let title = facts.distro.isEmpty ? "Linux \(kernel.version)" : facts.distro
         try loaders.stage(
@@ -383,7 +392,7 @@ public final class DiskBuilder {
             let archive = try StagedFile(directory: outputDir, fallbackName: hidden + ".oci.tar")
             finals.append(archive)
             try ContainerDiskWriter.write(
-                disk: final.path, name: "disk.qcow2", architecture: "amd64", mtime: mtime, output: archive.path,
+                disk: final.path, name: "disk.qcow2", architecture: architecture.rawValue, mtime: mtime, output: archive.path,
                 scratch: scratch)
             final.discard()
             final = archive
@@ -408,7 +417,7 @@ public final class DiskBuilder {
             distro: facts.distro, kernelVersion: kernel.version.text, initSystem: facts.initSystem.rawValue,
             output: output, format: format.rawValue, diskBytes: UInt64(st.st_size),
             allocatedBytes: UInt64(st.st_blocks) * 512, contentBytes: writtenTree.bytesWritten,
-            files: writtenTree.filesWritten, rootUUID: rootUUID, bootMode: options.bootMode.rawValue,
+            files: writtenTree.filesWritten, rootUUID: rootUUID, bootMode: mode.rawValue,
             partitionTable: options.partitionTable.rawValue,
             efiLoader: loaders.efiLoader.map { "\($0) (\(loaders.efiFiles.map(\.source.origin).joined(separator: ", ")))" },
             phases: phases, setup: userland.notes, warnings: warnings)
@@ -416,6 +425,18 @@ public final class DiskBuilder {
 
     /// Copies the captured /boot files onto the FAT partition, one mcopy per directory.
     /// Moves the /boot files saved while scanning to their names under `directory`.
+    /// Why the kernel at `file` cannot boot a userland of `architecture`: its header is the other
+    /// architecture's (an x86 bzImage, an arm64 Image), as in a mislabelled or mixed-up image; nil
+    /// otherwise, a compressed or unknown kernel file included (its boot is the verifier's to judge).
+    static func kernelArchitectureProblem(_ file: String, kernel: BootFacts.Kernel, userland: Architecture) -> String? {
+        guard let handle = FileHandle(forReadingAtPath: file) else { return nil }
+        defer { try? handle.close() }
+        guard let found = Architecture(kernelHeader: (try? handle.read(upToCount: 0x210)) ?? Data()), found != userland
+        else { return nil }
+        return "/\(kernel.kernelPath.display) is an \(found) kernel and the userland is \(userland): install the "
+            + "\(userland) kernel in the image (Debian: \(userland.debianKernelPackage))"
+    }
+
     static func placeCapturedBootFiles(_ tree: FileTree, in directory: String) throws {
         guard let boot = tree.lookup(ImagePath("boot")), boot.kind == .directory else { return }
         var stack: [(String, TreeNode)] = [("", boot)]

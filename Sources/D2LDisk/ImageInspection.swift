@@ -61,7 +61,9 @@ public struct ImageInspection: Codable, Sendable {
         }
         let facts = BootFacts.examine(tree, architecture: image.architecture, initOverride: initOverride)
         let kernelFile = facts.kernel.flatMap { BootLoaders.imageFile($0.kernelPath.display, in: tree) }
-        let modes = BootLoaders.supportedModes(tree: tree, kernelFile: kernelFile).map {
+        let modes = BootLoaders.supportedModes(
+            tree: tree, kernelFile: kernelFile, architecture: facts.bootArchitecture ?? .amd64
+        ).map {
             BootModeSupport(mode: $0.mode, problems: $0.problems)
         }
         var warnings = tree.warnings

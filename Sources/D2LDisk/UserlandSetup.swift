@@ -146,15 +146,16 @@ public struct UserlandSetup: Sendable {
 
     /// A getty on the serial console where the init does not start one itself.
     private func addSerialGetty(facts: BootFacts, into image: inout ImageEditor) {
+        let tty = (facts.bootArchitecture ?? .amd64).serialConsole
         switch facts.initSystem {
         case .sysvinit, .openrc:
             let inittab = image.text("etc/inittab") ?? ""
-            if !Self.hasActiveSerialGetty(inittab) {
+            if !Self.hasActiveSerialGetty(inittab, tty: tty) {
                 image.write(
                     "etc/inittab",
                     inittab + (inittab.hasSuffix("\n") || inittab.isEmpty ? "" : "\n")
                         + "# Added by d2l build: a login prompt on the serial console.\n"
-                        + "T0:23:respawn:/sbin/getty -L ttyS0 115200 vt100\n", keepOwnerAndMode: true)
+                        + "T0:23:respawn:/sbin/getty -L \(tty) 115200 vt100\n", keepOwnerAndMode: true)
             }
         case .busybox:
             let inittab = image.text("etc/inittab")
@@ -164,16 +165,16 @@ public struct UserlandSetup: Sendable {
                     """
                     # Written by d2l build.
                     ::sysinit:/etc/init.d/rcS
-                    ttyS0::respawn:/sbin/getty -L 115200 ttyS0 vt100
+                    \(tty)::respawn:/sbin/getty -L 115200 \(tty) vt100
                     ::ctrlaltdel:/sbin/reboot
                     ::shutdown:/bin/umount -a -r
 
                     """)
-            } else if let inittab, !Self.hasActiveSerialGetty(inittab) {
-                image.write("etc/inittab", inittab + "\nttyS0::respawn:/sbin/getty -L 115200 ttyS0 vt100\n", keepOwnerAndMode: true)
+            } else if let inittab, !Self.hasActiveSerialGetty(inittab, tty: tty) {
+                image.write("etc/inittab", inittab + "\n\(tty)::respawn:/sbin/getty -L 115200 \(tty) vt100\n", keepOwnerAndMode: true)
             }
         case .systemd, .unknown:
-            break  // systemd starts serial-getty@ttyS0 for the console= on the command line
+            break  // systemd starts serial-getty@ttyS0 (ttyAMA0) for the console= on the command line
         }
     }
 
@@ -224,9 +225,9 @@ public struct UserlandSetup: Sendable {
         return node.kind == .regular && node.size == 0
     }
 
-    static func hasActiveSerialGetty(_ inittab: String) -> Bool {
+    static func hasActiveSerialGetty(_ inittab: String, tty: String = "ttyS0") -> Bool {
         inittab.split(separator: "\n").contains { line in
-            !line.drop { $0 == " " || $0 == "\t" }.hasPrefix("#") && line.contains("ttyS0") && line.contains("getty")
+            !line.drop { $0 == " " || $0 == "\t" }.hasPrefix("#") && line.contains(tty) && line.contains("getty")
         }
     }
 

@@ -36,6 +36,44 @@ public enum Architecture: String, Sendable, Codable, CaseIterable, CustomStringC
 
     /// The platform this architecture's Linux images carry.
     public var platform: Platform { Platform(os: "linux", architecture: rawValue) }
+
+    /// The architecture's name in QEMU and libvirt (`qemu-system-x86_64`, `<type arch='aarch64'>`).
+    public var qemuName: String {
+        switch self {
+        case .amd64: return "x86_64"
+        case .arm64: return "aarch64"
+        }
+    }
+
+    /// The serial console the kernel is told to use (`console=`): the PC's 16550 UART `ttyS0`, or the
+    /// PL011 UART `ttyAMA0` of QEMU's arm64 `virt` machine (Documentation/admin-guide/serial-console.rst).
+    public var serialConsole: String {
+        switch self {
+        case .amd64: return "ttyS0"
+        case .arm64: return "ttyAMA0"
+        }
+    }
+
+    /// The firmware this architecture's disks can boot under: arm64 machines have UEFI only (no BIOS,
+    /// and no Secure Boot keys d2l can enroll for them).
+    public var bootsUnderBIOS: Bool { self == .amd64 }
+
+    /// The architecture a kernel file's first bytes (at least 0x210) show: an x86 bzImage ("HdrS" at
+    /// 0x202, Documentation/arch/x86/boot.rst) or an arm64 Image ("ARM\x64" at 56,
+    /// Documentation/arch/arm64/booting.rst); nil for anything else, a compressed Image included.
+    public init?(kernelHeader head: some Collection<UInt8>) {
+        let bytes = Array(head.prefix(0x210))
+        if bytes.count >= 0x206, bytes[0x202..<0x206].elementsEqual([0x48, 0x64, 0x72, 0x53]) {
+            self = .amd64
+        } else if bytes.count >= 60, bytes[56..<60].elementsEqual([0x41, 0x52, 0x4D, 0x64]) {
+            self = .arm64
+        } else {
+            return nil
+        }
+    }
+
+    /// Debian's package for the architecture's stock kernel, for messages.
+    public var debianKernelPackage: String { "linux-image-\(rawValue)" }
 }
 
 /// An OCI platform: `os/architecture[/variant]`, normalized as the OCI image spec's

@@ -22,6 +22,11 @@ public struct BootFacts: Sendable {
     public var initMachine: UInt16?
     /// The architecture the image's config states (normalized), when it states one.
     public var architecture: String?
+    /// The architecture the disk is built for: the config's, else the init's ELF machine; nil when
+    /// neither is known or d2l does not boot it (then `problems` says so).
+    public var bootArchitecture: Architecture? {
+        architecture.flatMap(Architecture.init(rawValue:)) ?? initMachine.flatMap(Architecture.init(elfMachine:))
+    }
     public var hasFsckExt4 = false
     public var problems: [String] = []
 
@@ -86,10 +91,16 @@ public struct BootFacts: Sendable {
 
     private func bootProblems(initOverride: String?) -> [String] {
         var problems: [String] = []
-        if let arch = architecture, arch != "amd64" {
-            problems.append("the image is for \(arch), d2l builds x86-64 (amd64) disks: build the image for linux/amd64")
-        } else if let machine = initMachine, machine != Architecture.amd64.elfMachine {
-            problems.append("the init is not an x86-64 program (ELF machine \(machine)): build the image for linux/amd64")
+        let supported = Architecture.allCases.map { "linux/\($0)" }.joined(separator: " or ")
+        let initArchitecture = initMachine.flatMap(Architecture.init(elfMachine:))
+        if let arch = architecture, Architecture(rawValue: arch) == nil {
+            problems.append("the image is for \(arch); d2l builds amd64 and arm64 disks: build the image for \(supported)")
+        } else if let machine = initMachine, initArchitecture == nil {
+            problems.append("the init is a program for neither amd64 nor arm64 (ELF machine \(machine)): build the image for \(supported)")
+        } else if let arch = architecture, let initArchitecture, arch != initArchitecture.rawValue {
+            problems.append(
+                "the image's config says \(arch) but its init is an \(initArchitecture) program: the image is "
+                    + "mislabelled; build it again for linux/\(initArchitecture)")
         }
         if let k = kernel {
             if k.initrdPath == nil {
@@ -100,7 +111,7 @@ public struct BootFacts: Sendable {
         } else {
             problems.append(
                 "image has no kernel in /boot or /usr/lib/modules/*/vmlinuz: install one in the image "
-                    + "(Debian: linux-image-amd64, Alpine: linux-virt)")
+                    + "(Debian: \((bootArchitecture ?? .amd64).debianKernelPackage), Alpine: linux-virt)")
         }
         if initResolved == nil {
             let shown = initOverride ?? "/sbin/init"

@@ -9,6 +9,8 @@ public enum ImageError: Error, CustomStringConvertible, Sendable, CategorizedErr
     case digestMismatch(path: String, expected: String, actual: String)
     /// The platform asked for, the image, and the platforms its index has.
     case platformNotFound(String, image: String, available: [String])
+    /// A single image (not an index) whose config names another platform than `--platform` asked for.
+    case platformMismatch(wanted: String, image: String, found: String)
     case engine(String)
     case compressedImageArchive(String)
     /// A layer entry whose parent directories go through more symlinks than a lookup may follow
@@ -32,6 +34,9 @@ public enum ImageError: Error, CustomStringConvertible, Sendable, CategorizedErr
         case .platformNotFound(let wanted, let image, let available):
             return "\(image): the image index has no \(wanted) image (it has: \(available.joined(separator: ", "))); "
                 + "choose one with --platform"
+        case .platformMismatch(let wanted, let image, let found):
+            return "\(image): a \(found) image, not the \(wanted) asked for with --platform "
+                + "(without --platform it is built as \(found))"
         case .engine(let message):
             return message
         case .compressedImageArchive(let path):

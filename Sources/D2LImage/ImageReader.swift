@@ -9,6 +9,25 @@ public enum ImageReader {
     ///
     /// - Throws: `ImageError` when the input is missing, not an image, malformed, or has no image for
     ///   `platform`; when the engine's save fails.
+    /// Opens `input` for `platform` when one is asked for: from an index that platform's image, and a
+    /// single image only when its config names that platform (or none). Without one, an index gives
+    /// this host's platform and a single image is taken as it is.
+    ///
+    /// - Throws: as `open(_:platform:)`, and `ImageError.platformMismatch` for a single image of
+    ///   another platform.
+    public static func open(_ input: String, asking platform: Platform?) async throws -> ContainerImage {
+        let image = try await open(input, platform: platform ?? Architecture.host.platform)
+        if let platform, let architecture = image.architecture,
+            !platform.matches(os: image.os, architecture: architecture, variant: nil)
+        {
+            image.removeOwnedFiles()
+            throw ImageError.platformMismatch(
+                wanted: platform.description, image: image.path,
+                found: Platform(os: image.os ?? "linux", architecture: architecture).description)
+        }
+        return image
+    }
+
     public static func open(_ input: String, platform: Platform = Architecture.amd64.platform) async throws
         -> ContainerImage
     {

@@ -19,6 +19,8 @@ public actor AcceleratorProbe {
         case .kvm, .tcg: return (requested, nil)
         case .auto: break
         }
+        // Another architecture's guest is emulated: KVM runs only the host's own.
+        if machine.architecture != .host { return (.tcg, nil) }
         let task = kvmProbe ?? Task {
             if let remembered = Self.remembered() { return remembered }
             let works = await Self.probe(hypervisor: hypervisor, machine: machine, deadline: deadline)

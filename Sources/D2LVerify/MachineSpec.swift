@@ -48,8 +48,12 @@ public struct MachineSpec: Sendable {
     public var network: GuestNetwork
     /// Boot this kernel directly (QEMU loads it) instead of the disk's bootloader.
     public var directBoot: DirectKernelBoot?
-    /// SeaBIOS on `pc`, or OVMF on `q35` (with Secure Boot: the enrolled firmware and SMM).
+    /// SeaBIOS on `pc`, or OVMF on `q35` (with Secure Boot: the enrolled firmware and SMM); on arm64
+    /// always AAVMF on `virt`.
     public var firmware: Firmware
+    /// The guest's architecture: amd64 (`qemu-system-x86_64`) or arm64 (`qemu-system-aarch64`, machine
+    /// `virt`, a Cortex-A57 under TCG, the console on its PL011 UART).
+    public var architecture: Architecture
     /// For UEFI: the machine's own NVRAM file, made from the firmware's template at power-on and
     /// thrown away after (set by the hypervisor).
     public var nvramPath: String?
@@ -59,8 +63,10 @@ public struct MachineSpec: Sendable {
     public init(
         name: String = MachineSpec.uniqueName(), diskPath: String, diskFormat: DiskFormat = .raw,
         accelerator: Accelerator = .tcg, memoryMiB: Int = 1024, cpus: Int = 2, diskBus: DiskBus = .virtio,
-        directBoot: DirectKernelBoot? = nil, firmware: Firmware = .bios, network: GuestNetwork = .none
+        directBoot: DirectKernelBoot? = nil, firmware: Firmware = .bios, network: GuestNetwork = .none,
+        architecture: Architecture = .amd64
     ) {
+        self.architecture = architecture
         self.network = network
         self.firmware = firmware
         self.name = name
@@ -75,7 +81,7 @@ public struct MachineSpec: Sendable {
 
     /// SeaBIOS mirrored to the serial port, or OVMF's code and this machine's NVRAM.
     private var firmwareXML: String {
-        guard let files = uefiFiles else { return "<bios useserial='yes'/>" }
+        guard let files = uefiFiles else { return architecture == .amd64 ? "<bios useserial='yes'/>" : "" }
         let nvram = nvramPath ?? "/dev/null"
         return "<loader readonly='yes' secure='\(files.secure ? "yes" : "no")' type='pflash'>\(XMLText.escape(files.code))</loader>"
             + "\n    <nvram template='\(XMLText.escape(files.varsTemplate))'>\(XMLText.escape(nvram))</nvram>"
@@ -87,12 +93,20 @@ public struct MachineSpec: Sendable {
         return "\(prefix)-\(getpid())-\(random)"
     }
 
-    /// OVMF from Debian's ovmf package: the 4 MiB builds, without Secure Boot, or with it and
-    /// Microsoft's keys enrolled in the variable store template.
+    /// The UEFI firmware's code and variable store template: OVMF from Debian's ovmf package (the 4 MiB
+    /// builds, without Secure Boot, or with it and Microsoft's keys enrolled in the template), or AAVMF
+    /// from qemu-efi-aarch64 for arm64 (64 MiB flash images).
     public struct UEFIFiles: Sendable, Equatable {
         public var code: String
         public var varsTemplate: String
         public var secure: Bool
+        /// The Debian package that has the files, for the message when they are missing.
+        public var package: String = "ovmf"
+
+        /// AAVMF, the arm64 build of edk2 for QEMU's `virt` machine, without Secure Boot.
+        public static let aavmf = UEFIFiles(
+            code: "/usr/share/AAVMF/AAVMF_CODE.fd", varsTemplate: "/usr/share/AAVMF/AAVMF_VARS.fd", secure: false,
+            package: "qemu-efi-aarch64")
 
         public static func ovmf(secure: Bool) -> UEFIFiles {
             secure
@@ -106,11 +120,13 @@ public struct MachineSpec: Sendable {
         /// The files missing on this host, with the package that has them.
         public var missing: String? {
             [code, varsTemplate].first { !FileManager.default.isReadableFile(atPath: $0) }
-                .map { "\($0) is missing: install Debian's ovmf package" }
+                .map { "\($0) is missing: install Debian's \(package) package" }
         }
     }
 
     public var uefiFiles: UEFIFiles? {
+        // arm64 boots UEFI only; a direct kernel boot there needs no firmware (QEMU's own loader starts it).
+        if architecture == .arm64 { return directBoot == nil ? .aavmf : nil }
         switch firmware {
         case .bios: return nil
         case .uefi: return .ovmf(secure: false)
@@ -166,7 +182,17 @@ public struct MachineSpec: Sendable {
     public var domainXML: String {
         let type = accelerator == .kvm ? "kvm" : "qemu"
         let target = diskBus == .virtio ? "vda" : "sda"
-        let cpu = accelerator == .kvm ? "<cpu mode='host-passthrough'/>" : ""
+        var cpu = accelerator == .kvm ? "<cpu mode='host-passthrough'/>" : ""
+        var machineType = uefiFiles == nil ? "pc" : "q35"
+        var features = "<acpi/><apic/>" + (uefiFiles?.secure == true ? "<smm state='on'/>" : "")
+        if architecture == .arm64 {
+            machineType = "virt"
+            // ACPI tables come from the UEFI firmware there; QEMU's own kernel loader gives a device tree.
+            features = uefiFiles == nil ? "" : "<acpi/>"
+            // Under TCG a Cortex-A57 boots Debian's kernel in half the time of `max`, whose many features
+            // are all emulated (../shared/NOTES.md).
+            if accelerator != .kvm { cpu = "<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>cortex-a57</model></cpu>" }
+        }
         var boot = "<boot dev='hd'/>"
         if let direct = directBoot {
             boot = "<kernel>\(XMLText.escape(direct.kernel))</kernel>"
@@ -179,11 +205,11 @@ public struct MachineSpec: Sendable {
               <memory unit='MiB'>\(memoryMiB)</memory>
               <vcpu>\(cpus)</vcpu>
               <os>
-                <type arch='x86_64' machine='\(uefiFiles == nil ? "pc" : "q35")'>hvm</type>
+                <type arch='\(architecture.qemuName)' machine='\(machineType)'>hvm</type>
                 \(firmwareXML)
                 \(boot)
               </os>
-              <features><acpi/><apic/>\(uefiFiles?.secure == true ? "<smm state='on'/>" : "")</features>
+              <features>\(features)</features>
               \(cpu)
               <clock offset='utc'/>
               <on_poweroff>destroy</on_poweroff>
@@ -216,14 +242,15 @@ public struct DirectKernelBoot: Sendable, Equatable {
         self.commandLine = commandLine
     }
 
-    /// `root=<root> ro`, then `extra`, then the consoles: the last `console=` gets /dev/console and a getty.
+    /// `root=<root> ro`, then `extra`, then the consoles (`tty0`, then the architecture's serial port): the
+    /// last `console=` gets /dev/console and a getty.
     ///
     /// systemd is told not to mount /boot: it holds the disk's own kernel, which a direct boot does not use,
     /// and an outside kernel seldom finds its vfat module in the root file system's /lib/modules, so the
     /// mount would fail with a [FAILED] line that says nothing about the kernel under test.
-    public static func commandLine(root: String, extra: String?) -> String {
+    public static func commandLine(root: String, extra: String?, architecture: Architecture = .amd64) -> String {
         var words = ["root=\(root)", "ro", "systemd.mask=boot.mount"]
         if let extra, !extra.trimmingCharacters(in: .whitespaces).isEmpty { words.append(extra) }
-        return (words + ["console=tty0", "console=ttyS0,115200"]).joined(separator: " ")
+        return (words + ["console=tty0", "console=\(architecture.serialConsole),115200"]).joined(separator: " ")
     }
 }

@@ -7,7 +7,7 @@ public enum VerifyError: Error, CustomStringConvertible, Sendable, CategorizedEr
     case badOption(String)
     /// The hypervisor failed us; `underlying` is its own error when there is one.
     case hypervisor(String, underlying: (any Error & Sendable)? = nil)
-    /// `--kernel` (or a kernel in a bisection) is not a bzImage that can be booted.
+    /// `--kernel` (or a kernel in a bisection) is neither an x86 bzImage nor an arm64 Image.
     case notAKernel(path: String, reason: String)
 
     public var description: String {
@@ -21,7 +21,7 @@ public enum VerifyError: Error, CustomStringConvertible, Sendable, CategorizedEr
         case .hypervisor(let text, _):
             return text
         case .notAKernel(let path, let reason):
-            return "\(path): \(reason): pass an x86 bzImage (arch/x86/boot/bzImage, /boot/vmlinuz-*)"
+            return "\(path): \(reason): pass an x86 bzImage (arch/x86/boot/bzImage) or an arm64 Image (arch/arm64/boot/Image[.gz]), or a /boot/vmlinuz-*"
         }
     }
 

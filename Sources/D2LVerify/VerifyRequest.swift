@@ -90,7 +90,7 @@ public struct VerifyRequest: Sendable {
     /// - Throws: `VerifyError.badOption` for a bad --timeout, --expect, --deadline or option mix.
     public func plan(
         initSystem: InitSystem, osName: String? = nil, firmware: Firmware? = nil, loader: EFILoader? = nil,
-        directKernel: KernelImage? = nil
+        directKernel: KernelImage? = nil, emulated: Bool = false
     ) throws(VerifyError) -> StagePlan {
         guard timeout > 0 else { throw .badOption("--timeout must be positive") }
         guard kernel != nil || (initrd == nil && append == nil) else {
@@ -104,6 +104,9 @@ public struct VerifyRequest: Sendable {
             timeout: .seconds(timeout), silence: silence > 0 ? .milliseconds(Int64(silence * 1000)) : nil,
             settle: .milliseconds(Int64(settle * 1000)))
         if let directKernel { plan.bootDirectly(directKernel) }
+        // Another architecture's guest is emulated instruction by instruction: the default deadlines
+        // double (the firmware and kernel take about twice as long as an x86 guest's under TCG).
+        if emulated { plan.allowForEmulation() }
         for expectation in expectations {
             let (name, value) = try Self.split(expectation, option: "--expect")
             plan.expect(name, try ConsolePattern(value))
@@ -198,17 +201,28 @@ public enum DiskVerifier {
             let root = disk.rootArgument(device: bus.devicePrefix, initrd: initrdPath != nil)
             directBoot = DirectKernelBoot(
                 kernel: bzImage.path, initrd: initrdPath,
-                commandLine: DirectKernelBoot.commandLine(root: root, extra: request.append))
+                commandLine: DirectKernelBoot.commandLine(root: root, extra: request.append, architecture: bzImage.architecture))
             notes(.note("kernel \(bzImage.versionString)"))
             notes(.note("initrd \(initrdPath ?? "none")"))
             notes(.note("command line \(directBoot?.commandLine ?? "")"))
         }
         // The firmware to prove: as asked, else what the disk claims (a direct kernel boot needs none).
         let setup = directBoot == nil ? await disk.bootSetup() : nil
+        let architecture = try Self.architecture(disk: disk, setup: setup, kernel: bzImage)
         var firmware = request.firmware ?? setup?.claimedFirmware ?? []
+        if !architecture.bootsUnderBIOS, directBoot == nil {
+            if let refused = firmware.first(where: { $0 != .uefi }), request.firmware != nil {
+                throw VerifyError.badOption("--firmware \(refused): \(architecture) disks boot under UEFI only (AAVMF)")
+            }
+            firmware = [.uefi]
+        }
         if firmware.isEmpty || directBoot != nil { firmware = [.bios] }
+        let emulated = architecture != .host
+        if emulated, request.machine.accelerator == .kvm {
+            throw VerifyError.badOption("--accel kvm: an \(architecture) guest on this \(Architecture.host) host can only be emulated (tcg)")
+        }
         if request.firmware == nil, directBoot == nil {
-            notes(.note("firmware: \(firmware.map(\.rawValue).joined(separator: " and ")), as the disk's boot partition claims"
+            notes(.note("firmware: \(firmware.map(\.rawValue).joined(separator: " and ")), as the disk's boot partition claims "
                 + (setup.map { "(syslinux: \($0.syslinux ? "yes" : "no"), EFI loader: \($0.efiLoader?.rawValue ?? "none"))" } ?? "")))
         }
 
@@ -216,12 +230,14 @@ public enum DiskVerifier {
         var spec = MachineSpec(
             diskPath: path, diskFormat: disk.format, accelerator: .tcg, memoryMiB: request.machine.memoryMiB,
             cpus: request.machine.cpus, diskBus: bus, directBoot: directBoot, firmware: firmware[0],
-            network: request.machine.network)
+            network: request.machine.network, architecture: architecture)
+        if let missing = spec.uefiFiles?.missing { throw VerifyError.badOption(missing) }
         let (accelerator, warning) = await AcceleratorProbe.shared.resolve(
             request.machine.accelerator, hypervisor: hypervisor, probe: spec)
         if let warning { notes(.note(warning)) }
         spec.accelerator = accelerator
-        var about = "\(path): \(disk.format), \(bus.rawValue), \(accelerator.rawValue)"
+        var about = "\(path): \(architecture), \(disk.format), \(bus.rawValue), \(accelerator.rawValue)"
+        if emulated { about += " (\(architecture) emulated on \(Architecture.host), deadlines doubled)" }
         about += ", \(request.machine.memoryMiB) MiB, \(request.machine.cpus) CPUs"
         about += request.machine.network == .none ? ", no NIC" : ", a NIC on the user-mode network"
         if let guest = disk.guest {
@@ -236,7 +252,8 @@ public enum DiskVerifier {
             let earlier = reports
             let isLast = index == firmware.count - 1
             let plan = try request.plan(
-                initSystem: initSystem, osName: osName, firmware: one, loader: setup?.efiLoader, directKernel: bzImage)
+                initSystem: initSystem, osName: osName, firmware: one, loader: setup?.efiLoader, directKernel: bzImage,
+                emulated: emulated)
             spec.firmware = one
             spec.name = MachineSpec.uniqueName()
             if firmware.count > 1 { notes(.note("booting under \(one)")) }
@@ -251,6 +268,21 @@ public enum DiskVerifier {
             reports.append(report)
         }
         return VerifyResult(boots: reports)
+    }
+
+    /// The architecture to boot the disk as: the `--kernel`'s, else what the disk says (its init's ELF
+    /// header, its EFI loader's removable-media name, its GPT root partition type), else amd64.
+    ///
+    /// - Throws: `VerifyError.badOption` when the kernel's architecture is not the userland's.
+    public static func architecture(disk: DiskImage, setup: BootSetup?, kernel: KernelImage?) throws(VerifyError) -> Architecture {
+        let rootType = disk.table?.partition(.root)?.type
+        let fromDisk = disk.guest?.architecture ?? setup?.efiArchitecture
+            ?? Architecture.allCases.first { rootType == .linuxRoot($0) }
+        if let kernel, let fromDisk, kernel.architecture != fromDisk {
+            throw .badOption(
+                "--kernel \(kernel.path) is an \(kernel.architecture) kernel and the disk's userland is \(fromDisk): give a kernel of the disk's architecture")
+        }
+        return kernel?.architecture ?? fromDisk ?? .amd64
     }
 
     /// Judges a recorded transcript with the same stages, deadlines (on the transcript's own time),

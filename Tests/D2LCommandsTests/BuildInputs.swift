@@ -171,9 +171,11 @@ enum BuildInputs {
 
     /// A docker-archive (docker save): manifest.json, the config and the layers as members of a tar.
     /// `manifest` replaces the manifest's text when given.
-    static func dockerArchive(layers: [[UInt8]], manifest: [UInt8]? = nil, dropMembers: Set<String> = []) throws -> [UInt8] {
+    static func dockerArchive(
+        layers: [[UInt8]], manifest: [UInt8]? = nil, dropMembers: Set<String> = [], architecture: String = "amd64"
+    ) throws -> [UInt8] {
         let layerNames = layers.map { sha256($0) + "/layer.tar" }
-        let configBytes = try config(diffIDs: layers.map(sha256))
+        let configBytes = try config(architecture: architecture, diffIDs: layers.map(sha256))
         let configName = sha256(configBytes) + ".json"
         let manifestBytes = try manifest ?? json([["Config": configName, "RepoTags": ["test:latest"], "Layers": layerNames]])
         var members: [Entry] = [.file("manifest.json", manifestBytes), .file(configName, configBytes)]

@@ -12,22 +12,31 @@ import Testing
 struct BootLayoutTests {
     /// A root file system folder with what the builder checks for; `systemdBoot` puts the image's own
     /// loader in /usr/lib/systemd/boot/efi.
-    static func makeRoot(_ directory: String, systemdBoot: Bool = true, shim: Bool = false) throws {
+    /// `architecture` sets the init's ELF machine, the kernel's header and the systemd-boot binary's name.
+    static func makeRoot(
+        _ directory: String, systemdBoot: Bool = true, shim: Bool = false, architecture: Architecture = .amd64,
+        kernelArchitecture: Architecture? = nil
+    ) throws {
         let files = FileManager.default
         for folder in ["boot", "sbin", "etc", "usr/lib/systemd/boot/efi", "usr/lib/shim", "usr/lib/grub/x86_64-efi-signed"] {
             try files.createDirectory(atPath: directory + "/" + folder, withIntermediateDirectories: true)
         }
         var elf = [UInt8](repeating: 0, count: 64)
         elf.replaceSubrange(0..<4, with: [0x7F, 0x45, 0x4C, 0x46])
-        elf[18] = 62
+        elf[18] = UInt8(architecture.elfMachine)
         try Data(elf).write(to: URL(fileURLWithPath: directory + "/sbin/init"))
         chmod(directory + "/sbin/init", 0o755)
-        try Data(repeating: 0x4B, count: 300_000).write(to: URL(fileURLWithPath: directory + "/boot/vmlinuz-1.0-test"))
+        var kernel = [UInt8](repeating: 0x4B, count: 300_000)
+        switch kernelArchitecture ?? architecture {
+        case .amd64: kernel.replaceSubrange(0x202..<0x206, with: Array("HdrS".utf8))
+        case .arm64: kernel.replaceSubrange(56..<60, with: Array("ARM\u{64}".utf8))
+        }
+        try Data(kernel).write(to: URL(fileURLWithPath: directory + "/boot/vmlinuz-1.0-test"))
         try Data(repeating: 0x49, count: 200_000).write(to: URL(fileURLWithPath: directory + "/boot/initrd.img-1.0-test"))
         try Data("PRETTY_NAME=\"Test Linux\"\n".utf8).write(to: URL(fileURLWithPath: directory + "/etc/os-release"))
         if systemdBoot {
             try Data("MZ...#### LoaderInfo: systemd-boot 252 ####...".utf8)
-                .write(to: URL(fileURLWithPath: directory + "/" + BootLoaders.systemdBoot))
+                .write(to: URL(fileURLWithPath: directory + "/" + BootLoaders.systemdBoot(architecture)))
         }
         if shim {
             try Data("MZ UEFI SHIM".utf8).write(to: URL(fileURLWithPath: directory + "/" + BootLoaders.shim))
@@ -157,6 +166,55 @@ struct BootLayoutTests {
         } catch let error as DiskError {
             #expect("\(error)".contains("signed kernel") && !"\(error)".contains("shim-signed"))
         }
+    }
+
+    @Test("an arm64 userland: UEFI only (hybrid means what the architecture has), BOOTAA64.EFI, ttyAMA0, arm64 root type")
+    func arm64Disk() async throws {
+        let dir = try Self.scratch()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try Self.makeRoot(dir + "/root", architecture: .arm64)
+        let summary = try await Self.build(dir + "/root", to: dir + "/disk.img")
+        #expect(summary.bootMode == "uefi")
+        #expect(summary.efiLoader?.contains("the image's /usr/lib/systemd/boot/efi/systemd-bootaa64.efi") == true)
+        let table = try await Self.sfdisk(dir + "/disk.img")
+        #expect(table.partitions.map(\.type) == ["C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "B921B045-1DF0-41C3-AF44-4C6F280D3FAE"])
+        #expect(table.partitions[0].attrs != "LegacyBIOSBootable")
+        let files = try await Self.espFiles(dir + "/disk.img", offset: table.partitions[0].start * 512)
+        #expect(files.contains("::/EFI/BOOT/BOOTAA64.EFI") && !files.contains("::/EFI/BOOT/BOOTX64.EFI"))
+        #expect(!files.contains("::/syslinux/ldlinux.sys"))
+        let entry = try await ProcessRunner.run(
+            ["mtype", "-i", "\(dir)/disk.img@@\(table.partitions[0].start * 512)", "::/loader/entries/d2l.conf"],
+            environment: ["MTOOLS_SKIP_CHECK": "1"])
+        #expect(entry.contains("console=tty0 console=ttyAMA0,115200") && !entry.contains("ttyS0"))
+        // What the verifier reads back: an arm64 userland with an arm64 loader, claiming UEFI.
+        let disk = try DiskImage.open(dir + "/disk.img")
+        let setup = try #require(await disk.bootSetup())
+        #expect(disk.guest?.architecture == .arm64 && setup.efiArchitecture == .arm64 && setup.claimedFirmware == [.uefi])
+    }
+
+    @Test("arm64 refusals before writing: BIOS, Secure Boot, no loader of its own, an x86 kernel in an arm64 userland")
+    func arm64Refusals() async throws {
+        let dir = try Self.scratch()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        func refusal(_ mode: BootMode = .hybrid, secureBoot: Bool = false) async -> String {
+            do {
+                _ = try await Self.build(dir + "/root", to: dir + "/disk.img", mode: mode, secureBoot: secureBoot)
+                return ""
+            } catch {
+                return "\(error)"
+            }
+        }
+        try Self.makeRoot(dir + "/root", architecture: .arm64)
+        #expect(await refusal(.bios).contains("UEFI only"))
+        #expect(await refusal(secureBoot: true).contains("--secure-boot is for amd64"))
+        try FileManager.default.removeItem(atPath: dir + "/root/" + BootLoaders.systemdBoot(.arm64))
+        #expect(await refusal().contains("install systemd-boot-efi in the image"))
+        try FileManager.default.removeItem(atPath: dir + "/root")
+        try Self.makeRoot(dir + "/root", architecture: .arm64, kernelArchitecture: .amd64)
+        let mixed = await refusal()
+        #expect(mixed.contains("is an amd64 kernel and the userland is arm64") && mixed.contains("linux-image-arm64"))
+        let left = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0 != "root" }
+        #expect(left.isEmpty, "\(left)")
     }
 
     @Test("same input and epoch: byte-identical disks, GPT GUIDs included")
