@@ -133,6 +133,8 @@ struct BisectCommand: PolicedCommand {
 
     func run() async throws {
         Cleanup.shared.installSignalHandlers()
+        // After a SIGKILL, the reaper kills the embedded driver's QEMU and removes the boot's scratch files.
+        Cleanup.shared.startReaper()
         let progress = ProgressReporter()
         let request = request()
         let statePath = URL(fileURLWithPath: request.state).standardizedFileURL.path

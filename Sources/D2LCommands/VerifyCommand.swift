@@ -174,6 +174,8 @@ struct VerifyCommand: PolicedCommand {
 
     func run() async throws {
         Cleanup.shared.installSignalHandlers()
+        // After a SIGKILL, the reaper kills the embedded driver's QEMU and removes the boot's scratch files.
+        Cleanup.shared.startReaper()
         let progress = ProgressReporter()
         let transcriptPath = transcript
         // The report goes out with the last verdict, before that machine is torn down; once.

@@ -6,12 +6,15 @@ import Synchronization
 /// A build writes to temporary files beside its output; on SIGINT, SIGTERM or SIGHUP they are
 /// removed before the process exits (with 128 + the signal), so nothing partial is left. SIGKILL
 /// cannot be caught: for it, `startReaper` leaves the paths to a small process that removes them
-/// when this one is gone.
+/// when this one is gone, after killing the processes registered with `addProcess` (a QEMU that
+/// libvirt's embedded driver started, which would otherwise outlive d2l).
 public final class Cleanup: Sendable {
     public static let shared = Cleanup()
 
     private struct State {
         var paths: [String] = []
+        /// `PID:STARTTIME` of the processes the reaper kills.
+        var processes: [String] = []
         var actions: [Int: @Sendable () -> Void] = [:]
         var nextAction = 0
         var sources: [any DispatchSourceSignal] = []
@@ -41,6 +44,37 @@ public final class Cleanup: Sendable {
             $0.paths.removeAll { $0 == path }
             Self.tell($0.reaper, "-", path)
         }
+    }
+
+    /// Registers a process for the reaper to kill (SIGKILL) if this one ends without `removeProcess`:
+    /// by its pid, and only while that pid is still the same process (its start time in
+    /// /proc/PID/stat, proc(5) field 22, is compared first, so a reused pid is left alone).
+    public func addProcess(_ pid: pid_t) {
+        guard let entry = Self.processEntry(pid) else { return }
+        state.withLock {
+            $0.processes.append(entry)
+            Self.tell($0.reaper, "!", entry)
+        }
+    }
+
+    /// Forgets a process: it was stopped, or is left to its own end.
+    public func removeProcess(_ pid: pid_t) {
+        state.withLock { state in
+            let prefix = "\(pid):"
+            for entry in state.processes where entry.hasPrefix(prefix) { Self.tell(state.reaper, "~", entry) }
+            state.processes.removeAll { $0.hasPrefix(prefix) }
+        }
+    }
+
+    /// `PID:STARTTIME` from /proc/PID/stat (the fields after the command's closing parenthesis).
+    static func processEntry(_ pid: pid_t) -> String? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.range(of: ") ", options: .backwards)
+        else { return nil }
+        let fields = stat[close.upperBound...].split(separator: " ")
+        // Field 22 (starttime) is the 20th after the command (fields 1 and 2).
+        guard fields.count >= 20 else { return nil }
+        return "\(pid):\(fields[19])"
     }
 
     /// Makes something that must be undone on an early exit (a libvirt domain) and registers its
@@ -126,17 +160,29 @@ public final class Cleanup: Sendable {
             }
             state.reaper = ends[0]
             for path in state.paths { Self.tell(ends[0], "+", path) }
+            for entry in state.processes { Self.tell(ends[0], "!", entry) }
         }
     }
 
-    /// The reaper: the list lives in the positional parameters (`set -f`: no globbing of names).
+    /// The reaper: the paths live in the positional parameters (`set -f`: no globbing of names), the
+    /// processes (`PID:STARTTIME`) in `procs`. At the end it kills each process still the same one
+    /// (its start time unchanged), then removes the paths.
     private static let reaperScript = """
         set -f
+        procs=""
         while IFS= read -r line; do
           case $line in
             +*) set -- "$@" "${line#+}" ;;
             -*) p=${line#-}; n=$#; for a do [ "$a" = "$p" ] || set -- "$@" "$a"; done; shift "$n" ;;
+            !*) procs="$procs ${line#!}" ;;
+            ~*) p=${line#~}; kept=""; for q in $procs; do [ "$q" = "$p" ] || kept="$kept $q"; done; procs=$kept ;;
           esac
+        done
+        for q in $procs; do
+          pid=${q%%:*}
+          IFS= read -r stat < "/proc/$pid/stat" 2>/dev/null || continue
+          now=$(printf '%s\n' "${stat##*) }" | cut -d' ' -f20)
+          [ "$now" = "${q#*:}" ] && kill -9 "$pid" 2>/dev/null
         done
         [ "$#" -eq 0 ] || exec rm -rf -- "$@"
         """

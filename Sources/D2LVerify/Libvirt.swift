@@ -58,12 +58,16 @@ enum LibvirtEventLoop {
 public final class LibvirtConnection: @unchecked Sendable {
     private let pointer: virConnectPtr
     public let uri: String
+    /// The URI really opened: `uri`, or for an embedded driver whose root another process held, the
+    /// private root beside it.
+    let openedURI: String
 
     private static let connections = Mutex<[String: LibvirtConnection]>([:])
 
-    private init(pointer: virConnectPtr, uri: String) {
+    private init(pointer: virConnectPtr, uri: String, openedURI: String) {
         self.pointer = pointer
         self.uri = uri
+        self.openedURI = openedURI
     }
     deinit { virConnectClose(pointer) }
 
@@ -85,7 +89,8 @@ public final class LibvirtConnection: @unchecked Sendable {
                 atexit(removePrivateEmbeddedRoot)
                 target = "qemu:///embed?root=" + privateRoot
             }
-            let connection = try connect(target)
+            let connection = try connect(target, asked: uri)
+            connection.undefineStaleDomains()
             connections[uri] = connection
             return connection
         }
@@ -103,7 +108,7 @@ public final class LibvirtConnection: @unchecked Sendable {
         return fcntl(fd, F_GETLK, &lock) == 0 && lock.l_type != Int16(F_UNLCK)
     }
 
-    private static func connect(_ uri: String) throws -> LibvirtConnection {
+    private static func connect(_ uri: String, asked: String) throws -> LibvirtConnection {
         if let root = embeddedRoot(of: uri) { try prepareEmbeddedRoot(root) }
         try LibvirtEventLoop.start()
         guard let pointer = FirstCPU.pinning({ virConnectOpen(uri) }) else {
@@ -118,7 +123,44 @@ public final class LibvirtConnection: @unchecked Sendable {
             }
             throw error
         }
-        return LibvirtConnection(pointer: pointer, uri: uri)
+        return LibvirtConnection(pointer: pointer, uri: asked, openedURI: uri)
+    }
+
+    /// Defines a persistent (inactive) domain.
+    ///
+    /// - Throws: `LibvirtError` with libvirt's message.
+    func define(xml: String) throws -> LibvirtDomain {
+        guard let defined = virDomainDefineXML(pointer, xml) else { throw LibvirtError.last("defining the domain") }
+        return LibvirtDomain(pointer: defined, connection: self)
+    }
+
+    /// The pid of a running domain's QEMU under the embedded driver (its `run/qemu/NAME.pid`); nil
+    /// under a daemon, whose QEMU is the daemon's to stop.
+    public func qemuPID(domainName: String) -> pid_t? {
+        guard let root = Self.embeddedRoot(of: openedURI),
+            let text = try? String(contentsOfFile: root + "/run/qemu/\(domainName).pid", encoding: .utf8)
+        else { return nil }
+        return pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    /// Undefines what a d2l killed (SIGKILL) between defining its domain and making it transient left
+    /// in a shared embedded root: inactive persistent domains named `d2l-verify[-KIND]-PID-...` whose
+    /// d2l process is gone. Domains of live processes, and every other domain, are left alone.
+    func undefineStaleDomains() {
+        guard Self.embeddedRoot(of: openedURI) != nil else { return }
+        var list: UnsafeMutablePointer<virDomainPtr?>?
+        let flags = UInt32(VIR_CONNECT_LIST_DOMAINS_INACTIVE.rawValue | VIR_CONNECT_LIST_DOMAINS_PERSISTENT.rawValue)
+        let count = virConnectListAllDomains(pointer, &list, flags)
+        guard count > 0 else { return }
+        defer { free(list) }
+        for index in 0..<Int(count) {
+            guard let domain = list?[index] else { continue }
+            defer { virDomainFree(domain) }
+            guard let name = virDomainGetName(domain).map({ String(cString: $0) }),
+                let owner = MachineSpec.ownerPID(ofDomainNamed: name), kill(owner, 0) != 0, errno == ESRCH
+            else { continue }
+            _ = virDomainUndefineFlags(domain, UInt32(VIR_DOMAIN_UNDEFINE_NVRAM.rawValue))
+        }
     }
 
     /// Gives the embedded driver a configuration that works without libvirt's users and daemons.
@@ -181,15 +223,17 @@ public final class LibvirtConnection: @unchecked Sendable {
     ///
     /// - Throws: `LibvirtError` with libvirt's message.
     public func createPausedDomain(xml: String, descriptors: [String: Int32] = [:]) throws -> LibvirtDomain {
-        let flags = UInt32(VIR_DOMAIN_START_PAUSED.rawValue)
+        // A daemon destroys an autodestroy domain when this connection closes, however d2l ends (a
+        // SIGKILL, a dropped network); the embedded driver's QEMU is left to Cleanup's reaper instead.
+        let flags = UInt32(VIR_DOMAIN_START_PAUSED.rawValue) | (isEmbedded ? 0 : UInt32(VIR_DOMAIN_START_AUTODESTROY.rawValue))
         guard !descriptors.isEmpty else {
             guard let domain = virDomainCreateXML(pointer, xml, flags) else {
                 throw LibvirtError.last("creating the domain")
             }
             return LibvirtDomain(pointer: domain, connection: self)
         }
-        guard let defined = virDomainDefineXML(pointer, xml) else { throw LibvirtError.last("defining the domain") }
-        let domain = LibvirtDomain(pointer: defined, connection: self)
+        let domain = try define(xml: xml)
+        let defined = domain.pointer
         let undefine = UInt32(VIR_DOMAIN_UNDEFINE_KEEP_NVRAM.rawValue)
         do {
             for (group, fd) in descriptors.sorted(by: { $0.key < $1.key }) {
@@ -244,7 +288,7 @@ public final class LibvirtConnection: @unchecked Sendable {
 
 /// A libvirt domain handle (`@unchecked Sendable` as the connection: an immutable thread-safe handle).
 public final class LibvirtDomain: @unchecked Sendable {
-    private let pointer: virDomainPtr
+    fileprivate let pointer: virDomainPtr
     private let connection: LibvirtConnection
     private let destroyed = Mutex(false)
 
@@ -272,6 +316,10 @@ public final class LibvirtDomain: @unchecked Sendable {
 
     /// - Throws: `LibvirtError` with libvirt's message.
     public func resume() throws { try LibvirtError.check(virDomainResume(pointer), "resuming the domain") }
+
+    /// Removes an inactive persistent domain's definition (and its NVRAM); false when libvirt refused.
+    @discardableResult
+    func undefine() -> Bool { virDomainUndefineFlags(pointer, UInt32(VIR_DOMAIN_UNDEFINE_NVRAM.rawValue)) == 0 }
 
     /// True while the domain exists and has not shut off.
     public var isActive: Bool { virDomainIsActive(pointer) == 1 }

@@ -57,7 +57,7 @@ public struct LibvirtHypervisor: Hypervisor {
             scratch?.remove()
             throw error
         }
-        let leftovers = Leftovers(nvram: scratch == nil ? machine.nvramPath : nil, scratch: scratch)
+        var leftovers = Leftovers(nvram: scratch == nil ? machine.nvramPath : nil, scratch: scratch)
         if let nvram = leftovers.nvram { Cleanup.shared.add(nvram) }
         let domain: LibvirtDomain
         let token: Int
@@ -71,6 +71,9 @@ public struct LibvirtHypervisor: Hypervisor {
             leftovers.remove()
             throw error
         }
+        // Should d2l be killed outright, the reaper kills this QEMU (the embedded driver's QEMU outlives it).
+        leftovers.qemu = connection.qemuPID(domainName: machine.name)
+        if let pid = leftovers.qemu { Cleanup.shared.addProcess(pid) }
         do {
             let stream = try domain.openConsole()
             try domain.resume()
@@ -119,8 +122,11 @@ public struct LibvirtHypervisor: Hypervisor {
 struct Leftovers: Sendable {
     var nvram: String?
     var scratch: DomainScratch?
+    /// The embedded driver's QEMU, registered with Cleanup's reaper while the domain runs.
+    var qemu: pid_t?
 
     func remove() {
+        if let qemu { Cleanup.shared.removeProcess(qemu) }
         if let nvram {
             try? FileManager.default.removeItem(atPath: nvram)
             Cleanup.shared.remove(nvram)

@@ -87,6 +87,14 @@ public struct MachineSpec: Sendable {
             + "\n    <nvram template='\(XMLText.escape(files.varsTemplate))'>\(XMLText.escape(nvram))</nvram>"
     }
 
+    /// The pid of the d2l process that named a domain `d2l-verify[-KIND]-PID-RANDOM`; nil for other names.
+    public static func ownerPID(ofDomainNamed name: String) -> pid_t? {
+        guard name.hasPrefix("d2l-verify-") else { return nil }
+        let words = name.split(separator: "-")
+        guard words.count >= 4, let pid = pid_t(words[words.count - 2]), pid > 0 else { return nil }
+        return pid
+    }
+
     /// A name no other run uses at the same time: pid, time and randomness.
     public static func uniqueName(prefix: String = "d2l-verify") -> String {
         let random = String(UInt32.random(in: 0...UInt32.max), radix: 16)

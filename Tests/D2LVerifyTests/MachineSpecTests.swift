@@ -43,3 +43,14 @@ import Testing
         #expect(xml.contains("<boot dev='hd'/>"))
     }
 }
+
+@Suite struct DomainNameTests {
+    @Test("the d2l process that named a domain is read back from its name; other names have none")
+    func ownerPID() {
+        #expect(MachineSpec.ownerPID(ofDomainNamed: MachineSpec.uniqueName()) == getpid())
+        #expect(MachineSpec.ownerPID(ofDomainNamed: MachineSpec.uniqueName(prefix: "d2l-verify-bisect")) == getpid())
+        #expect(MachineSpec.ownerPID(ofDomainNamed: "d2l-verify-probe-42-ab") == 42)
+        #expect(MachineSpec.ownerPID(ofDomainNamed: "debian-12") == nil)
+        #expect(MachineSpec.ownerPID(ofDomainNamed: "d2l-verify-x-y") == nil)
+    }
+}

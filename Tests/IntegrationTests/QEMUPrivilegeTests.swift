@@ -1,5 +1,5 @@
 import D2LSupport
-import D2LVerify
+@testable import D2LVerify
 import Foundation
 import Testing
 
@@ -74,5 +74,79 @@ import Testing
             if !gone { try await Task.sleep(for: .milliseconds(100)) }
         }
         #expect(gone, "QEMU \(process.pid) still runs after destroy")
+    }
+
+    @Test("d2l verify killed outright (SIGKILL) mid-boot: its QEMU is killed and its scratch directory removed", .timeLimit(.minutes(5)))
+    func sigkillLeavesNoQEMU() async throws {
+        let disk = try await Fixtures.debianDisk()
+        let output = FileManager.default.temporaryDirectory.appendingPathComponent("d2l-sigkill-\(getpid()).log").path
+        defer { try? FileManager.default.removeItem(atPath: output) }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try Fixtures.d2lBinary())
+        process.arguments = ["verify", disk, "--firmware", "bios", "--timeout", "600"]
+        FileManager.default.createFile(atPath: output, contents: nil)
+        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        let pid = process.processIdentifier
+        // Kill it once QEMU runs, as an OOM killer or a CI job's timeout would.
+        var qemu: (pid: Int32, arguments: [String])?
+        for _ in 0..<600 where qemu == nil {
+            try await Task.sleep(for: .milliseconds(100))
+            if (try? String(contentsOfFile: output, encoding: .utf8))?.contains("powered on") == true {
+                qemu = ProcessList.qemu(ownedBy: pid)
+            }
+        }
+        let found = try #require(qemu, "no QEMU for d2l \(pid): \((try? String(contentsOfFile: output, encoding: .utf8)) ?? "")")
+        let name = try #require(found.arguments.first { $0.hasPrefix("guest=") }.map { String($0.dropFirst(6).prefix { $0 != "," }) })
+        #expect(FileManager.default.fileExists(atPath: "/var/tmp/\(name)"))
+        kill(pid, SIGKILL)
+        process.waitUntilExit()
+        var gone = false
+        for _ in 0..<100 where !gone {
+            gone = kill(found.pid, 0) != 0 && !FileManager.default.fileExists(atPath: "/var/tmp/\(name)")
+            if !gone { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(kill(found.pid, 0) != 0, "QEMU \(found.pid) outlived the d2l that started it")
+        #expect(!FileManager.default.fileExists(atPath: "/var/tmp/\(name)"), "the boot's scratch directory is left")
+    }
+}
+
+/// Processes found through /proc.
+enum ProcessList {
+    /// The QEMU of a domain d2l process `owner` named (`guest=d2l-verify-OWNER-...`).
+    static func qemu(ownedBy owner: Int32) -> (pid: Int32, arguments: [String])? {
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = Int32(entry), let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else { continue }
+            let arguments = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            if arguments.contains(where: { $0.hasPrefix("guest=d2l-verify-\(owner)-") }) { return (pid, arguments) }
+        }
+        return nil
+    }
+}
+
+/// What a d2l killed between defining its domain and making it transient leaves in a shared embedded root.
+@Suite struct StaleDomainTests {
+    @Test("an embedded root's sweep (run when it is opened) undefines the inactive d2l domains of dead processes, and only those")
+    func staleDefinitionsAreSwept() async throws {
+        // The default root, as every boot here uses it (one embedded driver per process).
+        let connection = try LibvirtConnection.shared(uri: LibvirtHypervisor.defaultURI())
+        // A pid that was a process and is gone: a child that has exited and been reaped.
+        let child = Process()
+        child.executableURL = URL(fileURLWithPath: "/bin/true")
+        try child.run()
+        child.waitUntilExit()
+        let dead = child.processIdentifier
+        let names = ["d2l-verify-\(dead)-0badcafe", "d2l-verify-bisect-\(dead)-0badcafe", "d2l-verify-\(getpid())-0c0ffee0", "other-\(dead)-vm"]
+        for name in names {
+            _ = try connection.define(xml: MachineSpec(name: name, diskPath: "/dev/null", memoryMiB: 64, cpus: 1).domainXML)
+        }
+        connection.undefineStaleDomains()
+        #expect(connection.domain(named: names[0]) == nil && connection.domain(named: names[1]) == nil)
+        // A live d2l's domain and a domain d2l did not name stay.
+        for name in names[2...] {
+            let domain = try #require(connection.domain(named: name), "\(name) was undefined")
+            #expect(domain.undefine())
+        }
     }
 }
