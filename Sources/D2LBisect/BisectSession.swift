@@ -147,6 +147,8 @@ public enum BisectSession {
     ) async throws -> BisectResult {
         let path = URL(fileURLWithPath: request.image).standardizedFileURL.path
         let disk = try DiskImage.open(path)
+        try await DiskVerifier.refuseOverlay(disk)
+        defer { RemoteUploads.shared.removeAll() }
         let (list, goodIndex, badIndex) = try request.kernelList()
         let bus = request.machine.diskBus
         let statePath = request.statePath

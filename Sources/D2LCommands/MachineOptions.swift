@@ -22,6 +22,11 @@ struct MachineOptions: ParsableArguments {
     @Option(help: "The guest's network: none (no NIC) or user (one virtio NIC on QEMU's user-mode network, DHCP 10.0.2.0/24) (default: none).")
     var network: GuestNetwork?
 
+    @Option(help: ArgumentHelp(
+        "With --connect to a daemon on another host: the storage pool the disk is uploaded to (default: default).",
+        valueName: "pool"))
+    var storagePool: String?
+
     /// Lays the options given on `machine`.
     func apply(to machine: inout MachineRequest) {
         if let connect { machine.connect = connect }
@@ -30,5 +35,6 @@ struct MachineOptions: ParsableArguments {
         if let cpus { machine.cpus = cpus }
         if let diskBus { machine.diskBus = diskBus }
         if let network { machine.network = network }
+        if let storagePool { machine.storagePool = storagePool }
     }
 }

@@ -119,6 +119,18 @@ public struct BootSetup: Sendable, Equatable, Codable {
 }
 
 extension DiskImage {
+    /// The backing file an overlay image names (a qcow2's, a differencing VHD's or VMDK's), from
+    /// `qemu-img info`; nil for raw disks, self-contained images, or when qemu-img cannot say.
+    /// d2l boots an image by itself, its chain cut after it, so an overlay must be flattened first.
+    public func backingFile() async -> String? {
+        guard format != .raw else { return nil }
+        let result = await ProcessRunner.capture(["qemu-img", "info", "--output=json", "-f", format.rawValue, path])
+        guard result.status == 0,
+            let object = try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
+        else { return nil }
+        return (object["full-backing-filename"] ?? object["backing-filename"]) as? String
+    }
+
     /// What the boot partition holds for each firmware: read from a raw disk in place, and from the
     /// first mebibytes of any other format converted to raw with `qemu-img dd`; nil when there is no
     /// boot partition to read.

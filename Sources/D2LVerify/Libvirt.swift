@@ -56,7 +56,7 @@ enum LibvirtEventLoop {
 /// `@unchecked Sendable`: it holds only an immutable libvirt handle, and libvirt's connections may be
 /// used from several threads at once (libvirt's "Thread safety" guide).
 public final class LibvirtConnection: @unchecked Sendable {
-    private let pointer: virConnectPtr
+    let pointer: virConnectPtr
     public let uri: String
     /// The URI really opened: `uri`, or for an embedded driver whose root another process held, the
     /// private root beside it.
@@ -212,6 +212,13 @@ public final class LibvirtConnection: @unchecked Sendable {
 
     /// True for `qemu:///embed` connections, whose QEMU configuration d2l writes.
     public var isEmbedded: Bool { Self.embeddedRoot(of: uri) != nil }
+
+    /// The host a URI names (`qemu+ssh://root@HOST/system`), nil for this machine's drivers
+    /// (`qemu:///system`, `qemu:///embed?...`): a daemon there cannot open this machine's files.
+    public static func remoteHost(of uri: String) -> String? {
+        guard let host = URLComponents(string: uri)?.host, !host.isEmpty else { return nil }
+        return host
+    }
 
     /// Creates and starts a transient domain, paused so that no console output is lost.
     ///

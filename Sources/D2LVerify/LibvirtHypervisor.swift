@@ -4,10 +4,16 @@ import Foundation
 /// The real thing: a transient libvirt domain.
 public struct LibvirtHypervisor: Hypervisor {
     public let connection: LibvirtConnection
+    /// The storage pool a daemon on another host gets the disk in (`RemoteUploads`).
+    public var storagePool: String
+    /// Hears what the hypervisor does besides booting: an upload, where it went.
+    public var note: @Sendable (String) -> Void
 
     /// - Throws: `LibvirtError` when the connection cannot be opened.
-    public init(uri: String) throws {
+    public init(uri: String, storagePool: String = "default", note: @escaping @Sendable (String) -> Void = { _ in }) throws {
         connection = try LibvirtConnection.shared(uri: uri)
+        self.storagePool = storagePool
+        self.note = note
     }
 
     /// `qemu:///embed?root=<cache>/libvirt`, or a short directory under /tmp when that path is too long
@@ -31,7 +37,9 @@ public struct LibvirtHypervisor: Hypervisor {
     ///
     /// Under the embedded driver QEMU gets the image as a read-only descriptor and writes only to its
     /// own `DomainScratch` (overlay, NVRAM, kernel copies), as the unprivileged user `QEMUIdentity` names;
-    /// under a libvirt daemon the disk is libvirt's transient disk and the NVRAM goes to d2l's cache.
+    /// under a libvirt daemon the disk is libvirt's transient disk and the NVRAM goes to d2l's cache;
+    /// under a daemon on another host, the disk is first placed in its storage pool (`RemoteUploads`)
+    /// and libvirt keeps the NVRAM there.
     ///
     /// - Throws: `LibvirtError` when the domain cannot be created, its console opened or it resumed;
     ///   `VerifyError.hypervisor` when OVMF is missing, the image cannot be opened or the scratch
@@ -47,6 +55,15 @@ public struct LibvirtHypervisor: Hypervisor {
                 let prepared = try await Self.prepare(&machine)
                 scratch = prepared.scratch
                 descriptors = prepared.descriptors
+            } else if LibvirtConnection.remoteHost(of: connection.uri) != nil {
+                guard machine.directBoot == nil else {
+                    throw VerifyError.badOption(
+                        "--kernel with a daemon on another host: the kernel and initrd would have to be on that host; "
+                            + "boot the disk's own kernel there, or the --kernel here")
+                }
+                let placed = try RemoteUploads.shared.place(
+                    machine.diskPath, format: machine.diskFormat, pool: storagePool, on: connection, note: note)
+                machine.diskPath = placed.path
             } else if machine.uefiFiles != nil {
                 // A throwaway NVRAM per boot: libvirt makes it from the template; it goes with the domain.
                 let directory = CacheDirectory.path + "/nvram"

@@ -82,9 +82,10 @@ public struct MachineSpec: Sendable {
     /// SeaBIOS mirrored to the serial port, or OVMF's code and this machine's NVRAM.
     private var firmwareXML: String {
         guard let files = uefiFiles else { return architecture == .amd64 ? "<bios useserial='yes'/>" : "" }
-        let nvram = nvramPath ?? "/dev/null"
+        // Without a path of d2l's, the daemon makes the NVRAM where it keeps its own (a remote host's).
+        let nvram = nvramPath.map { ">\(XMLText.escape($0))</nvram>" } ?? "/>"
         return "<loader readonly='yes' secure='\(files.secure ? "yes" : "no")' type='pflash'>\(XMLText.escape(files.code))</loader>"
-            + "\n    <nvram template='\(XMLText.escape(files.varsTemplate))'>\(XMLText.escape(nvram))</nvram>"
+            + "\n    <nvram template='\(XMLText.escape(files.varsTemplate))'\(nvram)"
     }
 
     /// The pid of the d2l process that named a domain `d2l-verify[-KIND]-PID-RANDOM`; nil for other names.
@@ -182,7 +183,8 @@ public struct MachineSpec: Sendable {
         }
     }
 
-    /// The libvirt domain XML: transient disk, no relabelling, serial console, a NIC only when asked,
+    /// The libvirt domain XML: transient disk, no relabelling under the embedded driver (a daemon's own
+    /// security driver labels what its QEMU opens), serial console, a NIC only when asked,
     /// no USB controller (libvirt adds one by default; the guest would probe it for nothing),
     /// a virtio RNG fed from the host's /dev/urandom (as clouds give one: a guest that makes SSH host
     /// keys at first boot does not wait for entropy under TCG); q35 and OVMF with its own NVRAM for
@@ -232,7 +234,7 @@ public struct MachineSpec: Sendable {
                 <controller type='usb' model='none'/>
                 <memballoon model='none'/>
               </devices>
-              <seclabel type='none'/>
+              \(diskAttachment == .transientOverlay ? "" : "<seclabel type='none'/>")
             </domain>
             """
     }

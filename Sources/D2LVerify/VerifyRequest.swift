@@ -14,6 +14,8 @@ public struct MachineRequest: Sendable, Equatable {
     public var diskBus: DiskBus = .virtio
     /// The guest's NIC: none, or one on QEMU's user-mode network.
     public var network: GuestNetwork = .none
+    /// The storage pool a daemon on another host gets the disk in.
+    public var storagePool = "default"
 
     public init() {}
 
@@ -187,6 +189,9 @@ public enum DiskVerifier {
             return VerifyResult(boots: [report])
         }
         guard let path, let disk else { throw VerifyError.badOption("give the disk image to boot") }
+        try await Self.refuseOverlay(disk)
+        // A disk uploaded to another host's storage pool goes once its boots are over (RemoteUploads' policy).
+        defer { RemoteUploads.shared.removeAll() }
         let bus = request.machine.diskBus
         var directBoot: DirectKernelBoot?
         if let bzImage {
@@ -226,7 +231,9 @@ public enum DiskVerifier {
                 + (setup.map { "(syslinux: \($0.syslinux ? "yes" : "no"), EFI loader: \($0.efiLoader?.rawValue ?? "none"))" } ?? "")))
         }
 
-        let hypervisor = try LibvirtHypervisor(uri: request.machine.connect ?? LibvirtHypervisor.defaultURI())
+        let hypervisor = try LibvirtHypervisor(
+            uri: request.machine.connect ?? LibvirtHypervisor.defaultURI(), storagePool: request.machine.storagePool,
+            note: { notes(.note($0)) })
         var spec = MachineSpec(
             diskPath: path, diskFormat: disk.format, accelerator: .tcg, memoryMiB: request.machine.memoryMiB,
             cpus: request.machine.cpus, diskBus: bus, directBoot: directBoot, firmware: firmware[0],
@@ -268,6 +275,18 @@ public enum DiskVerifier {
             reports.append(report)
         }
         return VerifyResult(boots: reports)
+    }
+
+    /// Refuses an overlay image: d2l hands QEMU the image alone (its backing chain cut after it), so
+    /// a qcow2 over a base image would boot as if the base were empty.
+    ///
+    /// - Throws: `VerifyError.unreadableImage` naming the backing file and how to flatten the image.
+    public static func refuseOverlay(_ disk: DiskImage) async throws(VerifyError) {
+        guard let backing = await disk.backingFile() else { return }
+        throw .unreadableImage(
+            path: disk.path,
+            reason: "a \(disk.format) overlay of \(backing): d2l boots a disk by itself, without a backing chain; "
+                + "flatten it first (qemu-img convert -O \(disk.format.qemuFormat) \(disk.path) FLAT)")
     }
 
     /// The architecture to boot the disk as: the `--kernel`'s, else what the disk says (its init's ELF

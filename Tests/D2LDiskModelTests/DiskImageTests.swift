@@ -114,4 +114,17 @@ import Testing
     @Test func aMissingDiskIsUnreadable() {
         #expect(throws: DiskModelError.self) { try DiskImage.open("/nonexistent/disk.img") }
     }
+
+    @Test("an overlay's backing file is read (qemu-img info); a self-contained qcow2 and a raw disk have none")
+    func overlayBackingFile() async throws {
+        let dir = NSTemporaryDirectory() + "d2l-backing-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try await ProcessRunner.run(["qemu-img", "create", "-q", "-f", "raw", dir + "/base.img", "4M"])
+        try await ProcessRunner.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", dir + "/base.img", dir + "/over.qcow2"])
+        try await ProcessRunner.run(["qemu-img", "create", "-q", "-f", "qcow2", dir + "/alone.qcow2", "4M"])
+        #expect(try await DiskImage.open(dir + "/over.qcow2").backingFile() == dir + "/base.img")
+        #expect(try await DiskImage.open(dir + "/alone.qcow2").backingFile() == nil)
+        #expect(try await DiskImage.open(dir + "/base.img").backingFile() == nil)
+    }
 }
