@@ -4,7 +4,11 @@ import D2LVerify
 /// The virtual machine a boot runs in: shared by `d2l verify` and `d2l bisect`. Options not given
 /// leave the request's values (a scenario's, else the defaults) as they are.
 struct MachineOptions: ParsableArguments {
-    @Option(help: "libvirt URI (default: $D2L_LIBVIRT_URI, else qemu:///embed?root=<cache>/libvirt).")
+    @Option(help: ArgumentHelp(
+        "libvirt URI (default: $D2L_LIBVIRT_URI, else qemu:///embed?root=<cache>/libvirt).",
+        discussion: "A daemon on another host (qemu+tls://HOST/system, qemu+ssh://USER@HOST/system) gets the disk "
+            + "uploaded into its storage pool, named by the disk's content, and removed when d2l ends.",
+        valueName: "uri"))
     var connect: String?
 
     @Option(help: "Accelerator: auto (KVM if it really runs a guest, else TCG), kvm or tcg (default: auto).")

@@ -30,6 +30,17 @@ struct TestCommand: PolicedCommand {
     @Option(help: "Scenarios built and booted at once (default: fits the machine's cores and memory).")
     var jobs: Int?
 
+    @Option(
+        name: .customLong("connect"),
+        help: ArgumentHelp(
+            "Boot on the libvirt daemon at URI, N boots at a time (repeatable; default: this machine's embedded driver).",
+            discussion: "Longest scenarios first, over every host's slots. Each disk goes into a host's storage pool "
+                + "'default' once for the run and is removed at its end. A host that fails (unreachable, a daemon "
+                + "error, a dropped connection) is an infrastructure error: it gets no more boots, and the boot "
+                + "moves to another host; the report keeps these apart from failed boots.",
+            valueName: "URI[,slots=N]"))
+    var hosts: [String] = []
+
     @Option(help: "Only scenarios whose name matches this regular expression.")
     var filter: String?
 
@@ -76,6 +87,7 @@ struct TestCommand: PolicedCommand {
         if merge, paths.isEmpty { throw ValidationError("--merge needs the --output folders of the shards") }
         if merge, shard != nil || list { throw ValidationError("--merge runs nothing: no --shard or --list with it") }
         if let jobs, jobs < 1 { throw ValidationError("--jobs must be at least 1") }
+        try usageErrors { for host in hosts { _ = try MatrixRunner.Host(parsing: host) } }
         if retries < 0 { throw ValidationError("--retries must be 0 or more") }
         if let filter, (try? NSRegularExpression(pattern: filter)) == nil {
             throw ValidationError("--filter \(filter): not a valid regular expression")
@@ -132,16 +144,19 @@ struct TestCommand: PolicedCommand {
         let outputDir = URL(fileURLWithPath: output).standardizedFileURL.path
         try FileManager.default.createDirectory(atPath: outputDir, withIntermediateDirectories: true)
         let binary = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        let options = MatrixRunner.Options(
+        var options = MatrixRunner.Options(
             jobs: jobs ?? MatrixRunner.defaultJobs, retries: retries, outputDirectory: outputDir,
             repositoryRoot: (imagesDirectory as NSString).deletingLastPathComponent, engine: engine,
             keepDisks: keepDisks, d2lBinary: binary)
+        options.hosts = try hosts.map { try MatrixRunner.Host(parsing: $0) }
         let log: @Sendable (String) -> Void = { line in
             FileHandle.standardError.write(Data("d2l test: \(line)\n".utf8))
         }
-        log("\(chosen.count) scenario(s), \(options.jobs) at a time, results in \(outputDir)")
+        let runner = MatrixRunner(options: options, log: log)
+        log("\(chosen.count) scenario(s), \(runner.parallelBoots) at a time"
+            + (options.hosts.isEmpty ? "" : " on \(options.hosts.count) host(s)") + ", results in \(outputDir)")
         let started = Date()
-        let results = await MatrixRunner(options: options, log: log).run(chosen)
+        let results = await runner.run(chosen)
         try write(MatrixReport(results: results, seconds: Date().timeIntervalSince(started)))
     }
 

@@ -42,10 +42,13 @@ public struct MatrixReport: Sendable {
                 .joined(separator: "  ").trimmingCharacters(in: .whitespaces)
         }
         let c = counts
+        // Hosts that failed are the infrastructure's, not the boots': listed apart, after the verdicts.
+        let infrastructure = results.flatMap { r in r.infrastructureErrors.map { "  \(r.name): \($0)" } }
         return (lines + [
             "", "\(c.passed + c.flaky) passed, \(c.failed + c.errors) failed, \(c.skipped) skipped"
                 + (c.flaky > 0 ? " (\(c.flaky) flaky)" : "") + String(format: " in %.1f s", seconds),
-        ]).joined(separator: "\n")
+        ] + (infrastructure.isEmpty ? [] : ["\(infrastructure.count) infrastructure error(s), boots moved to another host:"] + infrastructure)
+        ).joined(separator: "\n")
     }
 
     private func orderedStageNames() -> [String] {
@@ -132,6 +135,12 @@ public struct MatrixReport: Sendable {
                 }
                 cases.append(
                     "    <testcase classname=\"\(cls)\" name=\"\(xml(stage.name))\" time=\"\(String(format: "%.3f", t))\">\(body)</testcase>")
+            }
+            if !r.infrastructureErrors.isEmpty {
+                // Not a failure of the boot: the hosts that failed under it, for the record.
+                cases.append(
+                    "    <testcase classname=\"\(cls)\" name=\"host\"><system-out>\(xml(r.infrastructureErrors.joined(separator: "\n")))"
+                        + (r.host.map { xml("\nbooted on \($0)") } ?? "") + "</system-out></testcase>")
             }
             if r.verdict == .error, !r.stages.isEmpty || r.buildSeconds == nil {
                 failures += 1
@@ -232,6 +241,10 @@ public struct MatrixReport: Sendable {
             parts.append(
                 "<p><code>\(xml(command.command))</code>: exit \(status), "
                     + (command.passed ? "passed" : "<b class=\"bad\">failed</b>") + "</p><pre>\(xml(command.output))</pre>")
+        }
+        if let host = r.host { parts.append("<p>booted on <code>\(xml(host))</code></p>") }
+        for error in r.infrastructureErrors {
+            parts.append("<p class=\"warn\">infrastructure error (not the boot's; it moved to another host): \(xml(error))</p>")
         }
         for warning in r.warnings {
             parts.append("<p class=\"warn\">warning: \(xml(warning.summary))</p><pre>\(xml(warning.lines.joined(separator: "\n")))</pre>")

@@ -35,12 +35,53 @@ public struct ScenarioResult: Sendable, Codable {
     public var warnings: [BootWarning] = []
     /// The lines that decided a failure (a panic's trace).
     public var failureLines: [String] = []
+    /// The libvirt host (`--connect` URI) the boot ran on; nil for this machine's embedded driver.
+    public var host: String?
+    /// Hosts that failed under this scenario (unreachable, a daemon error, a dropped connection),
+    /// each with why; its boot then moved to another host. Kept apart from the boot's own verdict.
+    public var infrastructureErrors: [String] = []
 }
 
 /// Builds and verifies scenarios, several at once, each boot in its own `d2l verify` process.
 public final class MatrixRunner: @unchecked Sendable {
+    /// A libvirt daemon boots go to (`d2l test --connect URI[,slots=N]`): `slots` boots at a time.
+    public struct Host: Sendable, Equatable {
+        public var uri: String
+        public var slots: Int
+
+        public init(uri: String, slots: Int = 1) {
+            self.uri = uri
+            self.slots = slots
+        }
+
+        /// Parses `URI[,slots=N]`.
+        ///
+        /// - Throws: `ScenarioError.invalid` for a missing URI or a slot count below 1.
+        public init(parsing text: String) throws {
+            var uri = text
+            var slots = 1
+            if let range = text.range(of: ",slots=", options: .backwards) {
+                uri = String(text[..<range.lowerBound])
+                guard let count = Int(text[range.upperBound...]), count >= 1 else {
+                    throw ScenarioError(file: "--connect", message: "\(text): slots=N needs a whole number of at least 1")
+                }
+                slots = count
+            }
+            guard !uri.isEmpty else { throw ScenarioError(file: "--connect", message: "\(text): give URI[,slots=N]") }
+            self.init(uri: uri, slots: slots)
+        }
+    }
+
+    /// Where one boot runs: slot `index` of a host, or of this machine's embedded driver (`host` nil).
+    struct Slot: Sendable {
+        var host: String?
+        var index: Int
+    }
+
     public struct Options: Sendable {
         public var jobs: Int
+        /// The libvirt daemons boots go to; empty: this machine's embedded driver, `jobs` slots.
+        public var hosts: [Host] = []
         public var retries: Int
         public var outputDirectory: String
         public var repositoryRoot: String
@@ -64,33 +105,77 @@ public final class MatrixRunner: @unchecked Sendable {
     let options: Options
     let recipes: RecipeCache
     private let slotLock = NSLock()
-    private var freeSlots: [Int]
+    private var freeSlots: [Slot]
+    /// Hosts that failed, with why: their slots are not handed out again.
+    private var failedHosts: [String: String] = [:]
     let log: @Sendable (String) -> Void
 
     public init(options: Options, log: @escaping @Sendable (String) -> Void) {
         self.options = options
         self.recipes = RecipeCache(repositoryRoot: options.repositoryRoot, engine: options.engine, log: log)
         self.log = log
-        freeSlots = Array((1...max(1, options.jobs)).reversed())
+        if options.hosts.isEmpty {
+            freeSlots = (1...max(1, options.jobs)).reversed().map { Slot(host: nil, index: $0) }
+        } else {
+            // Interleaved, so that boots spread over the hosts before a second slot of one is used.
+            let most = options.hosts.map(\.slots).max() ?? 1
+            freeSlots = (1...most).flatMap { index in
+                options.hosts.filter { $0.slots >= index }.map { Slot(host: $0.uri, index: index) }
+            }.reversed()
+        }
     }
 
-    /// Each concurrent boot gets its own embedded libvirt root, kept between boots, so
-    /// that no boot waits on another's lock or pays for a fresh root's QEMU probe.
-    private func takeSlot() -> Int { slotLock.withLock { freeSlots.popLast() ?? 1 } }
-    private func giveBack(_ slot: Int) { slotLock.withLock { freeSlots.append(slot) } }
+    /// The number of boots that can run at once: `jobs`, or the hosts' slots.
+    public var parallelBoots: Int {
+        options.hosts.isEmpty ? max(1, options.jobs) : options.hosts.reduce(0) { $0 + $1.slots }
+    }
+
+    /// Each concurrent boot gets its own embedded libvirt root, kept between boots, so that no boot
+    /// waits on another's lock or pays for a fresh root's QEMU probe; or a slot of a host. Waits for a
+    /// slot while every one is busy; nil once every host has failed.
+    private func takeSlot() async -> Slot? {
+        while true {
+            let (slot, anyLeft): (Slot?, Bool) = slotLock.withLock {
+                let anyLeft = options.hosts.isEmpty || options.hosts.contains { failedHosts[$0.uri] == nil }
+                return (freeSlots.popLast(), anyLeft)
+            }
+            if let slot { return slot }
+            if !anyLeft { return nil }
+            try? await Task.sleep(for: .milliseconds(200))
+        }
+    }
+    private func giveBack(_ slot: Slot) {
+        slotLock.withLock {
+            // A failed host's slots go out of use.
+            if let host = slot.host, failedHosts[host] != nil { return }
+            freeSlots.append(slot)
+        }
+    }
+
+    /// Takes a host out of the run: its slots are not handed out again.
+    private func fail(host: String, because reason: String) {
+        slotLock.withLock {
+            if failedHosts[host] == nil { failedHosts[host] = reason }
+            freeSlots.removeAll { $0.host == host }
+        }
+    }
+
+    /// The hosts that failed during the run, with why.
+    public var hostFailures: [String: String] { slotLock.withLock { failedHosts } }
 
     /// Guests that run side by side share the cores instead of each asking for all of them
-    /// (TCG runs a thread per virtual CPU); a scenario's own `cpus` wins.
-    private func cpuArguments(_ scenario: Scenario) -> [String] {
-        guard scenario.verify.cpus == nil else { return [] }
+    /// (TCG runs a thread per virtual CPU); a scenario's own `cpus` wins, and a host's cores are its own.
+    private func cpuArguments(_ scenario: Scenario, slot: Slot) -> [String] {
+        guard scenario.verify.cpus == nil, slot.host == nil else { return [] }
         let cores = ProcessInfo.processInfo.activeProcessorCount
         return ["--cpus", String(max(1, min(2, cores / max(1, options.jobs))))]
     }
 
-    private func connectArguments(slot: Int) -> [String] {
+    private func connectArguments(slot: Slot) -> [String] {
+        if let host = slot.host { return ["--connect", host] }
         if ProcessInfo.processInfo.environment["D2L_LIBVIRT_URI"] != nil { return [] }
         // Beside the default embedded root (as root, /var/cache/d2l/libvirt, which QEMU's user can reach).
-        return ["--connect", LibvirtHypervisor.defaultURI(environment: [:]) + "-slot\(slot)"]
+        return ["--connect", LibvirtHypervisor.defaultURI(environment: [:]) + "-slot\(slot.index)"]
     }
 
     /// A default job count that fits the machine: one boot per core and per 1.5 GiB free memory.
@@ -121,7 +206,7 @@ public final class MatrixRunner: @unchecked Sendable {
                     return (index, result, Date().timeIntervalSince(started))
                 }
             }
-            for _ in 0..<max(1, options.jobs) { startNext() }
+            for _ in 0..<parallelBoots { startNext() }
             for await (index, result, elapsed) in group {
                 results[index] = result.map { var r = $0; r.seconds = elapsed; return r }
                 seconds[index] = elapsed
@@ -134,6 +219,8 @@ public final class MatrixRunner: @unchecked Sendable {
             durations[scenarios[i].name] = seconds[i]
         }
         Self.saveDurations(durations)
+        // Disks uploaded to the hosts' pools go with the run (RemoteUploads' policy).
+        RemoteUploads.shared.removeAll()
         return results.compactMap { $0 }.flatMap { $0 }
     }
 
@@ -157,7 +244,9 @@ public final class MatrixRunner: @unchecked Sendable {
         if let k = r.kernelVersion { line += " (kernel \(k))" }
         if let b = r.bootSeconds { line += String(format: ", login at %.1f s", b) }
         if let reason = r.reason { line += ": \(reason)" }
+        if let host = r.host { line += " [on \(host)]" }
         log(line)
+        for error in r.infrastructureErrors { log("  infrastructure error (not the boot's): \(error)") }
         if r.verdict == .failed || r.verdict == .error {
             if let d = r.disk { log("  disk:       \(d)") }
             if let t = r.transcript { log("  transcript: \(t)") }
@@ -275,17 +364,39 @@ public final class MatrixRunner: @unchecked Sendable {
         let transcript = (dir as NSString).appendingPathComponent("transcript\(suffix).txt")
         result.transcript = transcript
         var failures = 0
-        for attempt in 1...(options.retries + 1) {
+        var attempt = 1
+        while attempt <= options.retries + 1 {
             result.attempts = attempt
-            log("booting \(scenario.name)" + (attempt > 1 ? " (attempt \(attempt))" : ""))
-            let slot = takeSlot()
+            guard let slot = await takeSlot() else {
+                result.verdict = .error
+                result.reason = "could not test: every host failed (" + hostFailures.map { "\($0.key): \($0.value)" }.sorted()
+                    .joined(separator: "; ") + ")"
+                return
+            }
+            log("booting \(scenario.name)" + (attempt > 1 ? " (attempt \(attempt))" : "") + (slot.host.map { " on \($0)" } ?? ""))
+            result.host = slot.host
+            if let host = slot.host, let problem = await place(disk, on: host) {
+                // The host, not the boot, failed: the same attempt goes to another host.
+                giveBack(slot)
+                fail(host: host, because: problem)
+                result.infrastructureErrors.append("\(host): \(problem)")
+                log("host \(host) failed: \(problem); \(scenario.name) moves to another host")
+                continue
+            }
             let verify = await ProcessRunner.capture(
                 [options.d2lBinary, "verify", disk, "--json", "--transcript", transcript,
                  "--junit", (dir as NSString).appendingPathComponent("verify\(suffix).junit.xml")]
-                    + connectArguments(slot: slot) + cpuArguments(scenario)
+                    + connectArguments(slot: slot) + cpuArguments(scenario, slot: slot)
                     + ["--scenario", URL(fileURLWithPath: scenario.file).standardizedFileURL.path]
                     + (firmware.map { ["--firmware", $0.rawValue] } ?? []))
             giveBack(slot)
+            if let host = slot.host, verify.status == 125, let problem = Self.hostProblem(verify.stderr) {
+                fail(host: host, because: problem)
+                result.infrastructureErrors.append("\(host): \(problem)")
+                log("host \(host) failed: \(problem); \(scenario.name) moves to another host")
+                continue
+            }
+            defer { attempt += 1 }
             try? verify.stdout.write(toFile: (dir as NSString).appendingPathComponent("verify\(suffix).json"), atomically: false, encoding: .utf8)
             try? verify.stderr.write(toFile: (dir as NSString).appendingPathComponent("verify\(suffix).log"), atomically: false, encoding: .utf8)
             apply(verifyJSON: verify.stdout, to: &result)
@@ -306,6 +417,35 @@ public final class MatrixRunner: @unchecked Sendable {
                 return
             }
         }
+    }
+
+    /// Places the disk in a host's storage pool once for the whole run (the boots there find it by its
+    /// content and leave it); nil when it is there, else why the host failed.
+    private func place(_ disk: String, on host: String) async -> String? {
+        await Task.detached {
+            do {
+                let connection = try LibvirtConnection.shared(uri: host)
+                if let lost = connection.lost { return "the connection was lost: \(lost)" }
+                let format = try DiskFormat.detect(path: disk)
+                _ = try Self.uploadLock.withLock {
+                    try RemoteUploads.shared.place(disk, format: format, pool: "default", on: connection)
+                }
+                return nil
+            } catch {
+                return "\(error)"
+            }
+        }.value
+    }
+    private static let uploadLock = NSLock()
+
+    /// Why a `d2l verify` that could not test (125) did so because of its host: libvirt failed (no
+    /// connection, a daemon error, a dropped connection); nil for the scenario's own problems.
+    static func hostProblem(_ stderr: String) -> String? {
+        let lines = stderr.split(separator: "\n").map(String.init)
+        guard let line = lines.last(where: { $0.contains("could not test") }) else { return nil }
+        let markers = ["libvirt:", "connection to the libvirt daemon was lost", "storage pool", "uploading"]
+        guard markers.contains(where: { line.contains($0) }) else { return nil }
+        return line.replacingOccurrences(of: "d2l verify: could not test: ", with: "")
     }
 
     /// Takes what the verdict says from `d2l verify --json`: its boot, or of several the first that

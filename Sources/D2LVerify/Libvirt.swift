@@ -64,10 +64,39 @@ public final class LibvirtConnection: @unchecked Sendable {
 
     private static let connections = Mutex<[String: LibvirtConnection]>([:])
 
+    /// Why the connection closed under d2l (a daemon that died, a network that dropped), once it has.
+    private let lostReason = Mutex<String?>(nil)
+
     private init(pointer: virConnectPtr, uri: String, openedURI: String) {
         self.pointer = pointer
         self.uri = uri
         self.openedURI = openedURI
+    }
+
+    /// Why the connection was lost, nil while it holds: set by libvirt's close callback (EOF, error,
+    /// or keepalive: a peer that stops answering for 15 s).
+    public var lost: String? { lostReason.withLock { $0 } }
+
+    /// Watches a daemon connection: keepalive every 5 s (3 unanswered: closed) and a close callback.
+    private func watch() {
+        guard Self.embeddedRoot(of: openedURI) == nil else { return }
+        _ = virConnectSetKeepAlive(pointer, 5, 3)
+        let context = Unmanaged.passRetained(self).toOpaque()
+        let registered = virConnectRegisterCloseCallback(
+            pointer,
+            { _, reason, opaque in
+                let connection = Unmanaged<LibvirtConnection>.fromOpaque(opaque!).takeUnretainedValue()
+                let why: String
+                switch UInt32(reason) {
+                case VIR_CONNECT_CLOSE_REASON_EOF.rawValue: why = "the daemon closed it (end of file)"
+                case VIR_CONNECT_CLOSE_REASON_KEEPALIVE.rawValue: why = "the daemon stopped answering (keepalive)"
+                case VIR_CONNECT_CLOSE_REASON_ERROR.rawValue: why = "a network or protocol error"
+                default: why = "closed by the client"
+                }
+                connection.lostReason.withLock { $0 = $0 ?? why }
+            }, context, nil)
+        // Never released: connections live as long as the process (`shared`).
+        if registered != 0 { Unmanaged<LibvirtConnection>.fromOpaque(context).release() }
     }
     deinit { virConnectClose(pointer) }
 
@@ -91,6 +120,7 @@ public final class LibvirtConnection: @unchecked Sendable {
             }
             let connection = try connect(target, asked: uri)
             connection.undefineStaleDomains()
+            connection.watch()
             connections[uri] = connection
             return connection
         }
@@ -304,6 +334,9 @@ public final class LibvirtDomain: @unchecked Sendable {
         self.connection = connection
     }
     deinit { virDomainFree(pointer) }
+
+    /// Why the connection this domain lives on was lost, nil while it holds.
+    public var connectionLost: String? { connection.lost }
 
     public var name: String { virDomainGetName(pointer).map { String(cString: $0) } ?? "?" }
 

@@ -168,7 +168,14 @@ final class LibvirtGuest: GuestConsole, Sendable {
         feed = LiveConsoleFeed(output: stream.output)
     }
 
-    func next() async -> ConsoleEvent { await feed.next() }
+    func next() async -> ConsoleEvent {
+        let event = await feed.next()
+        // A daemon's console just goes quiet when its connection drops: that is no guest's doing.
+        if let lost = domain.connectionLost {
+            return .closed(error: VerifyError.hypervisor("the connection to the libvirt daemon was lost: \(lost)"))
+        }
+        return event
+    }
     func send(_ bytes: [UInt8]) throws { try stream.send(bytes) }
     func destroy() {
         feed.stop()

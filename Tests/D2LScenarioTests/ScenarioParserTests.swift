@@ -231,3 +231,53 @@ struct ShardTests {
         #expect(throws: ScenarioError.self) { try MatrixReport.merge(directories: [base + "/missing"]) }
     }
 }
+
+@Suite("Boots on other hosts (d2l test --connect)")
+struct MatrixHostTests {
+    @Test func aHostIsAURIWithSlots() throws {
+        #expect(try MatrixRunner.Host(parsing: "qemu+tls://a/system") == .init(uri: "qemu+tls://a/system", slots: 1))
+        #expect(try MatrixRunner.Host(parsing: "qemu+ssh://u@b/system?keyfile=/k,slots=3")
+            == .init(uri: "qemu+ssh://u@b/system?keyfile=/k", slots: 3))
+        for bad in ["", ",slots=2", "qemu+tls://a/system,slots=0", "qemu+tls://a/system,slots=many"] {
+            #expect(throws: ScenarioError.self, "\(bad)") { try MatrixRunner.Host(parsing: bad) }
+        }
+    }
+
+    @Test func theHostsSlotsAreTheBootsAtOnce() {
+        var options = MatrixRunner.Options(
+            jobs: 7, retries: 0, outputDirectory: "/tmp", repositoryRoot: "/tmp", engine: nil, keepDisks: false, d2lBinary: "d2l")
+        #expect(MatrixRunner(options: options, log: { _ in }).parallelBoots == 7)
+        options.hosts = [.init(uri: "qemu+tls://a/system", slots: 2), .init(uri: "qemu+tls://b/system", slots: 1)]
+        #expect(MatrixRunner(options: options, log: { _ in }).parallelBoots == 3)
+    }
+
+    @Test func onlyTheHostsFaultsAreInfrastructureErrors() {
+        let lost = "d2l verify: could not test: the connection to the libvirt daemon was lost: end of file"
+        #expect(MatrixRunner.hostProblem(lost) == "the connection to the libvirt daemon was lost: end of file")
+        let daemon = "d2l: booting\nd2l verify: could not test: libvirt: Cannot recv data: Connection reset by peer"
+        #expect(MatrixRunner.hostProblem(daemon) == "libvirt: Cannot recv data: Connection reset by peer")
+        #expect(MatrixRunner.hostProblem("d2l verify: could not test: storage pool default: not found") != nil)
+        // The disk's or the scenario's own problems stay the boot's.
+        #expect(MatrixRunner.hostProblem("d2l verify: could not test: disk.img: no partition table") == nil)
+        #expect(MatrixRunner.hostProblem("d2l verify: FAILED at stage kernel") == nil)
+    }
+
+    @Test func infrastructureErrorsAreReportedApartFromVerdicts() throws {
+        var moved = ScenarioResult(name: "debian", file: "d.yaml", tags: [], verdict: .passed)
+        moved.host = "qemu+tls://b/system"
+        moved.infrastructureErrors = ["qemu+tls://a/system: the connection to the libvirt daemon was lost"]
+        let report = MatrixReport(results: [moved], seconds: 3)
+        let table = report.table()
+        #expect(table.contains("1 passed, 0 failed"))
+        #expect(table.contains("1 infrastructure error(s)") && table.contains("qemu+tls://a/system"))
+        let doc = try XMLDocument(xmlString: report.junit())
+        #expect(try doc.nodes(forXPath: "//failure").isEmpty && doc.nodes(forXPath: "//error").isEmpty)
+        #expect(try doc.nodes(forXPath: "//testcase[@name='host']/system-out").count == 1)
+        #expect(report.html(relativeTo: "/r").contains("infrastructure error"))
+        let json = try report.json()
+        let decoded = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any]
+        let scenario = (decoded?["results"] as? [[String: Any]])?.first
+        #expect(scenario?["host"] as? String == "qemu+tls://b/system", "\(json)")
+        #expect((scenario?["infrastructureErrors"] as? [String])?.count == 1, "\(json)")
+    }
+}

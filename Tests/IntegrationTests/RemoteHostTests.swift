@@ -91,7 +91,7 @@ final class RemoteHosts: @unchecked Sendable {
         let disk = try await Fixtures.debianDisk()
         for signal in [SIGTERM, SIGKILL] {
             let log = FileManager.default.temporaryDirectory.appendingPathComponent("d2l-remote-\(getpid())-\(signal).log").path
-            FileManager.default.createFile(atPath: log, contents: nil)
+            _ = FileManager.default.createFile(atPath: log, contents: nil)
             defer { try? FileManager.default.removeItem(atPath: log) }
             let process = Process()
             process.executableURL = URL(fileURLWithPath: try Fixtures.d2lBinary())
@@ -125,6 +125,62 @@ final class RemoteHosts: @unchecked Sendable {
         let again = try await Fixtures.d2l(["verify", disk, "--connect", hosts.uris[0], "--firmware", "bios", "--timeout", "600"])
         #expect(again.status == 0, "\(again.stderr)")
         #expect(again.stderr.contains("is already in pool default") && !again.stderr.contains("d2l: uploading"), "\(again.stderr)")
+        }
+    }
+
+    @Test(
+        "d2l test --connect A --connect B: boots spread over both; A's daemon killed mid-run, its boot moves to B as an infrastructure error",
+        .timeLimit(.minutes(15)))
+    func aMatrixOverTwoHostsSurvivesOneDying() async throws {
+        try await RemoteHosts.with(2) { hosts in
+        let dir = try Fixtures.scratchDirectory("matrix-hosts")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // Copies of the busybox-tiny scenario: each its own scenario, the same recipe and disk.
+        let original = try String(contentsOfFile: Fixtures.repositoryRoot + "/Scenarios/busybox-tiny.yaml", encoding: .utf8)
+        let names = ["tiny-1", "tiny-2", "tiny-3"]
+        for name in names { try original.write(toFile: "\(dir)/\(name).yaml", atomically: true, encoding: .utf8) }
+        let log = dir + "/test.log"
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try Fixtures.d2lBinary())
+        process.arguments = [
+            "test", dir, "--images", Fixtures.repositoryRoot + "/Images", "--output", dir + "/out",
+            "--connect", hosts.uris[0] + ",slots=1", "--connect", hosts.uris[1] + ",slots=1",
+        ]
+        let table = dir + "/table.txt"
+        _ = FileManager.default.createFile(atPath: table, contents: nil)
+        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: table))
+        try process.run()
+        defer { if process.isRunning { kill(process.processIdentifier, SIGTERM); process.waitUntilExit() } }
+        func said() -> String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+        // Kill A's daemon while a guest of the matrix runs on it.
+        var killed = false
+        for _ in 0..<3000 where !killed && process.isRunning {
+            try await Task.sleep(for: .milliseconds(100))
+            if said().contains(" on \(hosts.uris[0])"), !hosts.runningGuests(0).isEmpty {
+                await hosts.killDaemon(0)
+                killed = true
+            }
+        }
+        try #require(killed, "no boot on \(hosts.uris[0]): \(said())")
+        process.waitUntilExit()
+        let output = said()
+        let summary = (try? String(contentsOfFile: table, encoding: .utf8)) ?? ""
+        #expect(process.terminationStatus == 0, "\(output)")
+        #expect(summary.contains("3 passed, 0 failed") && summary.contains("1 infrastructure error(s)"), "\(summary)")
+        #expect(output.contains("host \(hosts.uris[0]) failed: "), "\(output)")
+        struct Results: Decodable {
+            struct Result: Decodable { var verdict: String; var host: String?; var infrastructureErrors: [String] }
+            var results: [Result]
+        }
+        let results = try JSONDecoder().decode(Results.self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/out/results.json")))
+        #expect(results.results.allSatisfy { $0.verdict == "passed" && $0.host == hosts.uris[1] })
+        #expect(results.results.flatMap(\.infrastructureErrors).map { $0.hasPrefix(hosts.uris[0]) } == [true])
+        // Every boot after the kill ran on B, and B's pool is empty after the run.
+        #expect(output.contains(" on \(hosts.uris[1])"), "\(output)")
+        #expect(hosts.images(1).isEmpty, "left in B's pool: \(hosts.images(1))")
+        #expect(hosts.runningGuests(1).isEmpty)
         }
     }
 }
