@@ -25,6 +25,10 @@ public final class Cleanup: Sendable {
     /// True once the process is exiting: nothing more that needs undoing may be made.
     private let exiting = Mutex(false)
 
+    /// True once a signal's cleanup has begun: what it undoes (a destroyed domain, a removed file)
+    /// is no outcome of the work, and the handler ends the process with 128+signal.
+    public var isExiting: Bool { exiting.withLock { $0 } }
+
     /// The process is exiting (a signal's cleanup has begun): `registering` makes nothing more.
     public struct Exiting: Error, CustomStringConvertible {
         public var description: String { "d2l is exiting" }
@@ -197,7 +201,11 @@ public final class Cleanup: Sendable {
     /// Runs the registered actions and deletes the registered paths.
     public func runAll() {
         exiting.withLock { $0 = true }
-        let (paths, actions) = state.withLock { ($0.paths, Array($0.actions.values)) }
+        // Actions last registered first, as `defer` runs: a domain is destroyed before the disk it
+        // was given (an uploaded volume) is deleted.
+        let (paths, actions) = state.withLock { state in
+            (state.paths, state.actions.sorted { $0.key > $1.key }.map(\.value))
+        }
         // Children first, so that none is still writing into what the actions and paths remove; each
         // gets a moment to clean up after itself (a d2l verify destroys its domain).
         ChildProcesses.shared.stopAll()

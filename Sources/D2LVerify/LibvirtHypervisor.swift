@@ -9,8 +9,10 @@ public struct LibvirtHypervisor: Hypervisor {
     /// Hears what the hypervisor does besides booting: an upload, where it went.
     public var note: @Sendable (String) -> Void
 
-    /// - Throws: `LibvirtError` when the connection cannot be opened.
+    /// - Throws: `VerifyError.badOption` for `qemu:///session` as root (see `rootSessionProblem`),
+    ///   `LibvirtError` when the connection cannot be opened.
     public init(uri: String, storagePool: String = "default", note: @escaping @Sendable (String) -> Void = { _ in }) throws {
+        if let problem = Self.rootSessionProblem(uri: uri, euid: geteuid()) { throw VerifyError.badOption(problem) }
         connection = try LibvirtConnection.shared(uri: uri)
         self.storagePool = storagePool
         self.note = note
@@ -28,6 +30,18 @@ public struct LibvirtHypervisor: Hypervisor {
         // The longest socket is about <root>/run/libvirt/qemu/domain-N-<20 chars>/monitor.sock + slack.
         if root.utf8.count > 40 { root = "/tmp/d2l-\(getuid())" }
         return "qemu:///embed?root=\(root)"
+    }
+
+    /// Why `uri` cannot be used by user `euid`: a session daemon runs QEMU as its own user, so
+    /// `qemu:///session` as root would run the guest's QEMU as root (libvirt's drvqemu.html: "session"
+    /// instances run with the privileges of the user who started them). The embedded driver (the
+    /// default) and `qemu:///system` run it as an unprivileged user instead.
+    static func rootSessionProblem(uri: String, euid: uid_t) -> String? {
+        guard euid == 0, let url = URLComponents(string: uri), url.scheme?.hasPrefix("qemu") == true,
+            url.host?.isEmpty ?? true, url.path == "/session"
+        else { return nil }
+        return "--connect \(uri) as root would run QEMU as root: use the default embedded driver "
+            + "(QEMU runs as libvirt-qemu) or qemu:///system, or run d2l as an ordinary user"
     }
 
     public var stopwatch: Stopwatch { Stopwatch(clock: ContinuousClock()) }
@@ -170,6 +184,9 @@ final class LibvirtGuest: GuestConsole, Sendable {
 
     func next() async -> ConsoleEvent {
         let event = await feed.next()
+        // A signal's cleanup destroyed the domain: no verdict may come of that (it would say the
+        // guest stopped). The handler ends the process; this boot waits for it, never resumed.
+        if Cleanup.shared.isExiting { await withUnsafeContinuation { (_: UnsafeContinuation<Void, Never>) in } }
         // A daemon's console just goes quiet when its connection drops: that is no guest's doing.
         if let lost = domain.connectionLost {
             return .closed(error: VerifyError.hypervisor("the connection to the libvirt daemon was lost: \(lost)"))

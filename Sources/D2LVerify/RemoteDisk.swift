@@ -104,15 +104,31 @@ public final class RemoteUploads: Sendable {
         _ = uploads.withLock { $0.removeValue(forKey: "\(connection.uri)\u{0}\(pool)\u{0}\(name)") }
     }
 
+    private let removing = NSLock()
+
     /// Deletes every volume this process uploaded and has not deleted yet.
     public func removeAll() {
+        // Held for the whole removal: a signal's cleanup that comes while the main flow is deleting
+        // waits for it to finish instead of finding the list empty and exiting under it.
+        removing.lock()
+        defer { removing.unlock() }
         let all = uploads.withLock { uploads in
             defer { uploads.removeAll() }
             return Array(uploads.values)
         }
         placed.withLock { $0.removeAll() }
         for upload in all {
-            (try? upload.connection.storagePool(named: upload.pool))?.volume(named: upload.name)?.delete()
+            let pool = try? upload.connection.storagePool(named: upload.pool)
+            guard let volume = pool?.volume(named: upload.name) else { continue }
+            // A volume still held a moment by a domain being destroyed: once more after a second.
+            if !volume.delete() {
+                Thread.sleep(forTimeInterval: 1)
+                if !volume.delete() {
+                    FileHandle.standardError.write(Data(
+                        ("d2l: could not remove volume \(upload.name) from pool \(upload.pool) on \(upload.connection.uri): "
+                            + "\(LibvirtError.last("deleting it").description); remove it with virsh vol-delete\n").utf8))
+                }
+            }
         }
     }
 }
@@ -185,7 +201,9 @@ final class StorageVolume: @unchecked Sendable {
         return String(cString: text)
     }
 
-    func delete() { _ = virStorageVolDelete(pointer, 0) }
+    /// Deletes the volume; false when libvirt refused (its error is then `LibvirtError.last`).
+    @discardableResult
+    func delete() -> Bool { virStorageVolDelete(pointer, 0) == 0 }
 
     /// Sends the file's `size` bytes into the volume over a libvirt stream, holes as holes.
     ///
