@@ -156,9 +156,11 @@ public final class DiskBuilder {
         }
         try FileManager.default.createDirectory(atPath: scratch + "/scan", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: scratch + "/boot", withIntermediateDirectories: true)
-        let flattener = LayerFlattener(
+        var flattener = LayerFlattener(
             capturePaths: BootFacts.capturePaths, headNames: BootFacts.headNames, captureNames: BootFacts.captureNames,
             capturePrefixes: BootLoaders.capturePrefixes, captureDirectory: scratch + "/scan")
+        // A file that alone cannot fit is refused at its header, before a bomb of a layer is expanded.
+        flattener.dataLimit = options.checkFreeSpace ? Self.availableBytes(outputDir) : nil
         // Blob digests are checked on the other core from now on, while the layers are scanned and written.
         let digests = LayerDigests(image.layers)
         // A gzip root file system has no digest: its CRC is checked instead (libarchive does not).
@@ -167,6 +169,10 @@ public final class DiskBuilder {
         let tree: FileTree
         do {
             tree = try flattener.scan(image.layers, progress: progress)
+        } catch ImageError.fileLargerThanOutput(let path, let layer, let bytes, let limit) {
+            throw DiskError.noSpace(
+                directory: outputDir, available: limit, needed: bytes,
+                input: "\(image.path) (\(path) alone" + (layer == image.path ? ")" : ", in \(layer))"), whileWriting: false)
         } catch {
             // A damaged blob or stream is what explains a layer libarchive cannot read: say that first.
             try digests.wait()

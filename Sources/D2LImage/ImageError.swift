@@ -16,6 +16,9 @@ public enum ImageError: Error, CustomStringConvertible, Sendable, CategorizedErr
     /// A layer entry whose parent directories go through more symlinks than a lookup may follow
     /// (a loop such as `a -> b`, `b -> a`); `layer` names the layer when known.
     case symlinkLoop(path: String, layer: String)
+    /// A regular file whose data (`bytes`, in whole 4 KiB blocks) alone is more than the `limit` bytes
+    /// the output can hold, found at its header (`LayerFlattener.dataLimit`).
+    case fileLargerThanOutput(path: String, layer: String, bytes: UInt64, limit: UInt64)
 
     public var description: String {
         switch self {
@@ -41,6 +44,9 @@ public enum ImageError: Error, CustomStringConvertible, Sendable, CategorizedErr
             return message
         case .compressedImageArchive(let path):
             return "\(path): a compressed image archive; decompress it first (gunzip, zstd -d or xz -d)"
+        case .fileLargerThanOutput(let path, let layer, let bytes, let limit):
+            return "\(layer): \(path) holds \((bytes + (1 << 20) - 1) >> 20) MiB of data, more than the "
+                + "\(limit >> 20) MiB the output can hold"
         case .symlinkLoop(let path, let layer):
             return (layer.isEmpty ? "" : "\(layer): ") + "\(path): its directories go through a symlink loop "
                 + "(more than \(FileTree.maximumSymlinkHops) symlinks); the image is broken: fix the symlinks in it"

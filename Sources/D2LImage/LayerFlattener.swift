@@ -25,6 +25,12 @@ public struct LayerFlattener {
     public var capturePrefixes: [ImagePath]
     public var captureDirectory: String?
 
+    /// Bytes the output can hold (the free space where the disk is written), or nil for no bound.
+    /// A regular file whose data alone needs more (in 4 KiB blocks; a sparse file's holes take none)
+    /// is refused at its header, before its data is read: a layer that expands far beyond its size
+    /// (a decompression bomb) then costs no more than reading the headers before that file.
+    public var dataLimit: UInt64?
+
     public init(
         capturePaths: Set<ImagePath> = [], headNames: Set<ImagePath> = [], captureNames: Set<ImagePath> = [],
         capturePrefixes: [ImagePath] = [], captureDirectory: String? = nil
@@ -42,7 +48,8 @@ public struct LayerFlattener {
     /// Scans every layer, bottom first.
     ///
     /// - Throws: `ImageError` when a layer cannot be read, `ImageError.symlinkLoop` (naming the entry and
-    ///   the layer) when an entry's directories go through a symlink loop.
+    ///   the layer) when an entry's directories go through a symlink loop, `ImageError.fileLargerThanOutput`
+    ///   for a file over `dataLimit`.
     public func scan(
         _ layers: [LayerSource], progress: ProgressReporter? = nil
     ) throws -> FileTree {
@@ -53,6 +60,13 @@ public struct LayerFlattener {
             var ordinal = 0
             while let entry = try stream.next() {
                 ordinal += 1
+                if let dataLimit, case .regular(let size) = entry.kind {
+                    let bytes = (entry.dataRegions.map { LayerEntry.blocks(of: $0, blockSize: 4096) } ?? (size + 4095) / 4096) * 4096
+                    if bytes > dataLimit {
+                        throw ImageError.fileLargerThanOutput(
+                            path: entry.path.display, layer: layer.description, bytes: bytes, limit: dataLimit)
+                    }
+                }
                 do {
                     try apply(entry, ref: EntryRef(layer: index, ordinal: ordinal), whiteouts: layer.hasWhiteouts,
                         tree: tree, stream: stream)

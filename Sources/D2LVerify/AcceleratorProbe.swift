@@ -21,10 +21,11 @@ public actor AcceleratorProbe {
         }
         // Another architecture's guest is emulated: KVM runs only the host's own.
         if machine.architecture != .host { return (.tcg, nil) }
+        let place = Self.probePlace(hypervisor)
         let task = kvmProbe ?? Task {
-            if let remembered = Self.remembered() { return remembered }
+            if let remembered = Self.remembered(for: place) { return remembered }
             let works = await Self.probe(hypervisor: hypervisor, machine: machine, deadline: deadline)
-            Self.remember(works)
+            Self.remember(works, for: place)
             return works
         }
         kvmProbe = task
@@ -34,11 +35,20 @@ public actor AcceleratorProbe {
     }
 
     /// The probe's answer is kept for the host's current boot (and a day at most), so that a run
-    /// of many `d2l verify` processes (d2l test, git bisect run) pays for it once.
+    /// of many `d2l verify` processes (d2l test, git bisect run) pays for it once; it holds for the
+    /// place it was asked of only (`probePlace`): KVM may work for root and not for QEMU's user, or
+    /// on one daemon's host and not on another's.
     private struct Remembered: Codable {
         var bootID: String
+        var place: String
         var kvmWorks: Bool
         var time: Double
+    }
+
+    /// Where KVM was probed: the embedded driver's QEMU user (`embedded uid=N`), or a daemon's URI.
+    static func probePlace(_ hypervisor: LibvirtHypervisor) -> String {
+        guard hypervisor.connection.isEmbedded else { return hypervisor.connection.uri }
+        return "embedded uid=\((try? QEMUIdentity.forThisProcess())?.uid ?? geteuid())"
     }
 
     static var rememberedFile: String { CacheDirectory.path + "/kvm-probe.json" }
@@ -48,17 +58,18 @@ public actor AcceleratorProbe {
         return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    static func remembered() -> Bool? {
+    static func remembered(for place: String) -> Bool? {
         guard let bootID, let data = FileManager.default.contents(atPath: rememberedFile),
-            let r = try? JSONDecoder().decode(Remembered.self, from: data), r.bootID == bootID,
+            let r = try? JSONDecoder().decode(Remembered.self, from: data), r.bootID == bootID, r.place == place,
             Date().timeIntervalSince1970 - r.time < 86_400
         else { return nil }
         return r.kvmWorks
     }
 
-    static func remember(_ works: Bool) {
+    static func remember(_ works: Bool, for place: String) {
         guard let bootID,
-            let data = try? JSONEncoder().encode(Remembered(bootID: bootID, kvmWorks: works, time: Date().timeIntervalSince1970))
+            let data = try? JSONEncoder().encode(
+                Remembered(bootID: bootID, place: place, kvmWorks: works, time: Date().timeIntervalSince1970))
         else { return }
         try? FileManager.default.createDirectory(atPath: CacheDirectory.path, withIntermediateDirectories: true)
         try? data.write(to: URL(fileURLWithPath: rememberedFile), options: .atomic)
@@ -66,7 +77,8 @@ public actor AcceleratorProbe {
 
     /// Boots the disk under KVM and waits for the kernel's banner.
     private static func probe(hypervisor: LibvirtHypervisor, machine: MachineSpec, deadline: Duration) async -> Bool {
-        guard FileManager.default.isReadableFile(atPath: "/dev/kvm") else { return false }
+        // This machine's /dev/kvm says nothing of a daemon's host: there, only the probe guest can tell.
+        if hypervisor.connection.isEmbedded, !FileManager.default.isReadableFile(atPath: "/dev/kvm") { return false }
         var spec = machine
         spec.name = MachineSpec.uniqueName(prefix: "d2l-verify-kvm-probe")
         spec.accelerator = .kvm

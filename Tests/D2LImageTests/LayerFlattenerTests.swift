@@ -308,6 +308,28 @@ struct LayerFlattenerTests {
         #expect(data[(size - 8192)...].allSatisfy { $0 == 0xab })
     }
 
+    @Test("a file whose data alone exceeds the output's room is refused at its header; a sparse file counts its data only")
+    func dataLimitRefusesAtTheHeader() throws {
+        let dir = try Scratch()
+        defer { dir.remove() }
+        let size = 3 << 20
+        let layer = try dir.layer("0.tar") { t in
+            try t.file("small", "small")
+            try t.sparseFile("sparse", size: size, extents: [(0, 4096)], fill: 0xab)
+            try t.file(Array("big".utf8), [UInt8](repeating: 1, count: 2 << 20))
+        }
+        var flattener = LayerFlattener()
+        flattener.dataLimit = 1 << 20
+        #expect {
+            _ = try flattener.scan([layer])
+        } throws: { error in
+            guard case ImageError.fileLargerThanOutput(let path, _, let bytes, let limit) = error else { return false }
+            return path == "/big" && bytes == 2 << 20 && limit == 1 << 20
+        }
+        flattener.dataLimit = 4 << 20
+        #expect(try flattener.scan([layer]).node("big") != nil)
+    }
+
     @Test("whiteouts, opaque markers and hard-link targets are found through the image's symlinks")
     func whiteoutsThroughSymlinks() throws {
         let dir = try Scratch()

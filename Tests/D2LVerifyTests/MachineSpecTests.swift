@@ -56,3 +56,15 @@ import Testing
         #expect(MachineSpec.ownerPID(ofDomainNamed: "d2l-verify-x-y") == nil)
     }
 }
+
+@Suite struct RootSessionTests {
+    @Test("qemu:///session as root would run QEMU as root: refused; as a user, or any other URI, allowed")
+    func aRootSessionIsRefused() {
+        #expect(LibvirtHypervisor.rootSessionProblem(uri: "qemu:///session", euid: 0)?.contains("as root") == true)
+        #expect(LibvirtHypervisor.rootSessionProblem(uri: "qemu+unix:///session", euid: 0) != nil)
+        #expect(LibvirtHypervisor.rootSessionProblem(uri: "qemu:///session", euid: 1000) == nil)
+        #expect(LibvirtHypervisor.rootSessionProblem(uri: "qemu:///system", euid: 0) == nil)
+        #expect(LibvirtHypervisor.rootSessionProblem(uri: "qemu:///embed?root=/var/cache/d2l/libvirt", euid: 0) == nil)
+        #expect(LibvirtHypervisor.rootSessionProblem(uri: "qemu+ssh://u@h/session", euid: 0) == nil)
+    }
+}

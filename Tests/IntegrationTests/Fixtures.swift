@@ -53,6 +53,11 @@ enum Fixtures {
         -> (status: Int32, stdout: String, stderr: String)
     {
         var command = [try d2lBinary()] + arguments
+        // A passing boot waits `--settle` (8 s) after its prompt for a late crash; the recorded cases
+        // test that wait, so the boots here settle for 2 s (a test may give its own).
+        if arguments.first == "verify", !arguments.contains("--settle"), !arguments.contains("--replay") {
+            command += ["--settle", "2"]
+        }
         if let user {
             command = ["setpriv", "--reuid=\(user)", "--regid=\(user == "nobody" ? "nogroup" : user)", "--clear-groups"]
                 + command
@@ -89,6 +94,25 @@ enum Fixtures {
             recipeTask = task
             return try await task.value
         }
+
+        /// The busybox-tiny recipe's disk (hybrid; its boot to the prompt takes seconds), built once.
+        func tinyDisk() async throws -> String {
+            let task = tinyTask ?? Task {
+                let recipe = try await Fixtures.run([Fixtures.repositoryRoot + "/Scripts/build-recipe", "busybox-tiny"])
+                guard recipe.status == 0 else {
+                    throw FixtureError("Scripts/build-recipe busybox-tiny failed:\n\(recipe.stderr)")
+                }
+                let path = try Fixtures.scratchDirectory("tiny") + "/tiny.img"
+                let result = try await Fixtures.d2l([
+                    "build", recipe.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "-o", path, "-q", "--root-password-empty",
+                ])
+                guard result.status == 0 else { throw FixtureError("d2l build busybox-tiny failed:\n\(result.stderr)") }
+                return path
+            }
+            tinyTask = task
+            return try await task.value
+        }
+        private var tinyTask: Task<String, any Error>?
 
         func disk() async throws -> String {
             let archive = try await recipe()

@@ -84,7 +84,7 @@ import Testing
         let process = Process()
         process.executableURL = URL(fileURLWithPath: try Fixtures.d2lBinary())
         process.arguments = ["verify", disk, "--firmware", "bios", "--timeout", "600"]
-        FileManager.default.createFile(atPath: output, contents: nil)
+        _ = FileManager.default.createFile(atPath: output, contents: nil)
         process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
         process.standardOutput = FileHandle.nullDevice
         try process.run()
