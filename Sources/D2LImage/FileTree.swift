@@ -86,8 +86,7 @@ public final class TreeNode {
 
     /// Blocks of `blockSize` bytes the file's data needs: holes in a sparse file take none.
     public func dataBlocks(blockSize: UInt64) -> UInt64 {
-        if let regions = dataRegions { return LayerEntry.blocks(of: regions, blockSize: blockSize) }
-        return (size + blockSize - 1) / blockSize
+        LayerEntry.blocks(size: size, regions: dataRegions, blockSize: blockSize)
     }
 
     /// The target of a symlink, or of a hard link to a symlink (another name for the same inode).

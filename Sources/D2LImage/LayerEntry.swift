@@ -58,6 +58,13 @@ public struct LayerEntry: Sendable, Equatable {
         return out
     }
 
+    /// Blocks of `blockSize` bytes a file of `size` bytes needs: those its data `regions` touch for a
+    /// sparse file (holes take none), else every block of its size.
+    public static func blocks(size: UInt64, regions: [Range<UInt64>]?, blockSize: UInt64) -> UInt64 {
+        if let regions { return blocks(of: regions, blockSize: blockSize) }
+        return (size + blockSize - 1) / blockSize
+    }
+
     /// Blocks of `blockSize` bytes that `regions` (sorted, disjoint) touch: what a sparse file allocates.
     public static func blocks(of regions: [Range<UInt64>], blockSize: UInt64) -> UInt64 {
         var total: UInt64 = 0

@@ -61,7 +61,7 @@ public struct LayerFlattener {
             while let entry = try stream.next() {
                 ordinal += 1
                 if let dataLimit, case .regular(let size) = entry.kind {
-                    let bytes = (entry.dataRegions.map { LayerEntry.blocks(of: $0, blockSize: 4096) } ?? (size + 4095) / 4096) * 4096
+                    let bytes = LayerEntry.blocks(size: size, regions: entry.dataRegions, blockSize: 4096) * 4096
                     if bytes > dataLimit {
                         throw ImageError.fileLargerThanOutput(
                             path: entry.path.display, layer: layer.description, bytes: bytes, limit: dataLimit)

@@ -375,12 +375,15 @@ public final class MatrixRunner: @unchecked Sendable {
             }
             log("booting \(scenario.name)" + (attempt > 1 ? " (attempt \(attempt))" : "") + (slot.host.map { " on \($0)" } ?? ""))
             result.host = slot.host
-            if let host = slot.host, let problem = await place(disk, on: host) {
-                // The host, not the boot, failed: the same attempt goes to another host.
-                giveBack(slot)
+            // The host, not the boot, failed: the same attempt goes to another host.
+            func hostFailed(_ host: String, _ problem: String) {
                 fail(host: host, because: problem)
                 result.infrastructureErrors.append("\(host): \(problem)")
                 log("host \(host) failed: \(problem); \(scenario.name) moves to another host")
+            }
+            if let host = slot.host, let problem = await place(disk, on: host) {
+                giveBack(slot)
+                hostFailed(host, problem)
                 continue
             }
             let verify = await ProcessRunner.capture(
@@ -391,9 +394,7 @@ public final class MatrixRunner: @unchecked Sendable {
                     + (firmware.map { ["--firmware", $0.rawValue] } ?? []))
             giveBack(slot)
             if let host = slot.host, verify.status == 125, let problem = Self.hostProblem(verify.stderr) {
-                fail(host: host, because: problem)
-                result.infrastructureErrors.append("\(host): \(problem)")
-                log("host \(host) failed: \(problem); \(scenario.name) moves to another host")
+                hostFailed(host, problem)
                 continue
             }
             defer { attempt += 1 }
